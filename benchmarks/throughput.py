@@ -1,0 +1,118 @@
+"""Training and sampling throughput of limner's DiT vs diffusers peers of about the same size, side by side.
+
+Peers: diffusers `PixArtTransformer2DModel` (a DiT with cross-attention, the closest published design)
+and `UNet2DConditionModel`, both on the same 16x16x4 latents and 384-d MiniLM token states.
+Also reports each as a fraction of this CPU's measured matmul peak (FLOPs from torch's FlopCounterMode).
+
+    python benchmarks/throughput.py [--threads 2] [--batch 128] [--repeats 5]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from limner.diffusion.flow import loss as flow_loss
+from limner.models.dit import DiT, DiTConfig
+
+
+def matmul_peak(n=2048, reps=10) -> float:
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    t = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    return 2 * n**3 * reps / (time.perf_counter() - t)
+
+
+class Adapter(torch.nn.Module):
+    """Calls a diffusers denoiser with limner's signature (x, t, states, mask)."""
+
+    def __init__(self, model, kind):
+        super().__init__()
+        self.model, self.kind = model, kind
+
+    def forward(self, x, t, states, mask):
+        if self.kind == "pixart":
+            out = self.model(x, encoder_hidden_states=states, timestep=t * 1000, encoder_attention_mask=mask.long(),
+                             added_cond_kwargs={"resolution": None, "aspect_ratio": None}).sample
+        else:
+            out = self.model(x, t * 1000, encoder_hidden_states=states, encoder_attention_mask=mask).sample
+        return out[:, : x.shape[1]]
+
+
+def peers(width=192, depth=6, heads=4):
+    from diffusers import PixArtTransformer2DModel, UNet2DConditionModel
+
+    pixart = PixArtTransformer2DModel(
+        num_attention_heads=heads, attention_head_dim=width // heads, in_channels=4, out_channels=4,
+        num_layers=depth, cross_attention_dim=width, sample_size=16, patch_size=2, caption_channels=384,
+        norm_type="ada_norm_single", use_additional_conditions=False)
+    unet = UNet2DConditionModel(
+        sample_size=16, in_channels=4, out_channels=4, block_out_channels=(96, 192), layers_per_block=1,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=384, attention_head_dim=8, norm_num_groups=32)
+    return {"diffusers PixArtTransformer2DModel": Adapter(pixart, "pixart"),
+            "diffusers UNet2DConditionModel": Adapter(unet, "unet")}
+
+
+def train_rate(model, batch, repeats, text_len=24):
+    x, s = torch.randn(batch, 4, 16, 16), torch.randn(batch, text_len, 384)
+    mask = torch.ones(batch, text_len, dtype=torch.bool)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    step = lambda: (opt.zero_grad(), flow_loss(model, x, s, mask).backward(), opt.step())
+    step()
+    with FlopCounterMode(display=False) as fc:
+        flow_loss(model, x, s, mask).backward()
+    t = time.perf_counter()
+    for _ in range(repeats):
+        step()
+    dt = (time.perf_counter() - t) / repeats
+    return batch / dt, fc.get_total_flops() / dt
+
+
+@torch.no_grad()
+def sample_rate(model, batch, steps=20, text_len=24):
+    """Seconds per image for `steps` guided Euler steps (2 model calls per step)."""
+    x, s = torch.randn(2 * batch, 4, 16, 16), torch.randn(2 * batch, text_len, 384)
+    mask = torch.ones(2 * batch, text_len, dtype=torch.bool)
+    t = torch.full((2 * batch,), 0.5)
+    model(x, t, s, mask)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        model(x, t, s, mask)
+    return (time.perf_counter() - t0) / batch
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--steps", type=int, default=20)
+    a = ap.parse_args()
+    torch.set_num_threads(a.threads)
+    torch.manual_seed(0)
+    peak = matmul_peak()
+    models = {"limner DiT-S": DiT(DiTConfig(preset="S")), **peers()}
+    rows = {}
+    for name, m in models.items():
+        n = sum(p.numel() for p in m.parameters())
+        ips, flops = train_rate(m, a.batch, a.repeats)
+        m.eval()
+        rows[name] = {"params_M": n / 1e6, "train_img_s": ips, "train_fraction_of_peak": flops / peak,
+                      "sample_s_per_image_b1": sample_rate(m, 1, a.steps),
+                      "sample_s_per_image_b64": sample_rate(m, 64, a.steps)}
+    ours = rows["limner DiT-S"]
+    for name, r in rows.items():
+        r["train_ratio_vs_peer"] = ours["train_img_s"] / r["train_img_s"]
+        r["sample_b1_ratio_vs_peer"] = r["sample_s_per_image_b1"] / ours["sample_s_per_image_b1"]
+    print(json.dumps({"matmul_peak_gflops": peak / 1e9, "threads": a.threads, "batch": a.batch,
+                      "sample_steps": a.steps, "models": rows}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

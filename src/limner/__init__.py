@@ -1,0 +1,10 @@
+"""limner: an open, reproducible Imagen-3-style text-to-image system."""
+__version__ = "0.1.0"
+
+
+def __getattr__(name):  # keep `import limner` light; the pipeline pulls in torch and transformers
+    if name == "Pipeline":
+        from .generate import Pipeline
+
+        return Pipeline
+    raise AttributeError(name)

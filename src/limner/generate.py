@@ -1,0 +1,161 @@
+"""The text-to-image pipeline that the CLI, the evaluation and the server all call.
+
+prompt -> frozen text encoder -> sampler with classifier-free guidance over the denoiser -> autoencoder
+decode -> PIL images carrying their generation parameters as PNG text chunks.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import re
+import warnings
+from importlib import resources
+from pathlib import Path
+
+import torch
+from PIL import Image, PngImagePlugin
+
+from . import __version__
+from .diffusion.sampling import SAMPLERS, guided, timesteps
+from .models import autoencoder as AE
+from .models.dit import DiT, DiTConfig
+from .text.encoder import TextEncoder, pad
+
+log = logging.getLogger(__name__)
+SHIPPED = {"shapes-default": "shapes-default"}
+MAX_BATCH = 64
+WORLD_WORDS = None
+
+
+def resolve_model(name_or_path: str) -> Path:
+    if name_or_path in SHIPPED:
+        return Path(str(resources.files("limner") / "weights" / SHIPPED[name_or_path]))
+    path = Path(name_or_path)
+    if not (path / "limner.json").exists():
+        known = ", ".join(SHIPPED)
+        raise FileNotFoundError(f"no limner model at {name_or_path!r}: expected a folder with limner.json "
+                                f"(as `limner train` exports) or a shipped name ({known})")
+    return path
+
+
+def outside_world(prompt: str) -> list[str]:
+    """Words of a prompt that Shapes World captions never use (the default model knows nothing else)."""
+    global WORLD_WORDS
+    if WORLD_WORDS is None:
+        from .world import captions as C
+        from .world.scene import BACKGROUNDS, COLOURS, SHAPES, SIZES
+
+        words = set(C.NUMBER_WORDS) | set(COLOURS) | set(SIZES) | {"an", "a", "and", "of", "the", "on", "to", "in", "at"}
+        for s in SHAPES:
+            words |= set(C.SYNONYMS[s]) | {w + "s" for w in C.SYNONYMS[s]} | {"boxes"}
+        for b in BACKGROUNDS:
+            words |= set(b.split())
+        for r in C.RELATIONS.values():
+            for phrase in r:
+                words |= set(phrase.split())
+        words |= set("background canvas upper lower left right top bottom centre center middle shapes shape "
+                     "is are there with one two".split())
+        WORLD_WORDS = words
+    tokens = re.findall(r"[a-z]+", prompt.lower())
+    return [t for t in tokens if t not in WORLD_WORDS and not t.isdigit()]
+
+
+class Pipeline:
+    def __init__(self, denoiser: DiT, vae, encoder: TextEncoder, meta: dict, safety: bool = True):
+        self.denoiser, self.vae, self.encoder, self.meta = denoiser.eval(), vae.eval(), encoder, meta
+        self.resolution = meta["resolution"]
+        self.defaults = meta.get("defaults", {})
+        self.safety = safety
+        self.name = meta.get("name", "limner")
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str = "shapes-default", device: str = "cpu", safety: bool = True) -> "Pipeline":
+        from safetensors.torch import load_file
+
+        path = resolve_model(name_or_path)
+        meta = json.loads((path / "limner.json").read_text())
+        meta.setdefault("name", name_or_path if name_or_path in SHIPPED else path.name)
+        denoiser = DiT(DiTConfig(**meta["denoiser"]))
+        denoiser.load_state_dict({k: v.float() for k, v in load_file(path / "denoiser.safetensors").items()})
+        vae = AE.load(str(path / "autoencoder"))
+        encoder = TextEncoder(meta.get("text_encoder", "minilm"))
+        return cls(denoiser.to(device), vae.to(device), encoder, meta, safety)
+
+    @torch.no_grad()
+    def __call__(self, prompt: str | list[str], negative_prompt: str | None = None, seed: int = 0,
+                 steps: int | None = None, guidance: float | None = None, sampler: str | None = None,
+                 num_images: int = 1) -> list[Image.Image]:
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        steps = int(steps or self.defaults.get("steps", 20))
+        guidance = float(self.defaults.get("guidance", 3.0) if guidance is None else guidance)
+        sampler = sampler or self.defaults.get("sampler", "euler")
+        validate(prompts, steps, guidance, sampler, num_images)
+        if self.meta.get("world") == "shapes":
+            for p in set(prompts):
+                unknown = outside_world(p)
+                if unknown:
+                    warnings.warn(f"{self.name} only knows Shapes World (circles, squares and triangles in red, "
+                                  f"green, blue, yellow, purple, orange; counts, sizes, positions): it has never "
+                                  f"seen {', '.join(sorted(set(unknown))[:8])!r}", stacklevel=2)
+        jobs = [(p, seed + i) for p in prompts for i in range(num_images)]
+        images = []
+        for i in range(0, len(jobs), MAX_BATCH):
+            chunk = jobs[i : i + MAX_BATCH]
+            images += self._sample([p for p, _ in chunk], [s for _, s in chunk], negative_prompt or "",
+                                   steps, guidance, sampler)
+        for img, (p, s) in zip(images, jobs):
+            img.info["parameters"] = {"prompt": p, "negative_prompt": negative_prompt or "", "seed": s,
+                                      "steps": steps, "guidance": guidance, "sampler": sampler,
+                                      "model": self.name, "limner_version": __version__}
+        return images
+
+    def _sample(self, prompts, seeds, negative, steps, guidance, sampler):
+        states = self.encoder.encode(prompts + [negative])
+        n = len(prompts)
+        cond = pad(states[:n] + [states[n]])  # pad together so both branches share one length
+        c_states, c_mask = cond[0][:n], cond[1][:n]
+        u_states, u_mask = cond[0][n:].expand(n, -1, -1), cond[1][n:].expand(n, -1)
+        lat = self.resolution // AE.factor(self.vae)
+        ch = self.vae.config.latent_channels
+        # one generator per image: an image depends on its own seed, not on what it was batched with
+        x = torch.stack([torch.randn(ch, lat, lat, generator=torch.Generator().manual_seed(s)) for s in seeds])
+        v = guided(self.denoiser, (c_states, c_mask), (u_states, u_mask), guidance)
+        z = SAMPLERS[sampler](v, x, timesteps(steps))
+        imgs = AE.to_image(self.vae, z)
+        arr = ((imgs + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+        return [Image.fromarray(a) for a in arr]
+
+
+def validate(prompts, steps, guidance, sampler, num_images):
+    if not prompts or any(not isinstance(p, str) or not p.strip() for p in prompts):
+        raise ValueError("the prompt is empty: describe the image you want, e.g. 'three red circles'")
+    if not 1 <= steps <= 1000:
+        raise ValueError(f"steps must be between 1 and 1000, not {steps}")
+    if not 0 <= guidance <= 50:
+        raise ValueError(f"guidance must be between 0 and 50, not {guidance}")
+    if sampler not in SAMPLERS:
+        raise ValueError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
+    if not 1 <= num_images <= 256:
+        raise ValueError(f"-n must be between 1 and 256, not {num_images}")
+
+
+def save_png(img: Image.Image, path: str | Path, metadata: bool = True) -> Path:
+    """Write a PNG atomically, with its generation parameters as a `parameters` text chunk."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    info = PngImagePlugin.PngInfo()
+    if metadata and "parameters" in img.info:
+        info.add_text("parameters", json.dumps(img.info["parameters"]))
+    tmp = path.with_name(f".{path.name}.tmp")
+    img.save(tmp, format="PNG", pnginfo=info)
+    tmp.replace(path)
+    return path
+
+
+def grid(images: list[Image.Image], cols: int = 4, scale: int = 2) -> Image.Image:
+    w, h = images[0].size
+    rows = (len(images) + cols - 1) // cols
+    out = Image.new("RGB", (cols * w * scale, rows * h * scale), "white")
+    for i, im in enumerate(images):
+        out.paste(im.resize((w * scale, h * scale), Image.NEAREST), ((i % cols) * w * scale, (i // cols) * h * scale))
+    return out

@@ -1,0 +1,173 @@
+"""The denoiser: a diffusion transformer over latent patches that reads the prompt by cross-attention.
+
+DiT (Peebles & Xie) blocks with adaLN-zero conditioning on the timestep and the pooled prompt, plus
+a cross-attention layer per block over the text tokens (PixArt-alpha). A small trainable "refiner"
+re-contextualises the frozen encoder's token states first (as in Lumina/Sana), which lets a frozen
+sentence encoder carry counts and colour-shape bindings that it was never trained to separate.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+PRESETS = {  # (width, depth, heads): "S" is the shipped CPU model; B/L/XL follow DiT's sizes
+    "tiny": (64, 2, 2),
+    "S": (192, 6, 4),
+    "M": (256, 8, 4),
+    "B": (768, 12, 12),
+    "L": (1024, 24, 16),
+    "XL": (1152, 28, 16),
+}
+
+
+@dataclass
+class DiTConfig:
+    preset: str | None = "S"
+    width: int = 0  # 0: take it from the preset
+    depth: int = 0
+    heads: int = 0
+    in_channels: int = 4
+    latent_size: int = 16
+    patch: int = 2
+    text_dim: int = 384
+    refiner_depth: int = 2
+    mlp_ratio: float = 4.0
+
+    def __post_init__(self):
+        if self.preset:
+            if self.preset not in PRESETS:
+                raise ValueError(f"unknown preset {self.preset!r}; choose one of {', '.join(PRESETS)}")
+            w, d, h = PRESETS[self.preset]
+            self.width, self.depth, self.heads = self.width or w, self.depth or d, self.heads or h
+        if not (self.width and self.depth and self.heads):
+            raise ValueError("set preset, or width, depth and heads")
+        if self.latent_size % self.patch:
+            raise ValueError(f"latent_size {self.latent_size} is not a multiple of patch {self.patch}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def modulate(x, shift, scale):
+    return x * (1 + scale[:, None]) + shift[:, None]
+
+
+class Attention(nn.Module):
+    def __init__(self, dim: int, heads: int, kv_dim: int | None = None):
+        super().__init__()
+        self.heads = heads
+        self.q = nn.Linear(dim, dim)
+        self.kv = nn.Linear(kv_dim or dim, 2 * dim)
+        self.out = nn.Linear(dim, dim)
+
+    def forward(self, x, context=None, mask=None):
+        b, n, d = x.shape
+        context = x if context is None else context
+        q = self.q(x).view(b, n, self.heads, -1).transpose(1, 2)
+        k, v = self.kv(context).view(b, context.shape[1], 2, self.heads, -1).permute(2, 0, 3, 1, 4)
+        attn_mask = None if mask is None else mask[:, None, None, :]
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+        return self.out(y.transpose(1, 2).reshape(b, n, d))
+
+
+def mlp(dim: int, ratio: float) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(dim, int(dim * ratio)), nn.GELU(approximate="tanh"), nn.Linear(int(dim * ratio), dim))
+
+
+class RefinerBlock(nn.Module):
+    """Pre-norm transformer layer over the text tokens."""
+
+    def __init__(self, dim, heads, ratio):
+        super().__init__()
+        self.n1, self.n2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.attn, self.mlp = Attention(dim, heads), mlp(dim, ratio)
+
+    def forward(self, x, mask):
+        x = x + self.attn(self.n1(x), mask=mask)
+        return x + self.mlp(self.n2(x))
+
+
+class DiTBlock(nn.Module):
+    def __init__(self, dim, heads, ratio):
+        super().__init__()
+        self.n1 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.n2 = nn.LayerNorm(dim, eps=1e-6)
+        self.n3 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.attn, self.cross, self.mlp = Attention(dim, heads), Attention(dim, heads), mlp(dim, ratio)
+        self.ada = nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim))
+
+    def forward(self, x, c, text, mask):
+        s1, g1, b1, s2, g2, b2 = self.ada(c).chunk(6, dim=1)
+        x = x + g1[:, None] * self.attn(modulate(self.n1(x), s1, b1))
+        x = x + self.cross(self.n2(x), text, mask)
+        return x + g2[:, None] * self.mlp(modulate(self.n3(x), s2, b2))
+
+
+def timestep_embedding(t, dim, max_period=10000):
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
+    args = t[:, None].float() * 1000 * freqs[None]
+    return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+
+
+def sincos_2d(dim: int, grid: int) -> torch.Tensor:
+    y, x = torch.meshgrid(torch.arange(grid, dtype=torch.float32), torch.arange(grid, dtype=torch.float32), indexing="ij")
+    omega = 1.0 / 10000 ** (torch.arange(dim // 4, dtype=torch.float32) / (dim // 4))
+    parts = [f(p.flatten()[:, None] * omega[None]) for p in (y, x) for f in (torch.sin, torch.cos)]
+    return torch.cat(parts, dim=1)[None]
+
+
+class DiT(nn.Module):
+    def __init__(self, cfg: DiTConfig):
+        super().__init__()
+        self.cfg = cfg
+        d, p = cfg.width, cfg.patch
+        self.grid = cfg.latent_size // p
+        self.patchify = nn.Conv2d(cfg.in_channels, d, p, p)
+        self.register_buffer("pos", sincos_2d(d, self.grid), persistent=False)
+        self.t_embed = nn.Sequential(nn.Linear(256, d), nn.SiLU(), nn.Linear(d, d))
+        self.text_in = nn.Sequential(nn.LayerNorm(cfg.text_dim), nn.Linear(cfg.text_dim, d))
+        self.refiner = nn.ModuleList(RefinerBlock(d, cfg.heads, cfg.mlp_ratio) for _ in range(cfg.refiner_depth))
+        self.pool = nn.Sequential(nn.LayerNorm(d), nn.Linear(d, d))
+        self.blocks = nn.ModuleList(DiTBlock(d, cfg.heads, cfg.mlp_ratio) for _ in range(cfg.depth))
+        self.final_norm = nn.LayerNorm(d, elementwise_affine=False, eps=1e-6)
+        self.final_ada = nn.Sequential(nn.SiLU(), nn.Linear(d, 2 * d))
+        self.final = nn.Linear(d, p * p * cfg.in_channels)
+        self.init_weights()
+
+    def init_weights(self):
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.xavier_uniform_(m.weight)
+                nn.init.zeros_(m.bias)
+        for blk in self.blocks:  # adaLN-zero: every block starts as the identity
+            nn.init.zeros_(blk.ada[-1].weight), nn.init.zeros_(blk.ada[-1].bias)
+            nn.init.zeros_(blk.cross.out.weight)
+        for m in (self.final_ada[-1], self.final):
+            nn.init.zeros_(m.weight), nn.init.zeros_(m.bias)
+
+    def encode_text(self, states, mask):
+        x = self.text_in(states)
+        for blk in self.refiner:
+            x = blk(x, mask)
+        m = mask[..., None].to(x.dtype)
+        pooled = self.pool((x * m).sum(1) / m.sum(1).clamp(min=1))
+        return x, pooled
+
+    def forward(self, x, t, states, mask):
+        """x: (B, C, H, W) noisy latents; t: (B,) in [0, 1]; states: (B, L, text_dim); mask: (B, L) bool."""
+        b, ch, hh, ww = x.shape
+        text, pooled = self.encode_text(states, mask)
+        c = self.t_embed(timestep_embedding(t, 256)) + pooled
+        h = self.patchify(x).flatten(2).transpose(1, 2) + self.pos
+        for blk in self.blocks:
+            h = blk(h, c, text, mask)
+        shift, scale = self.final_ada(c).chunk(2, dim=1)
+        h = self.final(modulate(self.final_norm(h), shift, scale))
+        p, g = self.cfg.patch, self.grid
+        h = h.view(b, g, g, p, p, ch).permute(0, 5, 1, 3, 2, 4)
+        return h.reshape(b, ch, g * p, g * p)

@@ -1,0 +1,210 @@
+"""Training data: Shapes World or WebDataset shards, with every caption kept per image.
+
+Text states and latents are computed once and cached on disk under a key made of their content
+(encoder or autoencoder identity plus the exact inputs), so later epochs and later runs skip the
+encoders. Batches are a pure function of (seed, step), which is what makes `--resume` continue the
+same data order.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import os
+import random
+import tarfile
+from dataclasses import dataclass, field
+from glob import glob
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ..world import captions as C
+from ..world.scene import Scene, render, sample_scene
+from ..world.suites import held_out_prompts, normalise
+
+log = logging.getLogger(__name__)
+IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
+
+
+@dataclass
+class DataConfig:
+    source: str = "shapes"  # "shapes" or "webdataset"
+    shards: str | None = None  # glob of .tar shards for webdataset
+    scenes: int = 20000  # shapes: how many scenes
+    resolution: int = 64
+    seed: int = 0
+    detailed_fraction: float = 0.25  # shapes: share of scenes that also get a long caption
+    # how often each caption kind is picked when an image has it (alt-text vs synthetic kinds)
+    caption_weights: dict = field(default_factory=lambda: {"alt": 0.1, "count": 0.4, "spatial": 0.25, "detailed": 0.25})
+    cache_dir: str = ".cache/limner"
+
+
+@dataclass
+class Record:
+    captions: dict[str, str]
+    scene: dict | None = None  # shapes
+    image: bytes | None = None  # webdataset
+    weight: float = 1.0
+
+
+def atomic_save(obj, path: str | Path) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def digest(*parts) -> str:
+    h = hashlib.sha1()
+    for p in parts:
+        h.update(p if isinstance(p, bytes) else str(p).encode())
+        h.update(b"\0")
+    return h.hexdigest()[:16]
+
+
+def shapes_records(cfg: DataConfig) -> list[Record]:
+    rng = random.Random(cfg.seed)
+    held = held_out_prompts()
+    out = []
+    for i in range(cfg.scenes):
+        scene = sample_scene(rng)
+        kinds = ["alt", "count", "spatial"] + (["detailed"] if rng.random() < cfg.detailed_fraction else [])
+        caps = {k: v for k, v in C.captions(scene, rng, kinds).items() if normalise(v) not in held}
+        out.append(Record(caps, scene=scene.to_dict()))
+    return out
+
+
+def webdataset_records(pattern: str) -> list[Record]:
+    """Samples grouped by key, WebDataset style: KEY.jpg/png/webp + KEY.txt and/or KEY.json.
+
+    KEY.json may hold {"captions": {kind: text, ...}, "weight": w} as `limner data` writes it; a bare
+    KEY.txt is taken as the alt-text.
+    """
+    paths = sorted(glob(pattern))
+    if not paths:
+        raise FileNotFoundError(f"no WebDataset shards match {pattern!r}")
+    out = []
+    for path in paths:
+        groups: dict[str, dict[str, bytes]] = {}
+        with tarfile.open(path) as tar:
+            for m in tar:
+                if not m.isfile() or "." not in os.path.basename(m.name):
+                    continue
+                folder, base = os.path.split(m.name)
+                stem, ext = base.split(".", 1)
+                key = os.path.join(folder, stem)
+                groups.setdefault(key, {})[ext.lower()] = tar.extractfile(m).read()
+        for key, parts in groups.items():
+            image = next((parts[e] for e in IMAGE_EXTS if e in parts), None)
+            if image is None:
+                continue
+            meta = json.loads(parts["json"]) if "json" in parts else {}
+            caps = dict(meta.get("captions", {}))
+            if "txt" in parts:
+                caps.setdefault("alt", parts["txt"].decode("utf-8", "replace").strip())
+            if caps:
+                out.append(Record(caps, image=image, weight=float(meta.get("weight", 1.0))))
+    return out
+
+
+def load_records(cfg: DataConfig) -> list[Record]:
+    if cfg.source == "shapes":
+        return shapes_records(cfg)
+    if cfg.source == "webdataset":
+        if not cfg.shards:
+            raise ValueError("data.source is webdataset but data.shards (a glob of .tar files) is not set")
+        return webdataset_records(cfg.shards)
+    raise ValueError(f"unknown data.source {cfg.source!r}: use 'shapes' or 'webdataset'")
+
+
+def image_of(rec: Record, resolution: int) -> Image.Image:
+    if rec.scene is not None:
+        return render(Scene.from_dict(rec.scene), resolution)
+    img = Image.open(io.BytesIO(rec.image)).convert("RGB")
+    side = min(img.size)  # centre crop to a square, then resize
+    left, top = (img.width - side) // 2, (img.height - side) // 2
+    return img.crop((left, top, left + side, top + side)).resize((resolution, resolution), Image.BICUBIC)
+
+
+def to_tensor(img: Image.Image) -> torch.Tensor:
+    return torch.from_numpy(np.asarray(img, np.float32) / 127.5 - 1).permute(2, 0, 1)
+
+
+def cached_text(encoder, texts: list[str], cache_dir: str, chunk: int = 4096, progress=None):
+    """Token states for unique texts: a flat (tokens, dim) fp16 tensor, offsets and an index by text."""
+    unique = sorted(set(texts), key=len)  # similar lengths batch with little padding
+    flat, lengths = [], []
+    for i in range(0, len(unique), chunk):
+        part = unique[i : i + chunk]
+        path = Path(cache_dir) / "text" / f"{digest(encoder.name, encoder.max_length, *part)}.pt"
+        if path.exists():
+            states = torch.load(path)
+        else:
+            states = [s.half() for s in encoder.encode(part)]
+            atomic_save(states, path)
+        flat += states
+        lengths += [len(s) for s in states]
+        if progress:
+            progress(min(i + chunk, len(unique)), len(unique))
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    return torch.cat(flat), offsets, {t: j for j, t in enumerate(unique)}
+
+
+@torch.no_grad()
+def cached_latents(vae, vae_id: str, records: list[Record], resolution: int, cache_dir: str,
+                   chunk: int = 2048, progress=None) -> torch.Tensor:
+    from ..models.autoencoder import to_latent
+
+    out = []
+    for i in range(0, len(records), chunk):
+        part = records[i : i + chunk]
+        key = digest(vae_id, resolution, *[json.dumps(r.scene, sort_keys=True) if r.scene else r.image for r in part])
+        path = Path(cache_dir) / "latents" / f"{key}.pt"
+        if path.exists():
+            z = torch.load(path)
+        else:
+            zs = []
+            for j in range(0, len(part), 256):
+                x = torch.stack([to_tensor(image_of(r, resolution)) for r in part[j : j + 256]])
+                zs.append(to_latent(vae, x).half())
+            z = torch.cat(zs)
+            atomic_save(z, path)
+        out.append(z)
+        if progress:
+            progress(min(i + chunk, len(records)), len(records))
+    return torch.cat(out)
+
+
+def pick_captions(records: list[Record], idx: np.ndarray, weights: dict, rng: np.random.Generator) -> list[str]:
+    """One caption per image, drawn by kind weight among the kinds this image has."""
+    out = []
+    for i in idx:
+        caps = records[i].captions
+        kinds = [k for k in caps if weights.get(k, 0) > 0] or list(caps)
+        w = np.array([weights.get(k, 1.0) for k in kinds], np.float64)
+        out.append(caps[kinds[rng.choice(len(kinds), p=w / w.sum())]])
+    return out
+
+
+def batch_indices(n: int, step: int, batch: int, seed: int, rank: int = 0, world: int = 1,
+                  weights: np.ndarray | None = None) -> np.ndarray:
+    """Indices of this rank's share of the global batch at `step`: epochs are seeded permutations,
+    or, with per-record weights, seeded weighted draws. Stateless, so a resumed run continues exactly."""
+    glob_b = batch * world
+    if weights is not None:
+        rng = np.random.default_rng([seed, step])
+        idx = rng.choice(n, size=glob_b, p=weights / weights.sum())
+    else:
+        start = step * glob_b
+        idx = np.empty(glob_b, np.int64)
+        for j in range(glob_b):
+            epoch, pos = divmod(start + j, n)
+            if j == 0 or pos == 0:
+                perm = np.random.default_rng([seed, epoch]).permutation(n)
+            idx[j] = perm[pos]
+    return idx[rank * batch : (rank + 1) * batch]

@@ -1,0 +1,372 @@
+"""`limner train CONFIG.yaml [--resume]`: one loop for the autoencoder and the denoiser.
+
+Single process by default; under `torchrun --nproc-per-node N` the same config trains with DDP (or
+FSDP with `distributed: fsdp`). Checkpoints are atomic and hold model, EMA, optimizer and step; the
+data order, caption choice, noise and timesteps are functions of (seed, step, rank), so a resumed run
+continues exactly where the killed one stopped.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import logging
+import math
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import yaml
+
+from ..diffusion import flow
+from ..models import autoencoder as AE
+from ..models.dit import DiT, DiTConfig
+from .data import (DataConfig, atomic_save, batch_indices, cached_latents, cached_text, digest, image_of,
+                   load_records, pick_captions, to_tensor)
+
+log = logging.getLogger("limner.train")
+
+
+@dataclass
+class TrainConfig:
+    kind: str = "denoiser"  # "autoencoder" or "denoiser"
+    out_dir: str = "runs/debug"
+    seed: int = 0
+    data: DataConfig = field(default_factory=DataConfig)
+    model: dict = field(default_factory=dict)  # DiTConfig or AutoencoderConfig fields
+    autoencoder: str | None = None  # denoiser: folder of the trained autoencoder
+    text_encoder: str = "minilm"
+    steps: int = 1000
+    batch_size: int = 64
+    lr: float = 1e-3
+    warmup: int = 100
+    min_lr_ratio: float = 0.1  # cosine decay ends at lr * min_lr_ratio
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    ema: float = 0.999
+    amp: str = "auto"  # "auto": bf16 on CUDA only (CPUs without bf16 matmul run it ~50x slower); "bf16"; "none"
+    cond_dropout: float = 0.1  # share of captions replaced by "" so classifier-free guidance works
+    crop: int = 32  # autoencoder: random crop side (it is fully convolutional)
+    kl_weight: float = 1e-6
+    distributed: str = "ddp"  # "ddp" or "fsdp" under torchrun
+    threads: int = 0  # torch threads per process; 0 = leave PyTorch's default
+    log_every: int = 50
+    ckpt_every: int = 500
+    sample_every: int = 1000  # EMA sample grid (PNG) and Shapes World scores
+    eval_per_cell: int = 4
+    sample_steps: int = 20
+    guidance: float = 3.0
+
+    @classmethod
+    def load(cls, path: str | Path) -> "TrainConfig":
+        path = Path(path)
+        if not path.exists():
+            raise FileNotFoundError(f"config {path} does not exist (see configs/ for examples)")
+        raw = yaml.safe_load(path.read_text()) or {}
+        return cls.from_dict(raw, str(path))
+
+    @classmethod
+    def from_dict(cls, raw: dict, where: str = "config") -> "TrainConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(raw) - known
+        if unknown:
+            raise ValueError(f"{where}: unknown keys {sorted(unknown)}; known keys: {sorted(known)}")
+        data = raw.pop("data", {}) or {}
+        dknown = {f.name for f in dataclasses.fields(DataConfig)}
+        if set(data) - dknown:
+            raise ValueError(f"{where}: unknown data keys {sorted(set(data) - dknown)}; known: {sorted(dknown)}")
+        cfg = cls(data=DataConfig(**data), **raw)
+        if cfg.kind not in ("autoencoder", "denoiser"):
+            raise ValueError(f"{where}: kind must be 'autoencoder' or 'denoiser', not {cfg.kind!r}")
+        if cfg.kind == "denoiser" and not cfg.autoencoder:
+            raise ValueError(f"{where}: a denoiser needs `autoencoder:` (the folder a trained autoencoder was exported to)")
+        return cfg
+
+
+def lr_at(cfg: TrainConfig, step: int) -> float:
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    p = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(p, 1.0))))
+
+
+class Progress:
+    """One line that rewrites itself on a terminal and logs plainly elsewhere."""
+
+    def __init__(self, total: int, start: int = 0, enabled: bool = True):
+        self.total, self.t0, self.start, self.enabled = total, time.time(), start, enabled
+
+    def update(self, step: int, **stats):
+        if not self.enabled:
+            return
+        done = step - self.start
+        rate = done / max(time.time() - self.t0, 1e-9)
+        eta = (self.total - step) / max(rate, 1e-9)
+        bar = "#" * int(30 * step / self.total)
+        text = " ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in stats.items())
+        print(f"\r[{bar:<30}] {step}/{self.total} {text} eta {eta / 60:.1f}m", end="", flush=True)
+        if step >= self.total:
+            print(flush=True)
+
+
+def setup_distributed():
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        dist.init_process_group(backend)
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu")
+    return rank, world, device
+
+
+def wrap(model, cfg: TrainConfig, world: int, device):
+    if world == 1:
+        return model
+    if cfg.distributed == "fsdp":
+        from torch.distributed.fsdp import fully_shard
+
+        blocks = getattr(model, "blocks", None)
+        for b in blocks or []:
+            fully_shard(b)
+        return fully_shard(model)
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    return DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+
+def state_of(model):
+    """Full (unsharded) state dict, for DDP, FSDP and plain models alike."""
+    if hasattr(model, "module"):
+        model = model.module
+    sd = model.state_dict()
+    return {k: (v.full_tensor() if hasattr(v, "full_tensor") else v).detach().cpu() for k, v in sd.items()}
+
+
+def load_into(model, sd):
+    if hasattr(model, "module"):
+        model = model.module
+    try:
+        from torch.distributed.tensor import DTensor, distribute_tensor
+
+        cur = model.state_dict()
+        sd = {k: distribute_tensor(v, cur[k].device_mesh, cur[k].placements) if isinstance(cur[k], DTensor) else v
+              for k, v in sd.items()}
+    except ImportError:  # pragma: no cover
+        pass
+    model.load_state_dict(sd)
+
+
+def autocast(cfg: TrainConfig, device):
+    on = cfg.amp == "bf16" or (cfg.amp == "auto" and device.type == "cuda")
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=on)
+
+
+def run(cfg: TrainConfig, resume: bool = False, quiet: bool = False) -> Path:
+    rank, world, device = setup_distributed()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    out = Path(cfg.out_dir)
+    ckpt_path = out / "checkpoint.pt"
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        if ckpt_path.exists() and not resume:
+            raise FileExistsError(f"{ckpt_path} exists: pass --resume to continue it, or choose another out_dir")
+        (out / "config.yaml").write_text(yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False))
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    torch.manual_seed(cfg.seed)
+    show = rank == 0 and not quiet
+
+    records = load_records(cfg.data)
+    if not records:
+        raise ValueError("the data source yielded no image-caption pairs")
+    weights = np.array([r.weight for r in records]) if any(r.weight != 1.0 for r in records) else None
+
+    if cfg.kind == "autoencoder":
+        model = AE.build(AE.AutoencoderConfig(**cfg.model)).to(device)
+        fetch = lambda idx, step: autoencoder_batch(cfg, records, idx, step)
+    else:
+        vae = AE.load(cfg.autoencoder).to(device)
+        dcfg = DiTConfig(**cfg.model)
+        res = cfg.data.resolution
+        if res // AE.factor(vae) != dcfg.latent_size or vae.config.latent_channels != dcfg.in_channels:
+            raise ValueError(f"model.latent_size {dcfg.latent_size} / in_channels {dcfg.in_channels} do not match "
+                             f"{res}px through the autoencoder ({res // AE.factor(vae)}px, {vae.config.latent_channels} ch)")
+        from ..text.encoder import TextEncoder
+
+        encoder = TextEncoder(cfg.text_encoder)
+        if dcfg.text_dim != encoder.dim:
+            raise ValueError(f"model.text_dim {dcfg.text_dim} != text encoder width {encoder.dim}")
+        vae_id = digest(*[v.numpy().tobytes() for v in list(vae.state_dict().values())[:4]])
+        report = (lambda what: lambda i, n: print(f"\r{what}: {i}/{n}", end="\n" if i == n else "", flush=True)) if show else (lambda what: None)
+        latents = cached_latents(vae, vae_id, records, res, cfg.data.cache_dir, progress=report("latents"))
+        all_caps = [c for r in records for c in r.captions.values()] + [""]
+        text = cached_text(encoder, all_caps, cfg.data.cache_dir, progress=report("text states"))
+        del encoder
+        model = DiT(dcfg).to(device)
+        fetch = lambda idx, step: denoiser_batch(cfg, records, latents, text, idx, step)
+
+    ema = copy.deepcopy(model).requires_grad_(False).eval()
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.99))
+    step = 0
+    if resume and ckpt_path.exists():
+        ck = torch.load(ckpt_path, weights_only=False)
+        model.load_state_dict(ck["model"]), ema.load_state_dict(ck["ema"]), opt.load_state_dict(ck["opt"])
+        step = ck["step"]
+        if show:
+            print(f"resumed {ckpt_path} at step {step}")
+    net = wrap(model, cfg, world, device)
+    if world > 1 and cfg.distributed == "fsdp":
+        opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.99))
+        if resume and ckpt_path.exists():
+            opt.load_state_dict(ck["opt"])
+    n_params = sum(p.numel() for p in model.parameters())
+    if show:
+        print(f"{cfg.kind}: {n_params / 1e6:.2f}M parameters, {len(records)} images, {world} process(es), device {device}")
+
+    metrics = (out / "metrics.jsonl").open("a") if rank == 0 else None
+    bar = Progress(cfg.steps, step, show)
+    t_last, seen = time.time(), 0
+    while step < cfg.steps:
+        idx = batch_indices(len(records), step, cfg.batch_size, cfg.seed, rank, world, weights)
+        gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step * 101 + rank)
+        batch = fetch(idx, step)
+        for g in opt.param_groups:
+            g["lr"] = lr_at(cfg, step)
+        with autocast(cfg, device):
+            if cfg.kind == "autoencoder":
+                loss = autoencoder_loss(net, batch.to(device), cfg, gen)
+            else:
+                x0, states, mask = (b.to(device) for b in batch)
+                loss = flow.loss(net, x0, states, mask, generator=gen)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        gnorm = torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
+        opt.step()
+        step += 1
+        update_ema(ema, model, cfg.ema, step)
+        seen += len(idx) * world
+        if step % cfg.log_every == 0 or step == cfg.steps:
+            lval = loss.detach().float()
+            if world > 1:
+                dist.all_reduce(lval)
+                lval /= world
+            ips = seen / (time.time() - t_last)
+            t_last, seen = time.time(), 0
+            if metrics:
+                metrics.write(json.dumps({"step": step, "loss": lval.item(), "lr": lr_at(cfg, step - 1),
+                                          "grad_norm": float(gnorm), "images_per_s": ips, "time": time.time()}) + "\n")
+                metrics.flush()
+            bar.update(step, loss=lval.item(), img_s=ips)
+        if step % cfg.ckpt_every == 0 or step == cfg.steps:
+            sd = {"model": state_of(net), "ema": ema.state_dict(), "opt": opt.state_dict(), "step": step,
+                  "config": dataclasses.asdict(cfg)}
+            if rank == 0:
+                atomic_save(sd, ckpt_path)
+        if rank == 0 and cfg.kind == "denoiser" and (step % cfg.sample_every == 0 or step == cfg.steps):
+            export(cfg, ema, out / "model", vae)
+            evaluate(cfg, out, step, metrics)
+    if rank == 0 and cfg.kind == "autoencoder":
+        export_autoencoder(cfg, ema, records, out / "model")
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+    return out / "model"
+
+
+@torch.no_grad()
+def update_ema(ema, model, decay: float, step: int):
+    d = min(decay, (1 + step) / (10 + step))
+    for e, p in zip(ema.parameters(), model.parameters()):
+        p = p.full_tensor() if hasattr(p, "full_tensor") else p
+        e.lerp_(p.detach().to(e.dtype), 1 - d)
+
+
+def autoencoder_batch(cfg: TrainConfig, records, idx, step) -> torch.Tensor:
+    rng = np.random.default_rng([cfg.seed, step, 7])
+    res, c = cfg.data.resolution, min(cfg.crop, cfg.data.resolution)
+    out = []
+    for i in idx:
+        x = to_tensor(image_of(records[i], res))
+        top, left = rng.integers(0, res - c + 1, 2)
+        out.append(x[:, top : top + c, left : left + c])
+    return torch.stack(out)
+
+
+def autoencoder_loss(vae, x, cfg: TrainConfig, gen) -> torch.Tensor:
+    post = vae.encode(x).latent_dist
+    z = post.mean + post.std * torch.randn(post.mean.shape, generator=gen)
+    rec = vae.decode(z).sample
+    kl = 0.5 * (post.mean**2 + post.var - 1 - post.logvar).mean()
+    return (rec - x).abs().mean() + ((rec - x) ** 2).mean() + cfg.kl_weight * kl
+
+
+def denoiser_batch(cfg: TrainConfig, records, latents, text, idx, step):
+    from ..text.encoder import pad
+
+    flat, offsets, index = text
+    rng = np.random.default_rng([cfg.seed, step, 11])
+    caps = pick_captions(records, idx, cfg.data.caption_weights, rng)
+    caps = ["" if rng.random() < cfg.cond_dropout else c for c in caps]
+    states = [flat[offsets[index[c]] : offsets[index[c] + 1]].float() for c in caps]
+    x, mask = pad(states)
+    return latents[idx].float(), x, mask
+
+
+@torch.no_grad()
+def export_autoencoder(cfg: TrainConfig, vae, records, folder: Path):
+    """Save the EMA autoencoder as a diffusers folder with latent shift and scale measured on data."""
+    rng = np.random.default_rng(cfg.seed)
+    idx = rng.choice(len(records), size=min(512, len(records)), replace=False)
+    x = torch.stack([to_tensor(image_of(records[i], cfg.data.resolution)) for i in idx])
+    z = vae.encode(x).latent_dist.mode()
+    vae.register_to_config(shift_factor=float(z.mean()), scaling_factor=float(1 / z.std()))
+    tmp = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    vae.save_pretrained(tmp)
+    shutil.rmtree(folder, ignore_errors=True)
+    os.replace(tmp, folder)
+    rec = AE.to_image(vae, AE.to_latent(vae, x[:64]))
+    err = (rec - x[:64]).abs().mean().item() * 127.5
+    print(f"autoencoder exported to {folder}: mean abs error {err:.2f}/255 on {len(rec)} images")
+
+
+def export(cfg: TrainConfig, ema, folder: Path, vae):
+    """A self-contained model folder: EMA denoiser, its config, the autoencoder and the text encoder name."""
+    from safetensors.torch import save_file
+
+    tmp = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    (tmp / "autoencoder").mkdir(parents=True)
+    vae.save_pretrained(tmp / "autoencoder")
+    save_file({k: v.contiguous() for k, v in ema.state_dict().items()}, tmp / "denoiser.safetensors")
+    meta = {"denoiser": ema.cfg.to_dict(), "text_encoder": cfg.text_encoder, "resolution": cfg.data.resolution,
+            "world": "shapes" if cfg.data.source == "shapes" else None,
+            "defaults": {"steps": cfg.sample_steps, "guidance": cfg.guidance, "sampler": "euler"}}
+    (tmp / "limner.json").write_text(json.dumps(meta, indent=2))
+    shutil.rmtree(folder, ignore_errors=True)
+    os.replace(tmp, folder)
+
+
+def evaluate(cfg: TrainConfig, out: Path, step: int, metrics):
+    """Sample grid of fixed prompts, plus Shapes World suite scores, from the exported EMA model."""
+    from ..generate import Pipeline
+    from ..world.evaluate import run_suites
+
+    pipe = Pipeline.from_pretrained(str(out / "model"), safety=False)
+    grid_prompts = ["three red circles and a blue square", "a yellow triangle to the left of two green circles",
+                    "eight purple squares", "one large orange circle"]
+    imgs = pipe(grid_prompts, seed=0)
+    from ..generate import grid
+
+    grid(imgs, cols=4).save(out / f"samples-{step:07d}.png")
+    if cfg.data.source == "shapes" and cfg.eval_per_cell:
+        summary = run_suites(pipe, per_cell=cfg.eval_per_cell)
+        print(f"\nstep {step}: " + ", ".join(f"{k} {v:.3f}" for k, v in summary.items()), flush=True)
+        if metrics:
+            metrics.write(json.dumps({"step": step, "eval": summary}) + "\n")
+            metrics.flush()

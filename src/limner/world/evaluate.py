@@ -1,0 +1,36 @@
+"""Score a pipeline on the held-out Shapes World suites: the figures of the foundation issue."""
+from __future__ import annotations
+
+from collections import defaultdict
+
+from .scorer import Constraints, detect, score
+from .suites import SUITES, build
+
+# what each suite's headline figure is
+HEADLINE = {"counting": "count_ok", "binding": "count_ok", "spatial": "relations_ok", "detailed": "correct"}
+CELL = {"counting": "count", "binding": "pairs", "spatial": "relation", "detailed": "objects"}
+
+
+def run_suites(pipe, per_cell: int = 25, suites=SUITES, seed: int = 0, steps=None, guidance=None,
+               sampler=None, details: dict | None = None, batch: int = 64) -> dict[str, float]:
+    """Headline accuracy per suite; with `details` (a dict) also per cell and per image results."""
+    summary = {}
+    for suite in suites:
+        items = build(suite, per_cell)
+        results = []
+        for i in range(0, len(items), batch):
+            part = items[i : i + batch]
+            imgs = pipe([it["prompt"] for it in part], seed=seed, steps=steps, guidance=guidance, sampler=sampler)
+            for it, img in zip(part, imgs):
+                r = score(detect(img), Constraints.from_dict(it["constraints"]))
+                results.append((it, r))
+        key = HEADLINE[suite]
+        summary[suite] = sum(r[key] for _, r in results) / len(results)
+        if details is not None:
+            cells = defaultdict(list)
+            for it, r in results:
+                cells[str(it["tags"][CELL[suite]])].append(r[key])
+            details[suite] = {"headline": summary[suite], "metric": key, "n": len(results),
+                              "whole_scene": sum(r["correct"] for _, r in results) / len(results),
+                              "cells": {k: sum(v) / len(v) for k, v in cells.items()}}
+    return summary

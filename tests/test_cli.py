@@ -1,0 +1,90 @@
+"""The command line as a user runs it: real subprocesses on the shipped default model."""
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+CLI = [sys.executable, "-m", "limner.cli"]
+
+
+def limner(*args, **kw):
+    return subprocess.run(CLI + list(args), capture_output=True, text=True, timeout=300, **kw)
+
+
+def test_generate_writes_png_with_parameters(tmp_path):
+    out = tmp_path / "img.png"
+    res = limner("generate", "three red circles and a blue square", "--output", str(out), "--seed", "7", "--steps", "8")
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == str(out)
+    img = Image.open(out)
+    assert img.size == (64, 64)
+    params = json.loads(img.info["parameters"])
+    assert params["prompt"] == "three red circles and a blue square" and params["seed"] == 7 and params["steps"] == 8
+    assert params["model"] == "shapes-default"
+
+
+def test_generate_many_reproducible_with_negative_prompt(tmp_path):
+    args = ["generate", "two green triangles", "-n", "2", "--steps", "6", "--guidance", "2",
+            "--negative-prompt", "red", "--sampler", "heun"]
+    first = limner(*args, "--output", str(tmp_path / "a.png"))
+    second = limner(*args, "--output", str(tmp_path / "b.png"))
+    assert first.returncode == 0, first.stderr
+    paths_a, paths_b = first.stdout.split(), second.stdout.split()
+    assert len(paths_a) == 2
+    for pa, pb in zip(paths_a, paths_b):
+        assert np.array_equal(np.asarray(Image.open(pa)), np.asarray(Image.open(pb)))
+    assert not np.array_equal(np.asarray(Image.open(paths_a[0])), np.asarray(Image.open(paths_a[1])))
+
+
+@pytest.mark.parametrize("args, message", [
+    (["generate", ""], "prompt is empty"),
+    (["generate", "   "], "prompt is empty"),
+    (["generate", "a red circle", "--steps", "100000"], "steps must be between"),
+    (["generate", "a red circle", "-n", "0"], "-n must be between"),
+    (["generate", "a red circle", "--guidance", "-3"], "guidance must be between"),
+    (["generate", "a red circle", "--sampler", "magic"], "unknown sampler"),
+    (["generate", "a red circle", "--model", "/no/such/model"], "no limner model at"),
+])
+def test_bad_input_gets_clear_errors(args, message, tmp_path):
+    res = limner(*args, "--output", str(tmp_path / "x.png"))
+    assert res.returncode == 2
+    assert message in res.stderr and "Traceback" not in res.stderr
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_prompt_outside_the_world_warns(tmp_path):
+    res = limner("generate", "a photo of a cat on a sofa", "--steps", "2", "--output", str(tmp_path / "c.png"))
+    assert res.returncode == 0
+    assert "only knows Shapes World" in res.stderr and "cat" in res.stderr
+
+
+def test_world_sample_and_score_round_trip(tmp_path):
+    res = limner("world", "sample", "-n", "12", "--out", str(tmp_path / "w"), "--resolution", "96")
+    assert res.returncode == 0, res.stderr
+    assert len(list((tmp_path / "w").glob("*.png"))) == 12
+    rec = json.loads((tmp_path / "w" / "000000.json").read_text())
+    assert set(rec["captions"]) == {"alt", "count", "spatial", "detailed"}
+    res = limner("world", "score", str(tmp_path / "w"), "--json")
+    summary = json.loads(res.stdout)["summary"]
+    assert summary["scene"]["n"] == 12 and summary["scene"]["correct"] == 1.0
+
+
+def test_world_score_reads_generated_prompts(tmp_path):
+    limner("generate", "two blue squares", "--steps", "6", "--output", str(tmp_path / "g" / "a.png"))
+    res = limner("world", "score", str(tmp_path / "g"), "--json")
+    assert res.returncode == 0, res.stderr
+    rows = json.loads(res.stdout)["images"]
+    assert len(rows) == 1 and rows[0]["prompt"] == "two blue squares" and isinstance(rows[0]["count_ok"], bool)
+    assert limner("world", "score", str(tmp_path / "nothing")).returncode == 2
+
+
+def test_python_api_matches_cli(tmp_path):
+    import limner as L
+
+    pipe = L.Pipeline.from_pretrained("shapes-default")
+    img = pipe("a yellow triangle", seed=1, steps=6)[0]
+    limner("generate", "a yellow triangle", "--seed", "1", "--steps", "6", "--output", str(tmp_path / "y.png"))
+    assert np.array_equal(np.asarray(img), np.asarray(Image.open(tmp_path / "y.png")))

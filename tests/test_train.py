@@ -1,0 +1,198 @@
+"""The real training path on the tiny debug configs: autoencoder, denoiser, resume, DDP, WebDataset."""
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from limner.train.data import DataConfig, batch_indices, shapes_records
+from limner.train.train import TrainConfig, lr_at, run
+from limner.world.scene import render, sample_scene
+from limner.world.suites import held_out_prompts, normalise
+
+ROOT = Path(__file__).resolve().parents[1]
+CLI = [sys.executable, "-m", "limner.cli"]
+
+
+def tiny(kind: str, tmp: Path, **over) -> TrainConfig:
+    cfg = TrainConfig.load(ROOT / f"configs/{kind}-tiny.yaml")
+    cfg.out_dir = str(tmp / kind)
+    cfg.data.cache_dir = str(tmp / "cache")
+    cfg.threads = 1
+    for k, v in over.items():
+        setattr(cfg, k, v)
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A tiny autoencoder and a tiny denoiser trained for real (a few hundred steps in all)."""
+    tmp = tmp_path_factory.mktemp("train")
+    t0 = time.time()
+    ae = run(tiny("autoencoder", tmp), quiet=True)
+    dn = run(tiny("denoiser", tmp, autoencoder=str(ae)), quiet=True)
+    return tmp, ae, dn, time.time() - t0
+
+
+def metrics(folder):
+    return [json.loads(line) for line in (Path(folder) / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_tiny_training_runs_learns_and_exports(trained):
+    tmp, ae, dn, seconds = trained
+    assert seconds < 60
+    assert (ae / "config.json").exists() and (dn / "denoiser.safetensors").exists()
+    losses = [m["loss"] for m in metrics(tmp / "denoiser") if "loss" in m]
+    assert np.mean(losses[-3:]) < np.mean(losses[:2])
+    ae_losses = [m["loss"] for m in metrics(tmp / "autoencoder") if "loss" in m]
+    assert ae_losses[-1] < ae_losses[0]
+    assert list((tmp / "denoiser").glob("samples-*.png"))
+    assert all(m["images_per_s"] > 0 for m in metrics(tmp / "denoiser") if "loss" in m)
+
+
+def test_exported_model_generates_reproducibly(trained):
+    from limner.generate import Pipeline
+
+    _, _, dn, _ = trained
+    pipe = Pipeline.from_pretrained(str(dn))
+    a = pipe("two red circles", seed=3, steps=3)[0]
+    b = pipe(["a blue square", "two red circles"], seed=3, steps=3)[1]
+    assert a.size == (32, 32)
+    assert np.array_equal(np.asarray(a), np.asarray(b))  # a seed fixes the image whatever the batch
+    c = pipe("two red circles", seed=4, steps=3)[0]
+    assert not np.array_equal(np.asarray(a), np.asarray(c))
+
+
+def test_text_and_latents_are_cached_by_content(trained):
+    tmp, ae, _, _ = trained
+    cache = tmp / "cache"
+    files = {p: p.stat().st_mtime for p in cache.rglob("*.pt")}
+    assert any("text" in str(p) for p in files) and any("latents" in str(p) for p in files)
+    run(tiny("denoiser", tmp, autoencoder=str(ae), out_dir=str(tmp / "again"), steps=2, sample_every=10**6), quiet=True)
+    assert {p: p.stat().st_mtime for p in cache.rglob("*.pt")} == files  # nothing re-encoded
+
+
+def test_training_never_sees_held_out_prompts():
+    held = held_out_prompts()
+    recs = shapes_records(DataConfig(scenes=3000, seed=0))
+    seen = {normalise(c) for r in recs for c in r.captions.values()}
+    assert not seen & held
+
+
+def test_batches_are_a_function_of_step():
+    a = batch_indices(10, 3, 4, seed=1)
+    assert np.array_equal(a, batch_indices(10, 3, 4, seed=1))
+    epoch = np.concatenate([batch_indices(10, s, 5, seed=1) for s in range(2)])
+    assert sorted(epoch) == list(range(10))  # one epoch visits every record once
+    r0, r1 = batch_indices(10, 0, 2, 1, rank=0, world=2), batch_indices(10, 0, 2, 1, rank=1, world=2)
+    assert not set(r0) & set(r1)
+
+
+def test_lr_schedule_warms_up_and_decays():
+    cfg = TrainConfig(kind="autoencoder", steps=100, warmup=10, lr=1.0, min_lr_ratio=0.1)
+    assert lr_at(cfg, 0) == pytest.approx(0.1) and lr_at(cfg, 9) == pytest.approx(1.0)
+    assert lr_at(cfg, 99) == pytest.approx(0.1, abs=1e-3)
+
+
+def test_config_errors_are_clear(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("kind: denoiser\nstepz: 3\n")
+    with pytest.raises(ValueError, match="unknown keys.*stepz"):
+        TrainConfig.load(bad)
+    bad.write_text("kind: denoiser\n")
+    with pytest.raises(ValueError, match="needs `autoencoder:`"):
+        TrainConfig.load(bad)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        TrainConfig.load(tmp_path / "missing.yaml")
+
+
+def train_cmd(tmp, out, ae, *extra):
+    return CLI + ["train", str(ROOT / "configs/denoiser-tiny.yaml"), "--set", f"out_dir={out}",
+                  "--set", f"autoencoder={ae}", "--set", f"data.cache_dir={tmp / 'cache'}", "--set", "threads=1",
+                  "--set", "steps=300", "--set", "ckpt_every=50", "--set", "sample_every=100000", *extra]
+
+
+def test_resume_after_kill_continues_exactly(trained, tmp_path):
+    tmp, ae, _, _ = trained
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    subprocess.run(train_cmd(tmp, tmp_path / "straight", ae), check=True, env=env, capture_output=True)
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(train_cmd(tmp, killed, ae), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not (killed / "checkpoint.pt").exists() and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    step = torch.load(killed / "checkpoint.pt", weights_only=False)["step"]
+    assert step < 300, "the run finished before it could be killed"
+    again = subprocess.run(train_cmd(tmp, killed, ae), env=env, capture_output=True, text=True)
+    assert again.returncode == 2 and "--resume" in again.stderr  # no silent overwrite
+    out = subprocess.run(train_cmd(tmp, killed, ae, "--resume"), env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert f"resumed" in out.stdout
+    a = torch.load(tmp_path / "straight" / "checkpoint.pt", weights_only=False)
+    b = torch.load(killed / "checkpoint.pt", weights_only=False)
+    assert a["step"] == b["step"] == 300
+    for k in a["model"]:
+        assert torch.allclose(a["model"][k], b["model"][k], atol=1e-5), k
+    for k in a["ema"]:
+        assert torch.allclose(a["ema"][k], b["ema"][k], atol=1e-5), k
+
+
+@pytest.mark.parametrize("mode", ["ddp", "fsdp"])
+def test_distributed_two_processes(trained, tmp_path, mode):
+    tmp, ae, _, _ = trained
+    out = tmp_path / mode
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "0",
+           "-m", "limner.cli", "train", str(ROOT / "configs/denoiser-tiny.yaml"), "--set", f"out_dir={out}",
+           "--set", f"autoencoder={ae}", "--set", f"data.cache_dir={tmp / 'cache'}", "--set", "threads=1",
+           "--set", "steps=40", "--set", f"distributed={mode}", "--set", "sample_every=40"]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "2 process(es)" in res.stdout
+    ck = torch.load(out / "checkpoint.pt", weights_only=False)
+    assert ck["step"] == 40 and (out / "model" / "denoiser.safetensors").exists()
+    losses = [m["loss"] for m in metrics(out) if "loss" in m]
+    assert len(losses) == 2 and all(np.isfinite(losses))
+
+
+def write_shard(path: Path, n: int):
+    import random
+
+    rng = random.Random(0)
+    with tarfile.open(path, "w") as tar:
+        for i in range(n):
+            scene = sample_scene(rng)
+            buf = io.BytesIO()
+            render(scene, 48).save(buf, format="PNG")
+            meta = json.dumps({"captions": {"count": f"{len(scene.objects)} shapes"}, "weight": 1.0 + i % 2}).encode()
+            for name, data in [(f"s{i:04d}.png", buf.getvalue()), (f"s{i:04d}.txt", b"shapes"), (f"s{i:04d}.json", meta)]:
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+
+
+def test_trains_from_webdataset_shards(trained, tmp_path):
+    _, ae, _, _ = trained
+    write_shard(tmp_path / "shard-000.tar", 12)
+    write_shard(tmp_path / "shard-001.tar", 5)
+    data = {"source": "webdataset", "shards": str(tmp_path / "shard-*.tar"), "resolution": 32,
+            "cache_dir": str(tmp_path / "cache")}
+    from limner.train.data import load_records
+
+    recs = load_records(DataConfig(**data))
+    assert len(recs) == 17 and recs[0].captions == {"count": recs[0].captions["count"], "alt": "shapes"}
+    cfg = TrainConfig.from_dict({"kind": "denoiser", "out_dir": str(tmp_path / "dn"), "autoencoder": str(ae),
+                                 "data": data, "model": {"preset": "tiny", "latent_size": 16},
+                                 "steps": 5, "batch_size": 4, "sample_every": 5, "eval_per_cell": 0, "threads": 1})
+    assert (run(cfg, quiet=True) / "denoiser.safetensors").exists()
+    with pytest.raises(FileNotFoundError, match="no WebDataset shards"):
+        load_records(DataConfig(source="webdataset", shards=str(tmp_path / "nothing-*.tar")))

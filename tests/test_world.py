@@ -1,0 +1,119 @@
+import random
+
+import numpy as np
+import pytest
+
+from limner.world import captions as C
+from limner.world.parse import parse_prompt
+from limner.world.scene import BACKGROUNDS, COLOURS, SIZES, Obj, Scene, box_gap, render, sample_scene
+from limner.world.scorer import Constraints, detect, score
+from limner.world.suites import SUITES, build
+
+
+def scenes(n, seed=0):
+    rng = random.Random(seed)
+    return [sample_scene(rng) for _ in range(n)]
+
+
+def test_scenes_follow_the_spec():
+    for s in scenes(300):
+        assert s.background in BACKGROUNDS
+        assert 1 <= len(s.objects) <= 8
+        boxes = [o.box() for o in s.objects]
+        for b in boxes:
+            assert 0 <= b[0] and b[2] <= 1 and 0 <= b[1] and b[3] <= 1
+        for i in range(len(boxes)):
+            for j in range(i):
+                assert box_gap(boxes[i], boxes[j]) >= 0.02
+        assert all(o.colour in COLOURS and o.size in SIZES for o in s.objects)
+
+
+def test_counts_up_to_eight_occur_in_one_group():
+    big = [max(len(v) for v in s.groups().values()) for s in scenes(500)]
+    assert set(range(1, 9)) <= set(big)
+
+
+@pytest.mark.parametrize("res", [32, 64, 257, 2048])
+def test_render_exact_palette_at_any_resolution(res):
+    scene = Scene("pale blue", [Obj("square", "red", "large", 0.3, 0.3), Obj("circle", "blue", "small", 0.7, 0.7),
+                                Obj("triangle", "yellow", "large", 0.3, 0.75)])
+    px = np.asarray(render(scene, res))
+    assert px.shape == (res, res, 3)
+    assert tuple(px[0, 0]) == BACKGROUNDS["pale blue"]
+    assert tuple(px[int(0.3 * res), int(0.3 * res)]) == COLOURS["red"]
+    assert tuple(px[int(0.7 * res), int(0.7 * res)]) == COLOURS["blue"]
+    # the triangle points up: its bottom half holds three times the pixels of its top half
+    tri = np.all(px == COLOURS["yellow"], axis=-1)
+    top, bottom = int((0.75 - 0.0866) * res), int((0.75 + 0.0866) * res)
+    mid = (top + bottom) // 2
+    assert tri[mid:bottom + 1].sum() > 2 * tri[top:mid].sum()
+
+
+def test_area_matches_geometry():
+    res = 400
+    for shape, area in [("square", 0.2**2), ("circle", np.pi * 0.1**2), ("triangle", 0.2 * 0.2 * np.sqrt(3) / 4)]:
+        px = np.asarray(render(Scene("ivory", [Obj(shape, "green", "large", 0.5, 0.5)]), res))
+        bg, fg = np.array(BACKGROUNDS["ivory"], float), np.array(COLOURS["green"], float)
+        cover = ((px - bg) @ (fg - bg)) / ((fg - bg) @ (fg - bg))  # anti-aliased pixels count in part
+        assert abs(cover.sum() / res**2 - area) / area < 0.005, shape
+
+
+@pytest.mark.parametrize("res", [64, 128])
+def test_scorer_reads_rendered_scenes_exactly(res):
+    all_scenes = scenes(400, seed=res)
+    ok = [score(detect(render(s, res)), Constraints.from_scene(s))["correct"] for s in all_scenes]
+    assert np.mean(ok) >= 0.995
+
+
+def test_scorer_catches_wrong_images():
+    rng = random.Random(5)
+    wrong = 0
+    for _ in range(100):
+        s = sample_scene(rng)
+        cons = Constraints.from_scene(s)
+        s.objects = s.objects[:-1] if len(s.objects) > 1 else [Obj("square" if s.objects[0].shape != "square" else "circle",
+                                                                   s.objects[0].colour, s.objects[0].size, 0.5, 0.5)]
+        wrong += not score(detect(render(s, 64)), cons)["correct"]
+    assert wrong == 100
+
+
+def test_caption_kinds():
+    rng = random.Random(1)
+    for s in scenes(100):
+        caps = C.captions(s, rng)
+        assert set(caps) == set(C.KINDS)
+        assert 60 <= len(caps["detailed"].split()) <= 170
+        for (colour, _shape), _ in s.groups().items():
+            assert colour in caps["count"] and colour in caps["detailed"]
+
+
+def test_count_caption_parses_back_to_the_scene():
+    rng = random.Random(2)
+    for s in scenes(200, seed=3):
+        cons = parse_prompt(C.count(s, rng))
+        counts = {(g["colour"], g["shape"]): 0 for g in cons.groups}
+        for g in cons.groups:
+            counts[(g["colour"], g["shape"])] += g["count"]
+        assert counts == {k: len(v) for k, v in s.groups().items()}
+
+
+def test_parse_spatial_prompt():
+    c = parse_prompt("a yellow triangle to the left of two green circles")
+    assert c.groups == [{"colour": "yellow", "shape": "triangle", "count": 1},
+                        {"colour": "green", "shape": "circle", "count": 2}]
+    assert c.relations == [{"a": ["yellow", "triangle"], "rel": "left of", "b": ["green", "circle"]}]
+    assert parse_prompt("a photo of a cat") is None
+
+
+def test_suites_are_deterministic_and_satisfiable():
+    for name in SUITES:
+        a, b = build(name, 3), build(name, 3)
+        assert a == b and len({it["id"] for it in a}) == len(a)
+    counts = {it["tags"]["count"] for it in build("counting", 2)}
+    assert counts == set(range(1, 9))
+    for it in build("detailed", 3):
+        assert 60 <= it["tags"]["words"] <= 170
+        scene = Scene.from_dict(it["tags"]["scene"])
+        assert score(detect(render(scene, 64)), Constraints.from_dict(it["constraints"]))["correct"]
+    with pytest.raises(ValueError, match="unknown suite"):
+        build("nope")
