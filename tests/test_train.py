@@ -137,31 +137,47 @@ def test_resume_after_kill_continues_exactly(trained, tmp_path):
     assert again.returncode == 2 and "--resume" in again.stderr  # no silent overwrite
     out = subprocess.run(train_cmd(tmp, killed, ae, "--resume"), env=env, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
-    assert f"resumed" in out.stdout
+    assert "resumed" in out.stdout
     a = torch.load(tmp_path / "straight" / "checkpoint.pt", weights_only=False)
     b = torch.load(killed / "checkpoint.pt", weights_only=False)
     assert a["step"] == b["step"] == 300
-    for k in a["model"]:
-        assert torch.allclose(a["model"][k], b["model"][k], atol=1e-5), k
-    for k in a["ema"]:
-        assert torch.allclose(a["ema"][k], b["ema"][k], atol=1e-5), k
+    # the same losses step by step after the resume (same data order, noise and optimizer state)...
+    la = {m["step"]: m["loss"] for m in metrics(tmp_path / "straight") if "loss" in m}
+    lb = {m["step"]: m["loss"] for m in metrics(killed) if "loss" in m}
+    assert set(la) <= set(lb) and all(abs(la[k] - lb[k]) < 1e-4 for k in la)
+    # ...and the same function at the end. (Parameters are compared through the outputs: key-projection
+    # biases have an exactly-zero true gradient, so Adam turns float rounding noise into tiny steps there.)
+    from limner.models.dit import DiT, DiTConfig
+
+    cfg = DiTConfig(**{**TrainConfig.load(ROOT / "configs/denoiser-tiny.yaml").model, "text_dim": 384})
+    x, t, s, mask = torch.randn(4, 4, 16, 16), torch.rand(4), torch.randn(4, 7, 384), torch.ones(4, 7, dtype=torch.bool)
+    outs = []
+    for ck in (a, b):
+        for key in ("model", "ema"):
+            m = DiT(cfg)
+            m.load_state_dict(ck[key])
+            outs.append(m(x, t, s, mask))
+    assert torch.allclose(outs[0], outs[2], atol=1e-4) and torch.allclose(outs[1], outs[3], atol=1e-4)
 
 
-@pytest.mark.parametrize("mode", ["ddp", "fsdp"])
-def test_distributed_two_processes(trained, tmp_path, mode):
+def test_distributed_two_processes_ddp_and_fsdp_agree(trained, tmp_path):
     tmp, ae, _, _ = trained
-    out = tmp_path / mode
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "0",
-           "-m", "limner.cli", "train", str(ROOT / "configs/denoiser-tiny.yaml"), "--set", f"out_dir={out}",
-           "--set", f"autoencoder={ae}", "--set", f"data.cache_dir={tmp / 'cache'}", "--set", "threads=1",
-           "--set", "steps=40", "--set", f"distributed={mode}", "--set", "sample_every=40"]
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-    assert res.returncode == 0, res.stderr[-3000:]
-    assert "2 process(es)" in res.stdout
-    ck = torch.load(out / "checkpoint.pt", weights_only=False)
-    assert ck["step"] == 40 and (out / "model" / "denoiser.safetensors").exists()
-    losses = [m["loss"] for m in metrics(out) if "loss" in m]
-    assert len(losses) == 2 and all(np.isfinite(losses))
+    losses = {}
+    for mode in ("ddp", "fsdp"):
+        out = tmp_path / mode
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+               "-m", "limner.cli", "train", str(ROOT / "configs/denoiser-tiny.yaml"), "--set", f"out_dir={out}",
+               "--set", f"autoencoder={ae}", "--set", f"data.cache_dir={tmp / 'cache'}", "--set", "threads=1",
+               "--set", "steps=40", "--set", f"distributed={mode}", "--set", "sample_every=40"]
+        res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+        assert res.returncode == 0, res.stderr[-3000:]
+        assert "2 process(es)" in res.stdout
+        ck = torch.load(out / "checkpoint.pt", weights_only=False)
+        assert ck["step"] == 40 and (out / "model" / "denoiser.safetensors").exists()
+        losses[mode] = [m["loss"] for m in metrics(out) if "loss" in m]
+        assert len(losses[mode]) == 2 and all(np.isfinite(losses[mode]))
+    # sharded and replicated training are the same computation
+    assert np.allclose(losses["ddp"], losses["fsdp"], atol=1e-4)
 
 
 def write_shard(path: Path, n: int):

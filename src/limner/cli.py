@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -42,7 +43,9 @@ def cmd_train(a) -> int:
                 node = node[p]
             node[leaf] = yaml.safe_load(value)
         cfg = TrainConfig.from_dict(raw, a.config)
-    print(run(cfg, resume=a.resume))
+    path = run(cfg, resume=a.resume)
+    if os.environ.get("RANK", "0") == "0":
+        print(path)
     return 0
 
 

@@ -34,12 +34,14 @@ class TextEncoder:
         self.name, self.max_length, self.device = name, max_length, device
         self.tokenizer = AutoTokenizer.from_pretrained(path)
         config = AutoConfig.from_pretrained(path)
-        if getattr(config, "is_encoder_decoder", False):
+        if config.model_type in ("t5", "mt5", "umt5"):  # load the encoder half only
             from transformers import T5EncoderModel
 
             self.model = T5EncoderModel.from_pretrained(path)
         else:
             self.model = AutoModel.from_pretrained(path)
+            if getattr(config, "is_encoder_decoder", False):
+                self.model = self.model.get_encoder()
         self.model.eval().requires_grad_(False).to(device)
         self.dim = config.d_model if hasattr(config, "d_model") else config.hidden_size
         limit = getattr(config, "max_position_embeddings", None) or max_length
@@ -58,7 +60,8 @@ class TextEncoder:
                                   f"encoder ({self.name}): {text[:60]!r}...", stacklevel=2)
             batch = self.tokenizer(chunk, padding=True, truncation=True, max_length=self.max_length,
                                    return_tensors="pt").to(self.device)
-            states = self.model(**batch).last_hidden_state.float().cpu()
+            states = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+            states = states.last_hidden_state.float().cpu()
             lengths = batch["attention_mask"].sum(1).tolist()
             out += [s[:n].clone() for s, n in zip(states, lengths)]
         return out
