@@ -61,15 +61,14 @@ def outside_world(prompt: str) -> list[str]:
 
 
 class Pipeline:
-    def __init__(self, denoiser: DiT, vae, encoder: TextEncoder, meta: dict, safety: bool = True):
+    def __init__(self, denoiser: DiT, vae, encoder: TextEncoder, meta: dict):
         self.denoiser, self.vae, self.encoder, self.meta = denoiser.eval(), vae.eval(), encoder, meta
         self.resolution = meta["resolution"]
         self.defaults = meta.get("defaults", {})
-        self.safety = safety
         self.name = meta.get("name", "limner")
 
     @classmethod
-    def from_pretrained(cls, name_or_path: str = "shapes-default", device: str = "cpu", safety: bool = True) -> "Pipeline":
+    def from_pretrained(cls, name_or_path: str = "shapes-default", device: str = "cpu") -> "Pipeline":
         from safetensors.torch import load_file
 
         path = resolve_model(name_or_path)
@@ -79,7 +78,7 @@ class Pipeline:
         denoiser.load_state_dict({k: v.float() for k, v in load_file(path / "denoiser.safetensors").items()})
         vae = AE.load(str(path / "autoencoder"))
         encoder = TextEncoder(meta.get("text_encoder", "minilm"))
-        return cls(denoiser.to(device), vae.to(device), encoder, meta, safety)
+        return cls(denoiser.to(device), vae.to(device), encoder, meta)
 
     @torch.no_grad()
     def __call__(self, prompt: str | list[str], negative_prompt: str | None = None, seed: int = 0,

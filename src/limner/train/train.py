@@ -366,7 +366,7 @@ def evaluate(cfg: TrainConfig, out: Path, step: int, metrics):
     from ..generate import Pipeline
     from ..world.evaluate import run_suites
 
-    pipe = Pipeline.from_pretrained(str(out / "model"), safety=False)
+    pipe = Pipeline.from_pretrained(str(out / "model"))
     grid_prompts = ["three red circles and a blue square", "a yellow triangle to the left of two green circles",
                     "eight purple squares", "one large orange circle"]
     imgs = pipe(grid_prompts, seed=0)

@@ -1,0 +1,31 @@
+"""Shapes World suite scores of a model over guidance scales, samplers and step counts.
+
+    python benchmarks/sweep.py --model shapes-default --per-cell 8 --guidance 2 3 4 5 --steps 20 --sampler euler
+"""
+import argparse
+import json
+import time
+
+import torch
+
+from limner.generate import Pipeline
+from limner.world.evaluate import run_suites
+
+ap = argparse.ArgumentParser()
+ap.add_argument("--model", default="shapes-default")
+ap.add_argument("--per-cell", type=int, default=8)
+ap.add_argument("--guidance", type=float, nargs="+", default=[3.0])
+ap.add_argument("--steps", type=int, nargs="+", default=[20])
+ap.add_argument("--sampler", nargs="+", default=["euler"])
+ap.add_argument("--threads", type=int, default=2)
+a = ap.parse_args()
+torch.set_num_threads(a.threads)
+pipe = Pipeline.from_pretrained(a.model)
+for sampler in a.sampler:
+    for steps in a.steps:
+        for g in a.guidance:
+            t = time.time()
+            details = {}
+            summary = run_suites(pipe, a.per_cell, steps=steps, guidance=g, sampler=sampler, details=details)
+            print(json.dumps({"sampler": sampler, "steps": steps, "guidance": g, **summary,
+                              "seconds": round(time.time() - t, 1)}), flush=True)
