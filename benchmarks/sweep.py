@@ -25,7 +25,6 @@ for sampler in a.sampler:
     for steps in a.steps:
         for g in a.guidance:
             t = time.time()
-            details = {}
-            summary = run_suites(pipe, a.per_cell, steps=steps, guidance=g, sampler=sampler, details=details)
+            summary = run_suites(pipe, a.per_cell, steps=steps, guidance=g, sampler=sampler)
             print(json.dumps({"sampler": sampler, "steps": steps, "guidance": g, **summary,
                               "seconds": round(time.time() - t, 1)}), flush=True)
