@@ -1,4 +1,4 @@
-"""`limner <verb>`: generate, train, world."""
+"""`limner <verb>`: generate, train, world, safety, watermark."""
 from __future__ import annotations
 
 import argparse
@@ -10,10 +10,13 @@ from pathlib import Path
 
 def cmd_generate(a) -> int:
     from .generate import Pipeline, save_png
+    from .safety.guard import SafetyConfig
 
     if not a.prompt.strip():
         raise ValueError("the prompt is empty: describe the image you want, e.g. 'three red circles'")
-    pipe = Pipeline.from_pretrained(a.model)
+    if bool(a.c2pa_cert) != bool(a.c2pa_key):
+        raise ValueError("C2PA signing needs both --c2pa-cert (certificate chain PEM) and --c2pa-key (private key PEM)")
+    pipe = Pipeline.from_pretrained(a.model, safety=SafetyConfig(watermark=not a.no_watermark))
     images = pipe(a.prompt, negative_prompt=a.negative_prompt, seed=a.seed, steps=a.steps,
                   guidance=a.guidance, sampler=a.sampler, num_images=a.n)
     out = Path(a.output)
@@ -21,7 +24,12 @@ def cmd_generate(a) -> int:
         path = out if len(images) == 1 else out.with_name(f"{out.stem}-{i}{out.suffix or '.png'}")
         if a.scale > 1:
             img = img.resize((img.width * a.scale, img.height * a.scale), resample=0)
-        print(save_png(img, path, metadata=not a.no_metadata))
+        save_png(img, path, metadata=not a.no_metadata)
+        if a.c2pa_cert:
+            from .safety.provenance import sign_c2pa
+
+            sign_c2pa(path, path, a.c2pa_cert, a.c2pa_key, params=None if a.no_metadata else img.info.get("parameters"))
+        print(path)
     return 0
 
 
@@ -156,6 +164,49 @@ def cmd_world_eval(a) -> int:
     return 0
 
 
+def cmd_watermark_embed(a) -> int:
+    from PIL import Image
+
+    from .generate import save_png
+    from .safety import watermark as W
+
+    src = Path(a.input)
+    if not src.is_file():
+        raise FileNotFoundError(f"no image at {src}")
+    payload = int(a.payload, 16) if a.payload else W.payload_for("user", src.name)
+    img = W.embed(Image.open(src), payload, key=W.KEY if a.key is None else a.key)
+    out = Path(a.output)
+    if out.suffix.lower() == ".png":
+        print(save_png(img, out))
+    else:  # lossy formats keep it too, at a cost: see docs/BENCHMARKS.md
+        tmp = out.with_name(f".{out.name}.tmp")
+        img.save(tmp, format=Image.registered_extensions().get(out.suffix.lower(), "PNG"), quality=95)
+        tmp.replace(out)
+        print(out)
+    print(f"payload {payload:08x}", file=sys.stderr)
+    return 0
+
+
+def cmd_watermark_detect(a) -> int:
+    from PIL import Image
+
+    from .safety import watermark as W
+
+    found = 0
+    for path in a.images:
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"no image at {path}")
+        d = W.detect(Image.open(path), key=W.KEY if a.key is None else a.key)
+        found += bool(d.detected)
+        if a.json:
+            print(json.dumps({"image": path, **d.to_dict()}))
+        else:
+            verdict = {True: "detected", False: "not detected", None: "unsure"}[d.detected]
+            payload = f", payload {d.to_dict()['payload']}" if d.payload is not None else ""
+            print(f"{path}: {verdict} (p = {d.p_value:.2g}, z = {d.z:.1f}{payload})")
+    return 0 if found else 1
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="limner", description="Imagen-3-style text-to-image, end to end.")
     sub = p.add_subparsers(dest="verb", required=True)
@@ -172,6 +223,10 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--model", default="shapes-default", help="shipped name or a model folder")
     g.add_argument("--scale", type=int, default=1, help="nearest-neighbour enlargement for viewing")
     g.add_argument("--no-metadata", action="store_true", help="leave generation parameters out of the PNG")
+    g.add_argument("--no-watermark", action="store_true", help="skip the invisible watermark (local use only)")
+    g.add_argument("--c2pa-cert", default=os.environ.get("LIMNER_C2PA_CERT"),
+                   help="sign a C2PA manifest (AI-generated) with this certificate chain PEM [$LIMNER_C2PA_CERT]")
+    g.add_argument("--c2pa-key", default=os.environ.get("LIMNER_C2PA_KEY"), help="its private key PEM [$LIMNER_C2PA_KEY]")
     g.set_defaults(fn=cmd_generate)
 
     t = sub.add_parser("train", help="train an autoencoder or denoiser from a YAML config")
@@ -207,6 +262,25 @@ def parser() -> argparse.ArgumentParser:
     ev.add_argument("--guidance", type=float)
     ev.add_argument("--sampler")
     ev.set_defaults(fn=cmd_world_eval)
+
+    from .safety.commands import add_safety_parser
+
+    add_safety_parser(sub)
+
+    wm = sub.add_parser("watermark", help="embed or detect limner's invisible watermark")
+    wms = wm.add_subparsers(dest="watermark_verb", required=True)
+    key = dict(type=lambda v: int(v, 0), help="watermark key, e.g. 0x1234 (default: limner's public key)")
+    e = wms.add_parser("embed", help="write a watermarked copy of an image")
+    e.add_argument("input")
+    e.add_argument("output")
+    e.add_argument("--payload", help="32-bit payload as hex (default: derived from the file name)")
+    e.add_argument("--key", **key)
+    e.set_defaults(fn=cmd_watermark_embed)
+    d = wms.add_parser("detect", help="say whether images carry the watermark; exit 0 if any does")
+    d.add_argument("images", nargs="+")
+    d.add_argument("--json", action="store_true", help='one line per image: {"detected": true|false|null, ...}')
+    d.add_argument("--key", **key)
+    d.set_defaults(fn=cmd_watermark_detect)
     return p
 
 

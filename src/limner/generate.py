@@ -1,7 +1,7 @@
 """The text-to-image pipeline that the CLI, the evaluation and the server all call.
 
-prompt -> frozen text encoder -> sampler with classifier-free guidance over the denoiser -> autoencoder
-decode -> PIL images carrying their generation parameters as PNG text chunks.
+prompt -> prompt filter -> frozen text encoder -> sampler with classifier-free guidance over the denoiser
+-> autoencoder decode -> image filter -> watermark -> PIL images carrying their generation parameters.
 """
 from __future__ import annotations
 
@@ -13,12 +13,13 @@ from importlib import resources
 from pathlib import Path
 
 import torch
-from PIL import Image, PngImagePlugin
+from PIL import Image
 
 from . import __version__
 from .diffusion.sampling import SAMPLERS, guided, timesteps
 from .models import autoencoder as AE
 from .models.dit import DiT, DiTConfig
+from .safety.guard import Guard, SafetyConfig
 from .text.encoder import TextEncoder, pad
 
 log = logging.getLogger(__name__)
@@ -41,34 +42,30 @@ def resolve_model(name_or_path: str) -> Path:
 def outside_world(prompt: str) -> list[str]:
     """Words of a prompt that Shapes World captions never use (the default model knows nothing else)."""
     global WORLD_WORDS
-    if WORLD_WORDS is None:
-        from .world import captions as C
-        from .world.scene import BACKGROUNDS, COLOURS, SHAPES, SIZES
+    if WORLD_WORDS is None:  # the vocabulary of the captions themselves, every kind, many scenes
+        import random
 
-        words = set(C.NUMBER_WORDS) | set(COLOURS) | set(SIZES) | {"an", "a", "and", "of", "the", "on", "to", "in", "at"}
-        for s in SHAPES:
-            words |= set(C.SYNONYMS[s]) | {w + "s" for w in C.SYNONYMS[s]} | {"boxes"}
-        for b in BACKGROUNDS:
-            words |= set(b.split())
-        for r in C.RELATIONS.values():
-            for phrase in r:
-                words |= set(phrase.split())
-        words |= set("background canvas upper lower left right top bottom centre center middle shapes shape "
-                     "is are there with one two".split())
-        WORLD_WORDS = words
+        from .world import captions as C
+        from .world.scene import sample_scene
+
+        rng = random.Random(0)
+        text = " ".join(" ".join(C.captions(sample_scene(rng), rng).values()) for _ in range(600))
+        WORLD_WORDS = set(re.findall(r"[a-z]+", text.lower())) | set(C.NUMBER_WORDS) | {"center", "boxes"}
     tokens = re.findall(r"[a-z]+", prompt.lower())
-    return [t for t in tokens if t not in WORLD_WORDS and not t.isdigit()]
+    return [t for t in tokens if t not in WORLD_WORDS]
 
 
 class Pipeline:
-    def __init__(self, denoiser: DiT, vae, encoder: TextEncoder, meta: dict):
+    def __init__(self, denoiser: DiT, vae, encoder: TextEncoder, meta: dict, safety: SafetyConfig | None = None):
         self.denoiser, self.vae, self.encoder, self.meta = denoiser.eval(), vae.eval(), encoder, meta
+        self.guard = Guard(safety)
         self.resolution = meta["resolution"]
         self.defaults = meta.get("defaults", {})
         self.name = meta.get("name", "limner")
 
     @classmethod
-    def from_pretrained(cls, name_or_path: str = "shapes-default", device: str = "cpu") -> "Pipeline":
+    def from_pretrained(cls, name_or_path: str = "shapes-default", device: str = "cpu",
+                        safety: SafetyConfig | None = None) -> "Pipeline":
         from safetensors.torch import load_file
 
         path = resolve_model(name_or_path)
@@ -78,7 +75,7 @@ class Pipeline:
         denoiser.load_state_dict({k: v.float() for k, v in load_file(path / "denoiser.safetensors").items()})
         vae = AE.load(str(path / "autoencoder"))
         encoder = TextEncoder(meta.get("text_encoder", "minilm"))
-        return cls(denoiser.to(device), vae.to(device), encoder, meta)
+        return cls(denoiser.to(device), vae.to(device), encoder, meta, safety)
 
     @torch.no_grad()
     def __call__(self, prompt: str | list[str], negative_prompt: str | None = None, seed: int = 0,
@@ -89,6 +86,8 @@ class Pipeline:
         guidance = float(self.defaults.get("guidance", 3.0) if guidance is None else guidance)
         sampler = sampler or self.defaults.get("sampler", "euler")
         validate(prompts, steps, guidance, sampler, num_images)
+        for p in dict.fromkeys(prompts):
+            self.guard.check_prompt(p)
         if self.meta.get("world") == "shapes":
             for p in set(prompts):
                 unknown = outside_world(p)
@@ -102,11 +101,10 @@ class Pipeline:
             chunk = jobs[i : i + MAX_BATCH]
             images += self._sample([p for p, _ in chunk], [s for _, s in chunk], negative_prompt or "",
                                    steps, guidance, sampler)
-        for img, (p, s) in zip(images, jobs):
-            img.info["parameters"] = {"prompt": p, "negative_prompt": negative_prompt or "", "seed": s,
-                                      "steps": steps, "guidance": guidance, "sampler": sampler,
-                                      "model": self.name, "limner_version": __version__}
-        return images
+        params = [{"prompt": p, "negative_prompt": negative_prompt or "", "seed": s, "steps": steps,
+                   "guidance": guidance, "sampler": sampler, "model": self.name, "limner_version": __version__}
+                  for p, s in jobs]
+        return self.guard.finish(images, params, f"{self.name}@{__version__}")
 
     def _sample(self, prompts, seeds, negative, steps, guidance, sampler):
         states = self.encoder.encode(prompts + [negative])
@@ -140,13 +138,12 @@ def validate(prompts, steps, guidance, sampler, num_images):
 
 def save_png(img: Image.Image, path: str | Path, metadata: bool = True) -> Path:
     """Write a PNG atomically, with its generation parameters as a `parameters` text chunk."""
+    from .safety.provenance import png_parameters
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    info = PngImagePlugin.PngInfo()
-    if metadata and "parameters" in img.info:
-        info.add_text("parameters", json.dumps(img.info["parameters"]))
     tmp = path.with_name(f".{path.name}.tmp")
-    img.save(tmp, format="PNG", pnginfo=info)
+    img.save(tmp, format="PNG", pnginfo=png_parameters(img.info.get("parameters") if metadata else None))
     tmp.replace(path)
     return path
 

@@ -29,6 +29,9 @@ def resolve(name: str) -> str:
 class TextEncoder:
     def __init__(self, name: str = DEFAULT, max_length: int = 256, device: str = "cpu"):
         from transformers import AutoConfig, AutoModel, AutoTokenizer
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # a frozen encoder loads in a blink; its bar only clutters the CLI
 
         path = resolve(name)
         self.name, self.max_length, self.device = name, max_length, device

@@ -364,9 +364,10 @@ def export(cfg: TrainConfig, ema, folder: Path, vae):
 def evaluate(cfg: TrainConfig, out: Path, step: int, metrics):
     """Sample grid of fixed prompts, plus Shapes World suite scores, from the exported EMA model."""
     from ..generate import Pipeline
+    from ..safety.guard import SafetyConfig
     from ..world.evaluate import run_suites
 
-    pipe = Pipeline.from_pretrained(str(out / "model"))
+    pipe = Pipeline.from_pretrained(str(out / "model"), safety=SafetyConfig.off())  # measure the model alone
     grid_prompts = ["three red circles and a blue square", "a yellow triangle to the left of two green circles",
                     "eight purple squares", "one large orange circle"]
     imgs = pipe(grid_prompts, seed=0)

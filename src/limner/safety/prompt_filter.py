@@ -1,0 +1,436 @@
+"""The prompt filter: one check that every entry point (CLI, Python pipeline, HTTP server) calls.
+
+A prompt is normalised (Unicode NFKC, homoglyphs, transliteration, leetspeak, spaced and dotted
+letters), then checked by three layers configured in a policy file (policy.yaml beside this one):
+
+- lexical: each category's term list, on whole words;
+- combinations: categories made by two signals together (a sexual word + a minor -> `minors`);
+- semantic: cosine similarity, in the frozen text encoder's space, of the prompt to each category's
+  description and examples minus its similarity to benign examples, so that a paraphrase with none
+  of the listed words is still caught.
+
+    from limner.safety import check_prompt, enforce
+    check_prompt("three red circles and a blue square")   # Verdict(allowed=True, ...)
+    enforce(prompt)   # before generating: raises PromptBlocked (a ValueError) naming the category
+"""
+from __future__ import annotations
+
+import functools
+import json
+import re
+import threading
+import unicodedata
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from anyascii import anyascii
+
+DEFAULT_POLICY = Path(__file__).with_name("policy.yaml")
+
+
+# ----------------------------------------------------------------------------- verdicts
+
+
+@dataclass(frozen=True)
+class Verdict:
+    allowed: bool
+    category: str | None = None   # the category that blocked; None when allowed
+    score: float = 0.0            # 1.0 for a listed word, else the semantic score (allowed: the highest)
+    layer: str | None = None      # "lexical", "combination" or "semantic"
+    matched: str | None = None    # the words or the example that decided it (for tuning, not users)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class PromptBlocked(ValueError):
+    """A prompt refused by the content policy. The HTTP API maps it to OpenAI's error shape."""
+
+    code = "content_policy_violation"
+
+    def __init__(self, verdict: Verdict, description: str = ""):
+        self.verdict, self.category, self.score = verdict, verdict.category, verdict.score
+        self.reason = description or verdict.category
+        super().__init__(
+            f"prompt blocked by the content policy (category: {self.category}): it asks for "
+            f"{self.reason}. No image was made. Rephrase the prompt without that content; if this "
+            f"is a mistake, the policy's allow list and thresholds can be tuned (see `limner safety check`).")
+
+    def __reduce__(self):   # picklable, for servers that run generation in worker processes
+        return type(self), (self.verdict, self.reason)
+
+    def openai_error(self) -> dict:
+        """The body of OpenAI's images API error for a refused prompt (sent with HTTP 400)."""
+        return {"error": {"message": str(self), "type": "invalid_request_error", "param": "prompt",
+                          "code": self.code}}
+
+
+# ----------------------------------------------------------------------------- normalisation
+
+ZERO_WIDTH = dict.fromkeys(map(ord, "\u200b\u200c\u200d\u200e\u200f\u2060\u2061\u2062\u2063\u2064"
+                                   "\ufeff\u00ad\u180e\u034f\u115f\u1160\u3164"), None)
+LEET = str.maketrans("0134578@$!|+", "oieastbasilt")
+LEET_ONE_AS_L = str.maketrans("1", "l")
+# A run of letters, digits and leet symbols; ! | + only count inside a word ("k!ll", not "wow!").
+WORD = re.compile(r"[a-z0-9@$]+(?:[!|+][a-z0-9@$]+)*")
+# Numbers and numbers with units are not leetspeak: "3 red circles", "1024px", "4k", "1920s", "12yo".
+NUMBER = re.compile(r"\d+(?:[.,]\d+)?(?:px|k|mm|cm|m|km|kg|g|d|s|x|th|st|nd|rd|fps|in|ft|gb|mb|hz|mp|p|am|pm"
+                    r"|bit|yo|yrs?)?")
+# Three or more single characters with the same separator between them: "n u d e", "n.u.d.e", "n-u-d-e"
+# (the same one, so that "n-u-d-e w_o_m_a_n" stays two words).
+SPACED = re.compile(r"(?<![a-z0-9])[a-z0-9@$](?P<sep>[^\w\s]\s?|\s|_)(?:[a-z0-9@$](?P=sep))+[a-z0-9@$](?![a-z0-9])")
+SEPARATOR = re.compile(r"[^a-z0-9@$]")
+INNER_PUNCT = re.compile(r"(?<=[a-z])[.\-_*'`~^·•:/\\](?=[a-z])")
+REPEATS = re.compile(r"([a-z])\1{3,}")   # "nuuuuude" -> "nuuude"; term regexes accept any repeats
+
+
+@functools.cache
+def _homoglyphs() -> dict[int, str]:
+    """Lookalike characters (Cyrillic а, Greek ο, math 𝐧 ...) -> the ASCII letter they imitate."""
+    import confusable_homoglyphs
+
+    table: dict[int, str] = {}
+    data = json.loads((Path(confusable_homoglyphs.__file__).parent / "confusables.json").read_text())
+    for ch, glyphs in data.items():
+        if len(ch) == 1 and not ch.isascii():
+            ascii_glyph = next((g["c"] for g in glyphs if len(g["c"]) == 1 and g["c"].isascii()
+                                and g["c"].isalnum()), None)
+            if ascii_glyph:
+                table[ord(ch)] = ascii_glyph.lower()
+    # lower-case Cyrillic and Greek letters the table maps to small capitals, not to ASCII
+    table.update({ord(k): v for k, v in zip("мткпнвьгτκιυνηѡԝɑʏ", "mtknhbbrtkiuvnwway")})
+    return table
+
+
+def _fold_token(token: str) -> str:
+    """Fold lookalikes in a token that mixes scripts ("nаked" with a Cyrillic а), or that is all
+    lookalikes; leave real words of other scripts to transliteration ("голый" -> "golyy")."""
+    table = _homoglyphs()
+    foreign = [c for c in token if not c.isascii() and c.isalpha()]
+    if not foreign:
+        return token
+    if any(c.isascii() and c.isalpha() for c in token) or all(ord(c) in table for c in foreign):
+        return token.translate(table)
+    return token
+
+
+def _deleet(word: str, one: str) -> str:
+    """Leetspeak back to letters, only in words that mix letters with digits or symbols ("n4k3d")."""
+    if NUMBER.fullmatch(word) or not re.search(r"[a-z]", word) or not re.search(r"[0-9@$!|+]", word):
+        return word
+    return word.translate(LEET_ONE_AS_L if one == "l" else {}).translate(LEET)
+
+
+def _collapse(match: re.Match, keep_article: bool) -> str:
+    letters = SEPARATOR.sub("", match.group())
+    if sum(c.isalpha() for c in letters) <= sum(c.isdigit() for c in letters):   # "3 x 4 m" is a size
+        return match.group()
+    if keep_article and letters[0] in "ai" and match.group()[1:2].isspace():
+        return letters[0] + " " + letters[1:]       # "a n u d e" -> "a nude"
+    return letters
+
+
+def _views(text: str) -> tuple[str, str]:
+    """The canonical reading and one alternative: 1 read as l, the article before spaced letters kept
+    apart, and punctuation inside words deleted ("nu.de" -> "nude")."""
+    text = unicodedata.normalize("NFKC", text).translate(ZERO_WIDTH).casefold()
+    text = anyascii(re.sub(r"\S+", lambda m: _fold_token(m.group()), text)).lower()
+    out = []
+    for alt in (False, True):
+        t = SPACED.sub(lambda m: _collapse(m, keep_article=alt), text)
+        t = WORD.sub(lambda m: _deleet(m.group(), one="l" if alt else "i"), t)
+        if alt:
+            t = INNER_PUNCT.sub("", t)
+        out.append(REPEATS.sub(r"\1\1\1", t))
+    return out[0], out[1]
+
+
+def normalise(text: str) -> str:
+    """The canonical reading of a prompt: what the filter matches and embeds.
+
+    >>> normalise("A n4k3d w0man, ｎｕｄｅ, n.u.d.e, nаked (Cyrillic а), 3 red circles")
+    'a naked woman, nude, nude, naked (cyrillic a), 3 red circles'
+    """
+    return _views(text)[0]
+
+
+# ----------------------------------------------------------------------------- lexical layer
+
+
+def _term_atoms(term: str) -> list[str]:
+    """One policy term as a list of regex atoms: words joined by optional separators, a run of k
+    equal letters matching k or more ("kill" -> "killll", but "teen" never "ten"), * for any letters."""
+    atoms: list[str] = []
+    for word in re.split(r"[^a-z0-9*]+", term.strip().lower()):
+        if word:
+            if atoms:
+                atoms.append(r"[\W_]*")
+            for m in re.finditer(r"([a-z0-9])\1*|\*", word):
+                run = m.group()
+                atoms.append("[a-z]*" if run == "*" else run[0] + ("+" if len(run) == 1 else f"{{{len(run)},}}"))
+    return atoms
+
+
+def _trie(seqs: list[list[str]]) -> str:
+    """Alternatives sharing prefixes merged into one nested regex: Python's re tries alternatives one
+    by one, so a flat list of 200 terms is ~10x slower than the same terms as a trie."""
+    root: dict = {}
+    for seq in seqs:
+        node = root
+        for atom in seq:
+            node = node.setdefault(atom, {})
+        node[None] = {}
+
+    def emit(node: dict) -> str:
+        alts = [atom + emit(child) for atom, child in node.items() if atom is not None]
+        if not alts:
+            return ""
+        if len(alts) == 1 and None not in node:   # atoms are self-contained, so they concatenate
+            return alts[0]
+        return f"(?:{'|'.join(alts)})" + ("?" if None in node else "")
+
+    return emit(root)
+
+
+def compile_terms(terms: list[str]) -> re.Pattern | None:
+    """A policy term list as one regex matched on whole words; terms starting "re:" are raw regexes."""
+    terms = [str(t).strip() for t in terms if str(t).strip()]
+    raw = [t[3:] for t in terms if t.startswith("re:")]
+    words = _trie([_term_atoms(t) for t in terms if not t.startswith("re:")])
+    if not (raw or words):
+        return None
+    return re.compile(r"(?<![a-z0-9])(?:" + "|".join(filter(None, [words, *raw])) + r")(?![a-z0-9])")
+
+
+# ----------------------------------------------------------------------------- policy
+
+
+def _merge(base: dict, over: dict) -> dict:
+    """A user policy file over the default: mappings merge key by key, anything else replaces."""
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(base[k], v) if isinstance(v, dict) and isinstance(base.get(k), dict) else v
+    return out
+
+
+def load_policy(path: str | Path | None = None) -> dict:
+    import yaml
+
+    policy = yaml.safe_load(DEFAULT_POLICY.read_text())
+    if path is not None and Path(path).resolve() != DEFAULT_POLICY.resolve():
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"policy file {path} not found")
+        policy = _merge(policy, yaml.safe_load(Path(path).read_text()) or {})
+    unknown = set(policy["enabled"]) - set(policy["categories"])
+    if unknown:
+        raise ValueError(f"policy {path}: enabled names unknown categories {sorted(unknown)}")
+    return policy
+
+
+# ----------------------------------------------------------------------------- semantic layer
+
+
+class SemanticLayer:
+    """Mean-pooled, L2-normalised sentence embeddings from limner's frozen text encoder, compared
+    with the policy's examples (embedded once, kept in memory)."""
+
+    def __init__(self, policy: dict):
+        import torch
+
+        from ..text.encoder import TextEncoder
+
+        cfg = policy["semantic"]
+        self.encoder = TextEncoder(cfg.get("encoder", "minilm"), max_length=cfg.get("max_tokens", 64))
+        self.min_similarity = cfg.get("min_similarity", 0.0)
+        self.top_k = cfg.get("top_k", 1)
+        self.categories = [c for c in policy["enabled"] if policy["categories"][c].get("examples")]
+        specs = [policy["categories"][c] for c in self.categories]
+        self.examples = [[spec["description"], *spec["examples"]] for spec in specs]   # per category
+        self.example_emb = [self.embed(texts) for texts in self.examples]
+        self.benign_emb = self.embed([*policy.get("benign_examples", []), *policy.get("allow", [])])
+        self.thresholds = torch.tensor([spec["threshold"] for spec in specs])
+
+    def embed(self, texts: list[str]):
+        import torch
+
+        with torch.inference_mode():
+            batch = self.encoder.tokenizer(texts, padding=True, truncation=True, return_tensors="pt",
+                                           max_length=self.encoder.max_length)
+            states = self.encoder.model(input_ids=batch["input_ids"],
+                                        attention_mask=batch["attention_mask"]).last_hidden_state
+            mask = batch["attention_mask"].unsqueeze(-1).to(states.dtype)
+            return torch.nn.functional.normalize((states * mask).sum(1) / mask.sum(1), dim=-1)
+
+    def _top_mean(self, sim):
+        """Mean of each row's top_k similarities: one close example alone is weak evidence."""
+        return sim.topk(min(self.top_k, sim.shape[1]), dim=1).values.mean(1)
+
+    def _embed_sentences(self, texts: list[str], batch_size: int):
+        """Long prompts are split into sentences, so that one bad sentence in a long description is
+        not averaged away; returns the embeddings and the text each sentence came from."""
+        import torch
+
+        chunks, owner = [], []
+        for i, text in enumerate(texts):
+            parts = [p for p in re.split(r"(?<=[.;!?])\s+|\n+", text) if p.strip()] or [text]
+            chunks += parts
+            owner += [i] * len(parts)
+        order = sorted(range(len(chunks)), key=lambda j: len(chunks[j]))  # similar lengths: less padding
+        emb = torch.empty(len(chunks), self.benign_emb.shape[1])
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size]
+            emb[idx] = self.embed([chunks[j] for j in idx])
+        return emb, torch.tensor(owner)
+
+    def scores(self, texts: list[str], batch_size: int = 64) -> list[tuple]:
+        """Per text, for the K categories: (scores (K,), best similarities (K,), closest examples).
+        score = mean similarity to the category's top_k examples - the same to the benign examples,
+        taken on the text's most suspicious sentence."""
+        import torch
+
+        emb, owner = self._embed_sentences(texts, batch_size)
+        sims = [emb @ e.T for e in self.example_emb]                                # K x (sentences, n_k)
+        margin = torch.stack([self._top_mean(s) for s in sims], 1) - self._top_mean(emb @ self.benign_emb.T)[:, None]
+        best = torch.stack([s.max(1).values for s in sims], 1)
+        closest = torch.stack([s.argmax(1) for s in sims], 1)
+        out = []
+        for i in range(len(texts)):
+            rows = (owner == i).nonzero().squeeze(1)
+            r = rows[margin[rows].max(1).values.argmax()]
+            out.append((margin[r], best[r], [ex[int(j)] for ex, j in zip(self.examples, closest[r])]))
+        return out
+
+
+# ----------------------------------------------------------------------------- the filter
+
+
+class PromptFilter:
+    def __init__(self, policy: dict, semantic: bool = True):
+        self.policy = policy
+        self.enabled = list(policy["enabled"])
+        cats = policy["categories"]
+        self.descriptions = {c: cats[c].get("description", c) for c in cats}
+        # every category's terms are matched (a disabled one can still feed a combination)
+        self.terms = {c: compile_terms(cats[c].get("terms", [])) for c in cats}
+        self.lexicons = {k: compile_terms(v) for k, v in policy.get("lexicons", {}).items()}
+        self.combinations = {c: rule for c, rule in policy.get("combinations", {}).items() if c in self.enabled}
+        self.allow = compile_terms(policy.get("allow", []))
+        self.use_semantic = semantic and policy.get("semantic", {}).get("enabled", True)
+        self._semantic: SemanticLayer | None = None
+        self._lock = threading.Lock()
+        self._cache: dict[str, Verdict] = {}
+
+    @classmethod
+    def from_policy(cls, path: str | Path | None = None, semantic: bool = True) -> "PromptFilter":
+        return cls(load_policy(path), semantic=semantic)
+
+    @property
+    def semantic(self) -> SemanticLayer:
+        with self._lock:   # loaded on first use: lexical-only callers never pay for the encoder
+            if self._semantic is None:
+                self._semantic = SemanticLayer(self.policy)
+        return self._semantic
+
+    # -- layers
+
+    def _strip_allowed(self, text: str) -> str:
+        return self.allow.sub(" ", text) if self.allow else text
+
+    def _lexical(self, views: tuple[str, ...], semantic: dict[str, float] | None = None) -> Verdict | None:
+        """Term lists, then combinations. `semantic` maps the categories the semantic layer fired on to
+        their scores: they count as signals in combinations (a paraphrased sexual request naming a child)."""
+        semantic = semantic or {}
+        views = tuple(dict.fromkeys(self._strip_allowed(v) for v in views))   # usually one
+
+        def find(pattern):
+            for v in views:
+                m = pattern.search(v) if pattern else None
+                if m:
+                    return m.group()
+            return None
+
+        hits = {c: find(p) for c, p in self.terms.items()}
+        words = {k: find(p) for k, p in self.lexicons.items()}
+
+        def signal(name):
+            return hits.get(name) or words.get(name) or (f"semantic:{name}" if name in semantic else None)
+
+        for c in self.enabled:
+            rule = self.combinations.get(c)
+            found = [next(filter(None, map(signal, group)), None) for group in rule] if rule else [None]
+            if all(found):
+                used = [semantic[f[len("semantic:"):]] for f in found if f.startswith("semantic:")]
+                return Verdict(False, c, max(used) if used else 1.0, "semantic" if used else "combination",
+                               " + ".join(found))
+            if hits[c]:
+                return Verdict(False, c, 1.0, "lexical", hits[c])
+        return None
+
+    def _decide(self, views: tuple[str, str], scores: tuple) -> Verdict:
+        margin, best, closest = scores
+        layer = self.semantic
+        fired = {c: round(float(margin[k]), 4) for k, c in enumerate(layer.categories)
+                 if margin[k] >= layer.thresholds[k] and best[k] >= layer.min_similarity}
+        if not fired:
+            return Verdict(True, None, round(float(margin.max()), 4))
+        combination = self._lexical(views, fired)
+        if combination is not None:
+            return combination
+        # the category it is surest of (furthest above its threshold), not the policy order: similarity
+        # to one category's examples spills over to its neighbours ("teenager" -> minors)
+        k = max((layer.categories.index(c) for c in fired), key=lambda k: margin[k] - layer.thresholds[k])
+        return Verdict(False, layer.categories[k], fired[layer.categories[k]], "semantic", closest[k])
+
+    # -- public API
+
+    def check(self, prompt: str) -> Verdict:
+        return self.check_many([prompt])[0]
+
+    def check_many(self, prompts: list[str]) -> list[Verdict]:
+        """Verdicts for many prompts; the semantic layer runs batched on those the lists let pass."""
+        views = [_views(p) for p in prompts]
+        verdicts: list[Verdict | None] = [self._lexical(v) for v in views]
+        if not self.use_semantic:
+            return [v or Verdict(True) for v in verdicts]
+        todo = [i for i, v in enumerate(verdicts) if v is None and views[i][0] not in self._cache]
+        if todo:
+            texts = [self._strip_allowed(views[i][0]) for i in todo]
+            for i, s in zip(todo, self.semantic.scores(texts)):
+                if len(self._cache) > 10_000:   # a bounded memo: servers see the same prompts again
+                    self._cache.clear()
+                self._cache[views[i][0]] = self._decide(views[i], s)
+        return [v or self._cache[views[i][0]] for i, v in enumerate(verdicts)]
+
+    def clear_cache(self) -> None:
+        self._cache.clear()
+
+    def enforce(self, prompt: str) -> Verdict:
+        """The verdict if allowed; else raise PromptBlocked naming the category."""
+        verdict = self.check(prompt)
+        if not verdict.allowed:
+            raise PromptBlocked(verdict, self.descriptions.get(verdict.category, ""))
+        return verdict
+
+
+# ----------------------------------------------------------------------------- the one check
+
+_filters: dict[str, PromptFilter] = {}
+_filters_lock = threading.Lock()
+
+
+def default_filter(policy: str | Path | None = None) -> PromptFilter:
+    """One cached filter per policy file, shared by every caller in the process."""
+    key = str(Path(policy).resolve()) if policy else ""
+    with _filters_lock:
+        if key not in _filters:
+            _filters[key] = PromptFilter.from_policy(policy)
+        return _filters[key]
+
+
+def check_prompt(prompt: str, policy: str | Path | None = None) -> Verdict:
+    return default_filter(policy).check(prompt)
+
+
+def enforce(prompt: str, policy: str | Path | None = None) -> Verdict:
+    """The check every entry point calls before generating: raises PromptBlocked if refused."""
+    return default_filter(policy).enforce(prompt)

@@ -1,0 +1,279 @@
+"""An invisible watermark that survives compression, resizing, cropping and small rotations.
+
+Embedding: a secret tile of K x K chips (+-1) is repeated over a canonical grid whose short side has
+128 cells (one cell is 8 px of a 1024 px image), interpolated smoothly and added to the luma, with more
+strength where the image is busy and less where it is flat. Half of the chips are a fixed sync code;
+the other half carry a 32-bit payload (plus a CRC-8), each bit spread over ~13 chips.
+
+Detection: resize to the canonical grid, high-pass and whiten. The periodic tile leaves a square lattice
+of peaks in the autocorrelation, which gives the scale and rotation (crops and rotations change them).
+Warping to tile coordinates and folding every tile into one averages the whole image into K x K cells;
+an FFT cross-correlation with the sync code tests every translation at once. The peak's z-score,
+calibrated on unmarked images (`benchmarks/watermark.py`), gives the p-value; the payload chips at the
+peak give the bits, accepted only when the CRC agrees.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import dataclass
+from functools import lru_cache
+from importlib import resources
+
+import cv2
+import numpy as np
+from PIL import Image
+
+K = 32                   # tile side in chips
+CANONICAL = 128          # canonical cells on the short side
+DATA_BITS, CRC_BITS = 32, 8
+KEY = 0x11A7E5           # the default key: public, so anyone can check limner images; set your own
+STRENGTH = 1.5           # chip amplitude in grey levels on flat areas (busy areas get more)
+PSNR = 42.5              # the pattern is scaled down where needed to stay above this
+SCALES = np.exp(np.linspace(math.log(0.8), math.log(2.4), 72))
+ANGLES = np.deg2rad(np.arange(-8.0, 8.01, 0.5))
+
+
+@dataclass
+class Detection:
+    detected: bool | None    # None: unsure (between the 1% and 0.1% false-positive thresholds)
+    p_value: float
+    z: float
+    payload: int | None      # recovered 32-bit payload, None when the CRC fails
+    scale: float
+    angle: float
+
+    def to_dict(self) -> dict:
+        d = {"detected": self.detected, "p_value": self.p_value, "z": round(self.z, 3),
+             "payload": None if self.payload is None else f"{self.payload:08x}",
+             "scale": round(self.scale, 4), "angle_deg": round(math.degrees(self.angle), 2)}
+        if self.payload is not None:
+            d["model_tag"], d["request_tag"] = f"{self.payload >> 20:03x}", f"{self.payload & 0xFFFFF:05x}"
+        return d
+
+
+def payload_for(model: str, request_id: str) -> int:
+    """12 bits naming the model (and version) and 20 bits naming the request."""
+    h = lambda s, bits: int.from_bytes(hashlib.sha256(s.encode()).digest()[:4], "big") >> (32 - bits)
+    return (h(model, 12) << 20) | h(request_id, 20)
+
+
+# --- codes ---------------------------------------------------------------------------------------------
+
+@lru_cache(maxsize=8)
+def codes(key: int = KEY):
+    """The key's chips, which chips are sync, and which coded bit each payload chip carries."""
+    rng = np.random.default_rng(key)
+    chips = rng.choice([-1.0, 1.0], size=(K, K)).astype(np.float32)
+    sync = np.zeros(K * K, bool)
+    sync[rng.permutation(K * K)[: K * K // 2]] = True
+    n_bits = DATA_BITS + CRC_BITS
+    bit_of = rng.permutation(np.arange(K * K // 2) % n_bits)
+    return chips, sync.reshape(K, K), bit_of
+
+
+def crc8(bits: np.ndarray) -> np.ndarray:
+    reg = 0
+    for b in bits:
+        reg ^= int(b) << 7
+        reg = ((reg << 1) ^ 0x07) & 0xFF if reg & 0x80 else (reg << 1) & 0xFF
+    return np.array([(reg >> (7 - i)) & 1 for i in range(8)], np.uint8)
+
+
+def coded_bits(payload: int) -> np.ndarray:
+    if not 0 <= payload < 2**DATA_BITS:
+        raise ValueError(f"the payload must be a {DATA_BITS}-bit unsigned integer, not {payload}")
+    data = np.array([(payload >> (DATA_BITS - 1 - i)) & 1 for i in range(DATA_BITS)], np.uint8)
+    return np.concatenate([data, crc8(data)])
+
+
+def tile(payload: int, key: int = KEY) -> np.ndarray:
+    chips, sync, bit_of = codes(key)
+    t = chips.copy()
+    signs = 1.0 - 2.0 * coded_bits(payload)[bit_of]
+    t[~sync] *= signs
+    return t
+
+
+# --- image helpers -------------------------------------------------------------------------------------
+
+def canonical_shape(h: int, w: int) -> tuple[int, int]:
+    cells = min(CANONICAL, h, w)
+    return max(1, round(h * cells / min(h, w))), max(1, round(w * cells / min(h, w)))
+
+
+def luma(rgb: np.ndarray) -> np.ndarray:
+    return rgb[..., 0] * 0.299 + rgb[..., 1] * 0.587 + rgb[..., 2] * 0.114
+
+
+def masking(y: np.ndarray, strength: float) -> np.ndarray:
+    """Per-pixel amplitude: `strength` on flat areas, up to 4x that where the image is busy, at 0.3x the
+    local 7x7 contrast: SSIM sees the pattern as local variance added next to the image's own, and 0.3x
+    keeps that term near 0.99."""
+    mean = cv2.blur(y, (7, 7))
+    std = np.sqrt(np.maximum(cv2.blur(y * y, (7, 7)) - mean * mean, 0))
+    return np.clip(0.3 * std, strength, 4 * strength)
+
+
+# --- embed ---------------------------------------------------------------------------------------------
+
+def embed(image: Image.Image, payload: int = 0, key: int = KEY, strength: float = STRENGTH) -> Image.Image:
+    """Return a copy of `image` carrying `payload` (32 bits) under `key`."""
+    rgb = np.asarray(image.convert("RGB"), dtype=np.float32)
+    h, w = rgb.shape[:2]
+    if min(h, w) < K:
+        raise ValueError(f"image too small to watermark ({w}x{h}); it needs at least {K} px a side")
+    ch, cw = canonical_shape(h, w)
+    t = tile(payload, key)
+    pattern = np.tile(t, (-(-ch // K), -(-cw // K)))[:ch, :cw]
+    delta = cv2.resize(pattern, (w, h), interpolation=cv2.INTER_LINEAR) * masking(luma(rgb), strength)
+    rms = math.sqrt(float(np.mean(delta * delta)) + 1 / 6)  # 1/6: the stochastic rounding below
+    delta *= min(1.0, 255 / 10 ** (PSNR / 20) / rms)
+    out = rgb + delta[..., None]
+    # stochastic rounding keeps sub-grey-level changes on average (plain rounding erases them on flat areas)
+    rng = np.random.default_rng(payload ^ key)
+    out = np.floor(out + rng.random(out.shape[:2], dtype=np.float32)[..., None])
+    return Image.fromarray(np.clip(out, 0, 255).astype(np.uint8))
+
+
+# --- detect --------------------------------------------------------------------------------------------
+
+def whiten(image: Image.Image) -> np.ndarray:
+    rgb = np.asarray(image.convert("RGB"), dtype=np.float32)
+    h, w = rgb.shape[:2]
+    ch, cw = canonical_shape(h, w)
+    y = cv2.resize(luma(rgb), (cw, ch), interpolation=cv2.INTER_AREA)
+    d = y - cv2.GaussianBlur(y, (0, 0), 0.7)  # chips are one cell: keep the finest detail, drop the rest
+    d /= np.sqrt(cv2.GaussianBlur(d * d, (0, 0), 2.0)) + 1.0   # busy regions must not outvote flat ones
+    return np.clip(d, -3, 3) - np.clip(d, -3, 3).mean()
+
+
+def lattice_candidates(d: np.ndarray, top: int = 6) -> list[tuple[float, float]]:
+    """(scale, angle) pairs whose tile lattice best matches the autocorrelation peaks."""
+    h, w = d.shape
+    f = np.fft.rfft2(d, s=(2 * h, 2 * w))
+    acf = np.fft.irfft2(np.abs(f), s=(2 * h, 2 * w))  # |F|, not |F|^2: a flatter spectrum, sharper peaks  # |F|, not |F|^2: flatter spectrum, sharper peaks
+    ones = np.fft.rfft2(np.ones_like(d), s=(2 * h, 2 * w))
+    overlap = np.fft.irfft2(np.abs(ones) ** 2, s=(2 * h, 2 * w))
+    acf = acf / np.maximum(overlap, 0.25 * h * w) / max(acf[0, 0], 1e-9) * h * w
+    acf = np.fft.fftshift(acf)
+    cy, cx = h, w
+    s, a = np.meshgrid(SCALES, ANGLES, indexing="ij")
+    c, sn = np.cos(a) * s * K, np.sin(a) * s * K
+    score, count = np.zeros_like(s), np.zeros_like(s)
+    for i, j in ((1, 0), (0, 1), (1, 1), (1, -1), (2, 0), (0, 2), (2, 1), (1, 2), (2, -1), (1, -2)):
+        dx, dy = i * c - j * sn, i * sn + j * c
+        x, y = cx + dx, cy + dy
+        inside = (np.abs(dx) < w * 0.75) & (np.abs(dy) < h * 0.75)
+        score += np.where(inside, cv2.remap(acf.astype(np.float32), x.astype(np.float32), y.astype(np.float32),
+                                            cv2.INTER_LINEAR), 0)
+        count += inside
+    score = score / np.maximum(count, 1) * np.sqrt(count)  # mean peak height, weighted by evidence
+    order = np.argsort(score, axis=None)[::-1]
+    picks: list[tuple[float, float]] = []
+    for idx in order:
+        i, j = np.unravel_index(idx, score.shape)
+        if all(abs(math.log(SCALES[i] / ps)) > 0.05 or abs(ANGLES[j] - pa) > 0.03 for ps, pa in picks):
+            picks.append((float(SCALES[i]), float(ANGLES[j])))
+        if len(picks) == top:
+            break
+    return picks
+
+
+def fold(d: np.ndarray, scale: float, angle: float, shift: tuple[float, float] = (0.0, 0.0)) -> np.ndarray:
+    """Warp to tile coordinates (one chip per cell) and average every tile into one K x K tile."""
+    h, w = d.shape
+    if scale > 1.2:  # sampling every `scale` cells: low-pass first so every cell contributes
+        d = cv2.GaussianBlur(d, (0, 0), 0.45 * math.sqrt(scale * scale - 1))
+    c, s = math.cos(angle) * scale, math.sin(angle) * scale
+    nu = int(math.ceil((w + h) / scale / K + 1)) * K
+    # tile coordinates (u, v) -> canonical (x, y), centred so the warped grid covers the image
+    m = np.array([[c, -s, 0.0], [s, c, 0.0]])
+    m[:, 2] = np.array([w / 2, h / 2]) - m[:, :2] @ np.array([nu / 2 + shift[0], nu / 2 + shift[1]])
+    flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
+    warped = cv2.warpAffine(d.astype(np.float32), m, (nu, nu), flags=flags, borderValue=0)
+    mask = cv2.warpAffine(np.ones_like(d, np.float32), m, (nu, nu), flags=flags, borderValue=0)
+    n = nu // K
+    num = warped.reshape(n, K, n, K).sum(axis=(0, 2))
+    den = mask.reshape(n, K, n, K).sum(axis=(0, 2))
+    return num / np.maximum(den, 1e-3) * np.sqrt(den / max(den.mean(), 1e-3))
+
+
+def correlate(folded: np.ndarray, key: int) -> tuple[float, tuple[int, int]]:
+    chips, sync, _ = codes(key)
+    ref = np.where(sync, chips, 0.0)
+    corr = np.real(np.fft.ifft2(np.fft.fft2(folded) * np.conj(np.fft.fft2(ref))))
+    i = int(np.argmax(corr))
+    z = (corr.flat[i] - corr.mean()) / (corr.std() + 1e-9)
+    return float(z), (i // K, i % K)
+
+
+def read_payload(folded: np.ndarray, offset: tuple[int, int], key: int) -> int | None:
+    chips, sync, bit_of = codes(key)
+    aligned = np.roll(folded, (-offset[0], -offset[1]), axis=(0, 1))
+    soft = np.bincount(bit_of, weights=(aligned * chips)[~sync], minlength=DATA_BITS + CRC_BITS)
+    bits = (soft < 0).astype(np.uint8)
+    if not np.array_equal(crc8(bits[:DATA_BITS]), bits[DATA_BITS:]):
+        return None
+    return int("".join(map(str, bits[:DATA_BITS])), 2)
+
+
+def score(image: Image.Image, key: int = KEY):
+    """Best (z, scale, angle, folded tile, offset) over the lattice candidates and their neighbours."""
+    rgb_small = min(image.size) < K
+    if rgb_small:
+        raise ValueError(f"image too small to check ({image.size[0]}x{image.size[1]}); need {K} px a side")
+    d = whiten(image)
+    hyps = {(1.0, 0.0)}
+    for s, a in lattice_candidates(d):  # a lattice of period 2P also fits the peaks: try half the scale too
+        for base in (s, s / 2) if s / 2 >= SCALES[0] else (s,):
+            hyps |= {(base * f, a + da) for f in (0.99, 1.0, 1.01) for da in (-0.004, 0.0, 0.004)}
+    best = (-np.inf, 1.0, 0.0, None, (0, 0))
+    for s, a in hyps:
+        folded = fold(d, s, a)
+        z, off = correlate(folded, key)
+        if z > best[0]:
+            best = (z, s, a, folded, off)
+    z, s, a, _, _ = best
+    for shift in ((0.5, 0.0), (0.0, 0.5), (0.5, 0.5)):  # the crop may cut a chip anywhere
+        folded = fold(d, s, a, shift)
+        zz, off = correlate(folded, key)
+        if zz > best[0]:
+            best = (zz, s, a, folded, off)
+    return best
+
+
+def detect(image: Image.Image, key: int = KEY) -> Detection:
+    z, s, a, folded, off = score(image, key)
+    p = p_value(z)
+    cal = calibration()
+    detected = True if z >= cal["z_at_fpr"]["0.001"] else False if z < cal["z_at_fpr"]["0.01"] else None
+    payload = read_payload(folded, off, key) if detected is not False else None
+    return Detection(detected, p, z, payload, s, a)
+
+
+@lru_cache(maxsize=1)
+def calibration() -> dict:
+    """Null distribution of z on unmarked images, measured by benchmarks/watermark.py --calibrate."""
+    path = resources.files("limner.safety") / "watermark_calibration.json"
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:  # before the first calibration: a Gaussian-max approximation
+        return {"n": 0, "z_at_fpr": {"0.01": 5.0, "0.001": 5.6}, "tail": {"loc": 3.4, "scale": 0.45}}
+
+
+def fit_null(zs) -> dict:
+    """Calibration from detector scores on unmarked images: the empirical 1% and 0.1% thresholds, and a
+    Gumbel tail through them for p-values beyond what the sample can show."""
+    zs = np.sort(np.asarray(zs, dtype=float))
+    q01, q001 = float(np.quantile(zs, 0.99)), float(np.quantile(zs, 0.999))
+    scale = max((q001 - q01) / (6.9073 - 4.6001), 1e-3)  # -log(-log(1-p)) at p = 0.001 and 0.01
+    return {"n": int(len(zs)), "z_at_fpr": {"0.01": q01, "0.001": q001},
+            "tail": {"loc": q01 - 4.6001 * scale, "scale": scale}, "max_z": float(zs[-1])}
+
+
+def p_value(z: float) -> float:
+    """P(z >= observed | unmarked): the Gumbel tail fitted to the calibration set's maxima."""
+    t = calibration()["tail"]
+    return float(-np.expm1(-np.exp(-(z - t["loc"]) / t["scale"])))

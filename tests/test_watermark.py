@@ -1,0 +1,115 @@
+import json
+import random
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from limner.safety import watermark as W
+from limner.safety.attacks import ATTACKS
+from limner.world.scene import render, sample_scene
+
+
+def scene(seed, size):
+    return render(sample_scene(random.Random(seed)), size)
+
+
+def texture(seed, size):
+    """A photo-like 1/f texture: content at every scale, unlike a flat Shapes World scene."""
+    g = np.random.default_rng(seed)
+    f = np.fft.fftfreq(size)
+    amp = 1 / np.maximum(np.hypot(*np.meshgrid(f, f)), 1 / size)
+    t = np.real(np.fft.ifft2(amp[..., None] * np.fft.fft2(g.normal(size=(size, size, 3)), axes=(0, 1)), axes=(0, 1)))
+    return Image.fromarray(((t - t.min()) / np.ptp(t) * 200 + 25).astype(np.uint8))
+
+
+@pytest.fixture(scope="module")
+def marked():
+    img = scene(3, 512)
+    return img, W.embed(img, payload=0xC0FFEE42)
+
+
+def test_payload_round_trip_and_tags():
+    p = W.payload_for("shapes-default@0.1.0", "abc")
+    assert p >> 20 == W.payload_for("shapes-default@0.1.0", "other") >> 20  # same model tag
+    assert p != W.payload_for("shapes-default@0.1.0", "other")
+    for img in (scene(1, 256), texture(2, 256)):
+        d = W.detect(W.embed(img, payload=p))
+        assert d.detected is True and d.payload == p and d.p_value < 1e-3
+    with pytest.raises(ValueError, match="32-bit"):
+        W.embed(scene(1, 64), payload=2**40)
+    with pytest.raises(ValueError, match="too small"):
+        W.embed(scene(1, 64).resize((16, 16)))
+
+
+def test_unmarked_images_are_not_detected():
+    for img in (scene(5, 256), texture(6, 300), scene(7, 1024)):
+        d = W.detect(img)
+        assert d.detected is False and d.payload is None and d.p_value > 0.01
+
+
+def test_quality_on_1024px_output():
+    from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+
+    a = scene(11, 1024)
+    b = W.embed(a, payload=7)
+    x, y = np.asarray(a), np.asarray(b)
+    assert peak_signal_noise_ratio(x, y) >= 42
+    assert structural_similarity(x, y, channel_axis=2, data_range=255) >= 0.99
+    assert np.abs(x.astype(int) - y).max() <= 12  # no visible spikes anywhere
+
+
+# Known failure, measured in docs/BENCHMARKS.md: brightening by 30% saturates every pixel above 196, so
+# on Shapes World's light backgrounds only the objects keep the mark.
+SATURATING = {"bright+30", "bright+30+crop50"}
+
+
+@pytest.mark.parametrize("attack", [a if a not in SATURATING else pytest.param(a, marks=pytest.mark.xfail(
+    strict=True, reason="brightening saturates the light background, erasing the mark there")) for a in ATTACKS])
+def test_survives_every_listed_attack(marked, attack):
+    original, img = marked
+    threshold = W.calibration()["z_at_fpr"]["0.001"]
+    assert W.score(ATTACKS[attack](img))[0] >= threshold
+    assert W.score(ATTACKS[attack](original))[0] < threshold
+
+
+def test_mild_attacks_keep_the_payload(marked):
+    _, img = marked
+    for attack in ("jpeg75", "resize0.5", "crop50", "rot+5", "noise0.05", "screenshot"):
+        assert W.detect(ATTACKS[attack](img)).payload == 0xC0FFEE42, attack
+
+
+def test_calibration_is_from_10k_unmarked_images_and_p_values_are_monotone():
+    cal = W.calibration()
+    assert cal["n"] >= 10_000
+    assert cal["z_at_fpr"]["0.01"] < cal["z_at_fpr"]["0.001"]
+    ps = [W.p_value(z) for z in (2, 4, cal["z_at_fpr"]["0.01"], cal["z_at_fpr"]["0.001"], 8, 12)]
+    assert all(a >= b for a, b in zip(ps, ps[1:]))
+    assert abs(W.p_value(cal["z_at_fpr"]["0.001"]) - 1e-3) < 3e-4
+    # the fit itself, on a sample with a known tail: maxima of 1024 standard normals
+    rng = np.random.default_rng(0)
+    fit = W.fit_null(rng.normal(size=(20_000, 1024)).max(axis=1))
+    assert 4.5 < fit["z_at_fpr"]["0.001"] < 5.0 and 4.0 < fit["z_at_fpr"]["0.01"] < 4.5
+
+
+def test_other_key_does_not_read_it(marked):
+    _, img = marked
+    assert W.detect(img, key=12345).detected is False
+
+
+def test_cli_embed_and_detect(tmp_path):
+    scene(4, 256).save(tmp_path / "in.png")
+    run = lambda *a: subprocess.run([sys.executable, "-m", "limner.cli", "watermark", *a], capture_output=True,
+                                    text=True)
+    r = run("embed", str(tmp_path / "in.png"), str(tmp_path / "out.png"), "--payload", "00c0ffee")
+    assert r.returncode == 0, r.stderr
+    r = run("detect", str(tmp_path / "out.png"), str(tmp_path / "in.png"), "--json")
+    assert r.returncode == 0, r.stderr
+    marked_row, clean_row = map(json.loads, r.stdout.splitlines())
+    assert marked_row["detected"] is True and marked_row["payload"] == "00c0ffee"
+    assert clean_row["detected"] is False and clean_row["payload"] is None
+    assert run("detect", str(tmp_path / "in.png")).returncode == 1
+    r = run("detect", str(tmp_path / "missing.png"))
+    assert r.returncode == 2 and "no image at" in r.stderr
