@@ -6,6 +6,7 @@ encoder-decoders use their encoder only.
 """
 from __future__ import annotations
 
+import functools
 import logging
 import warnings
 
@@ -26,26 +27,31 @@ def resolve(name: str) -> str:
     return name
 
 
+@functools.lru_cache(maxsize=4)
+def load(path: str, device: str = "cpu"):
+    """(tokenizer, frozen model, config), loaded once per process: the pipeline and the prompt filter's
+    semantic layer share one copy of the weights."""
+    from transformers import AutoConfig, AutoModel, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # a frozen encoder loads in a blink; its bar only clutters the CLI
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    config = AutoConfig.from_pretrained(path)
+    if config.model_type in ("t5", "mt5", "umt5"):  # load the encoder half only
+        from transformers import T5EncoderModel
+
+        model = T5EncoderModel.from_pretrained(path)
+    else:
+        model = AutoModel.from_pretrained(path)
+        if getattr(config, "is_encoder_decoder", False):
+            model = model.get_encoder()
+    return tokenizer, model.eval().requires_grad_(False).to(device), config
+
+
 class TextEncoder:
     def __init__(self, name: str = DEFAULT, max_length: int = 256, device: str = "cpu"):
-        from transformers import AutoConfig, AutoModel, AutoTokenizer
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()  # a frozen encoder loads in a blink; its bar only clutters the CLI
-
-        path = resolve(name)
-        self.name, self.max_length, self.device = name, max_length, device
-        self.tokenizer = AutoTokenizer.from_pretrained(path)
-        config = AutoConfig.from_pretrained(path)
-        if config.model_type in ("t5", "mt5", "umt5"):  # load the encoder half only
-            from transformers import T5EncoderModel
-
-            self.model = T5EncoderModel.from_pretrained(path)
-        else:
-            self.model = AutoModel.from_pretrained(path)
-            if getattr(config, "is_encoder_decoder", False):
-                self.model = self.model.get_encoder()
-        self.model.eval().requires_grad_(False).to(device)
+        self.name, self.device = name, device
+        self.tokenizer, self.model, config = load(resolve(name), device)
         self.dim = config.d_model if hasattr(config, "d_model") else config.hidden_size
         limit = getattr(config, "max_position_embeddings", None) or max_length
         self.max_length = min(max_length, limit)
