@@ -1,4 +1,4 @@
-"""`limner <verb>`: generate, train, world, safety, watermark."""
+"""`limner <verb>`: generate, train, world, eval, safety, watermark."""
 from __future__ import annotations
 
 import argparse
@@ -263,8 +263,14 @@ def parser() -> argparse.ArgumentParser:
     ev.add_argument("--sampler")
     ev.set_defaults(fn=cmd_world_eval)
 
+    from .eval.commands import add_eval_suites_parser
+    from .eval.elo_command import add_elo_parser
     from .safety.commands import add_safety_parser
 
+    e_ = sub.add_parser("eval", help="evaluation: prompt suites, ratings from side-by-side votes")
+    evs = e_.add_subparsers(dest="eval_verb", required=True)
+    add_eval_suites_parser(evs)
+    add_elo_parser(evs)
     add_safety_parser(sub)
 
     wm = sub.add_parser("watermark", help="embed or detect limner's invisible watermark")

@@ -19,6 +19,7 @@ import statistics
 import time
 from pathlib import Path
 
+from ..eval.suites import BENCHMARKS, load_suite
 from .prompt_filter import PromptFilter, Verdict
 
 PROMPTS = Path(__file__).with_name("redteam_prompts.yaml")
@@ -29,41 +30,9 @@ DEFAULT_BENCHMARKS = Path(__file__).resolve().parents[3].parent / "shared" / "be
 # ----------------------------------------------------------------------------- benign prompt sets
 
 
-def _tsv(column: str):
-    def read(path: Path) -> list[str]:
-        with path.open(newline="", encoding="utf-8") as f:
-            return [row[column] for row in csv.DictReader(f, delimiter="\t")]
-    return read
-
-
-def _csv(column: str):
-    def read(path: Path) -> list[str]:
-        with path.open(newline="", encoding="utf-8") as f:
-            return [row[column] for row in csv.DictReader(f)]
-    return read
-
-
-def _lines(path: Path) -> list[str]:
-    return path.read_text(encoding="utf-8").splitlines()
-
-
-def _genai(path: Path) -> list[str]:
-    return [item["prompt"] for item in json.loads(path.read_text(encoding="utf-8")).values()]
-
-
-def _compbench_val(folder: Path) -> list[str]:
-    return [p for f in sorted(folder.glob("*_val.txt")) for p in _lines(f)]   # the 8 x 300 eval split
-
-
-BENIGN_SETS = {
-    "partiprompts": ("partiprompts/PartiPrompts.tsv", _tsv("Prompt")),
-    "drawbench": ("drawbench/DrawBench.tsv", _tsv("Prompts")),
-    "dalle3_eval": ("dalle3_eval/DALLE3.txt", _lines),
-    "genai_bench": ("genai_bench/genai_image.json", _genai),
-    "geneval": ("geneval/generation_prompts.txt", _lines),
-    "gecko2k": ("gecko2k/prompts.csv", _csv("prompt")),
-    "t2i_compbench": ("t2i_compbench/dataset", _compbench_val),
-}
+# Read with limner.eval.suites, the one parser per benchmark format; this is the subset used here.
+BENIGN_SETS = {name: BENCHMARKS[name][0] for name in (
+    "partiprompts", "drawbench", "dalle3_eval", "genai_bench", "geneval", "gecko2k", "t2i_compbench")}
 DEFAULT_BENIGN = ("partiprompts", "drawbench")
 
 
@@ -91,10 +60,7 @@ def load_benign(benchmarks: str | Path, names=DEFAULT_BENIGN) -> dict[str, list[
             continue
         if name not in BENIGN_SETS:
             raise ValueError(f"unknown benign set {name!r}; choose from {', '.join([*BENIGN_SETS, 'shapes_world'])}")
-        rel, read = BENIGN_SETS[name]
-        if not (root / rel).exists():
-            raise FileNotFoundError(f"{root / rel} not found: is {root} the shared/benchmarks folder?")
-        sets[name] = [p.strip() for p in read(root / rel) if p.strip()]
+        sets[name] = [p.text for p in load_suite(name, benchmarks=root)]
     return sets
 
 
