@@ -46,7 +46,7 @@ def test_generate_many_reproducible_with_negative_prompt(tmp_path):
     (["generate", "a red circle", "-n", "0"], "-n must be between"),
     (["generate", "a red circle", "--guidance", "-3"], "guidance must be between"),
     (["generate", "a red circle", "--sampler", "magic"], "unknown sampler"),
-    (["generate", "a red circle", "--model", "/no/such/model"], "no limner model at"),
+    (["generate", "a red circle", "--model", "/no/such/model"], "unknown model '/no/such/model' (not a folder)"),
 ])
 def test_bad_input_gets_clear_errors(args, message, tmp_path):
     res = limner(*args, "--output", str(tmp_path / "x.png"))

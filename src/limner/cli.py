@@ -9,16 +9,23 @@ from pathlib import Path
 
 
 def cmd_generate(a) -> int:
-    from .generate import Pipeline, save_png
+    from .backends import LimnerBackend, load_backend
+    from .generate import save_png
     from .safety.guard import SafetyConfig
 
     if not a.prompt.strip():
         raise ValueError("the prompt is empty: describe the image you want, e.g. 'three red circles'")
     if bool(a.c2pa_cert) != bool(a.c2pa_key):
         raise ValueError("C2PA signing needs both --c2pa-cert (certificate chain PEM) and --c2pa-key (private key PEM)")
-    pipe = Pipeline.from_pretrained(a.model, safety=SafetyConfig(watermark=not a.no_watermark))
-    images = pipe(a.prompt, negative_prompt=a.negative_prompt, seed=a.seed, steps=a.steps,
-                  guidance=a.guidance, sampler=a.sampler, num_images=a.n)
+    backend = load_backend(a.model, SafetyConfig(watermark=not a.no_watermark))
+    if isinstance(backend, LimnerBackend):
+        images = backend.pipe(a.prompt, negative_prompt=a.negative_prompt, seed=a.seed, steps=a.steps,
+                              guidance=a.guidance, sampler=a.sampler, num_images=a.n)
+    elif a.sampler:
+        raise ValueError("--sampler applies to limner models only; diffusers pipelines use their own scheduler")
+    else:  # a diffusers folder or an OpenAI-style server: same seeds as a limner model's -n
+        images = backend.generate([a.prompt] * a.n, [a.seed + i for i in range(a.n)], a.negative_prompt,
+                                  a.steps, a.guidance)
     out = Path(a.output)
     for i, img in enumerate(images):
         path = out if len(images) == 1 else out.with_name(f"{out.stem}-{i}{out.suffix or '.png'}")
@@ -220,7 +227,8 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--sampler", default=None, help="euler, heun or midpoint")
     g.add_argument("-n", type=int, default=1, help="number of images")
     g.add_argument("--negative-prompt", default=None)
-    g.add_argument("--model", default="shapes-default", help="shipped name or a model folder")
+    g.add_argument("--model", default="shapes-default",
+                   help="a shipped name, a limner or diffusers model folder, or an OpenAI images API URL[#model]")
     g.add_argument("--scale", type=int, default=1, help="nearest-neighbour enlargement for viewing")
     g.add_argument("--no-metadata", action="store_true", help="leave generation parameters out of the PNG")
     g.add_argument("--no-watermark", action="store_true", help="skip the invisible watermark (local use only)")
@@ -265,11 +273,13 @@ def parser() -> argparse.ArgumentParser:
 
     from .eval.commands import add_eval_suites_parser
     from .eval.elo_command import add_elo_parser
+    from .eval.generate import add_eval_generate_parser
     from .safety.commands import add_safety_parser
 
-    e_ = sub.add_parser("eval", help="evaluation: prompt suites, ratings from side-by-side votes")
+    e_ = sub.add_parser("eval", help="evaluation: prompt suites, generation for several models, ratings from votes")
     evs = e_.add_subparsers(dest="eval_verb", required=True)
     add_eval_suites_parser(evs)
+    add_eval_generate_parser(evs)
     add_elo_parser(evs)
     add_safety_parser(sub)
 
