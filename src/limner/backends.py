@@ -78,12 +78,12 @@ class LimnerBackend:
     """A limner checkpoint behind `limner.generate.Pipeline` (whose own guard applies)."""
 
     def __init__(self, name_or_path: str = "shapes-default", safety: SafetyConfig | None = None):
-        from .generate import SHIPPED, resolve_model
+        from .generate import model_name, resolve_model
 
         self.spec, self.safety = name_or_path, safety or SafetyConfig()
         self.path = resolve_model(name_or_path)   # fails now, with limner's message, if it is not a model
         meta = json.loads((self.path / "limner.json").read_text())
-        self.name = meta.get("name") or (name_or_path if name_or_path in SHIPPED else self.path.name)
+        self.name = model_name(name_or_path, self.path, meta)
         self.resolution = meta["resolution"]
         self._pipe = None
 

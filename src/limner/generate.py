@@ -39,6 +39,11 @@ def resolve_model(name_or_path: str) -> Path:
     return path
 
 
+def model_name(name_or_path: str, path: Path, meta: dict) -> str:
+    """What outputs and watermarks call a model: its exported name, else the shipped name or folder name."""
+    return meta.get("name") or (name_or_path if name_or_path in SHIPPED else path.name)
+
+
 def outside_world(prompt: str) -> list[str]:
     """Words of a prompt that Shapes World captions never use (the default model knows nothing else)."""
     global WORLD_WORDS
@@ -70,7 +75,7 @@ class Pipeline:
 
         path = resolve_model(name_or_path)
         meta = json.loads((path / "limner.json").read_text())
-        meta.setdefault("name", name_or_path if name_or_path in SHIPPED else path.name)
+        meta["name"] = model_name(name_or_path, path, meta)
         denoiser = DiT(DiTConfig(**meta["denoiser"]))
         denoiser.load_state_dict({k: v.float() for k, v in load_file(path / "denoiser.safetensors").items()})
         vae = AE.load(str(path / "autoencoder"))

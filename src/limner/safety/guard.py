@@ -50,13 +50,13 @@ class Guard:
                 spec = self.config.image_filter
                 self._image_filter = default_filter() if spec == "opennsfw" else ImageFilter.from_spec(spec)
             images = self._image_filter.apply(images)
+        from . import watermark as W
+
         out = []
         for img, p in zip(images, params):
             # by default the request is named by its parameters, so the same seed still gives the same image
             p = dict(p, request_id=p.get("request_id") or request_id(p))
             if self.config.watermark:
-                from . import watermark as W
-
                 payload = W.payload_for(model, p["request_id"])
                 img = W.embed(img, payload, key=self.config.watermark_key or W.KEY)
                 p["watermark"] = f"limner:{payload:08x}"

@@ -221,27 +221,23 @@ def read_payload(folded: np.ndarray, offset: tuple[int, int], key: int) -> int |
 
 def score(image: Image.Image, key: int = KEY):
     """Best (z, scale, angle, folded tile, offset) over the lattice candidates and their neighbours."""
-    rgb_small = min(image.size) < K
-    if rgb_small:
+    if min(image.size) < K:
         raise ValueError(f"image too small to check ({image.size[0]}x{image.size[1]}); need {K} px a side")
     d = whiten(image)
+
+    def fit(s, a, shift=(0.0, 0.0)):
+        folded = fold(d, s, a, shift)
+        z, off = correlate(folded, key)
+        return z, s, a, folded, off
+
     hyps = {(1.0, 0.0)}
     for s, a in lattice_candidates(d):  # a lattice of period 2P also fits the peaks: try half the scale too
         for base in (s, s / 2) if s / 2 >= SCALES[0] else (s,):
             hyps |= {(base * f, a + da) for f in (0.99, 1.0, 1.01) for da in (-0.004, 0.0, 0.004)}
-    best = (-np.inf, 1.0, 0.0, None, (0, 0))
-    for s, a in hyps:
-        folded = fold(d, s, a)
-        z, off = correlate(folded, key)
-        if z > best[0]:
-            best = (z, s, a, folded, off)
-    z, s, a, _, _ = best
-    for shift in ((0.5, 0.0), (0.0, 0.5), (0.5, 0.5)):  # the crop may cut a chip anywhere
-        folded = fold(d, s, a, shift)
-        zz, off = correlate(folded, key)
-        if zz > best[0]:
-            best = (zz, s, a, folded, off)
-    return best
+    best = max((fit(s, a) for s, a in hyps), key=lambda r: r[0])
+    _, s, a, _, _ = best
+    shifted = (fit(s, a, shift) for shift in ((0.5, 0.0), (0.0, 0.5), (0.5, 0.5)))  # a crop may cut a chip anywhere
+    return max([best, *shifted], key=lambda r: r[0])
 
 
 def detect(image: Image.Image, key: int = KEY) -> Detection:
@@ -256,11 +252,7 @@ def detect(image: Image.Image, key: int = KEY) -> Detection:
 @lru_cache(maxsize=1)
 def calibration() -> dict:
     """Null distribution of z on unmarked images, measured by benchmarks/watermark.py --calibrate."""
-    path = resources.files("limner.safety") / "watermark_calibration.json"
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:  # before the first calibration: a Gaussian-max approximation
-        return {"n": 0, "z_at_fpr": {"0.01": 5.0, "0.001": 5.6}, "tail": {"loc": 3.4, "scale": 0.45}}
+    return json.loads((resources.files("limner.safety") / "watermark_calibration.json").read_text())
 
 
 def fit_null(zs) -> dict:
