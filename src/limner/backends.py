@@ -100,16 +100,8 @@ class LimnerBackend:
             raise ValueError(f"{self.name} makes {self.resolution}x{self.resolution} images only, not "
                              f"{size[0]}x{size[1]}")
         pairs = _pairs(prompts, seeds)
-        # Pipeline takes one seed per call but gives every image its own generator, so grouping the
-        # pairs by seed batches them without changing any image
-        out: list[Image.Image | None] = [None] * len(pairs)
-        for seed in dict.fromkeys(s for _, s in pairs):
-            idx = [i for i, (_, s) in enumerate(pairs) if s == seed]
-            images = self.pipe([pairs[i][0] for i in idx], negative_prompt=negative_prompt, seed=seed,
-                               steps=steps, guidance=guidance)
-            for i, img in zip(idx, images):
-                out[i] = img
-        return out
+        return self.pipe([p for p, _ in pairs], negative_prompt=negative_prompt, seed=[s for _, s in pairs],
+                         steps=steps, guidance=guidance)
 
     def identity(self) -> dict:
         return {"backend": "limner", "version": __version__, "model": fingerprint(self.path),

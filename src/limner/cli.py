@@ -1,4 +1,4 @@
-"""`limner <verb>`: generate, train, world, eval, safety, watermark."""
+"""`limner <verb>`: generate, train, world, data, eval, safety, watermark."""
 from __future__ import annotations
 
 import argparse
@@ -271,6 +271,7 @@ def parser() -> argparse.ArgumentParser:
     ev.add_argument("--sampler")
     ev.set_defaults(fn=cmd_world_eval)
 
+    from .data.commands import add_data_parser
     from .eval.commands import add_eval_suites_parser
     from .eval.elo_command import add_elo_parser
     from .eval.generate import add_eval_generate_parser
@@ -282,6 +283,7 @@ def parser() -> argparse.ArgumentParser:
     add_eval_generate_parser(evs)
     add_elo_parser(evs)
     add_safety_parser(sub)
+    add_data_parser(sub)
 
     wm = sub.add_parser("watermark", help="embed or detect limner's invisible watermark")
     wms = wm.add_subparsers(dest="watermark_verb", required=True)

@@ -83,10 +83,14 @@ class Pipeline:
         return cls(denoiser.to(device), vae.to(device), encoder, meta, safety)
 
     @torch.no_grad()
-    def __call__(self, prompt: str | list[str], negative_prompt: str | None = None, seed: int = 0,
+    def __call__(self, prompt: str | list[str], negative_prompt: str | None = None, seed: int | list[int] = 0,
                  steps: int | None = None, guidance: float | None = None, sampler: str | None = None,
                  num_images: int = 1) -> list[Image.Image]:
+        """`seed`: one for every prompt, or one per prompt; image i of a prompt uses its seed + i."""
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        seeds = [int(s) for s in seed] if isinstance(seed, (list, tuple)) else [int(seed)] * len(prompts)
+        if len(seeds) != len(prompts):
+            raise ValueError(f"give one seed, or one per prompt: got {len(seeds)} seeds for {len(prompts)} prompts")
         steps = int(steps or self.defaults.get("steps", 20))
         guidance = float(self.defaults.get("guidance", 3.0) if guidance is None else guidance)
         sampler = sampler or self.defaults.get("sampler", "euler")
@@ -100,7 +104,7 @@ class Pipeline:
                     warnings.warn(f"{self.name} only knows Shapes World (circles, squares and triangles in red, "
                                   f"green, blue, yellow, purple, orange; counts, sizes, positions): it has never "
                                   f"seen {', '.join(sorted(set(unknown))[:8])!r}", stacklevel=2)
-        jobs = [(p, seed + i) for p in prompts for i in range(num_images)]
+        jobs = [(p, s + i) for p, s in zip(prompts, seeds) for i in range(num_images)]
         images = []
         for i in range(0, len(jobs), MAX_BATCH):
             chunk = jobs[i : i + MAX_BATCH]

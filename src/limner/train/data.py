@@ -137,7 +137,9 @@ def to_tensor(img: Image.Image) -> torch.Tensor:
 
 def cached_text(encoder, texts: list[str], cache_dir: str, chunk: int = 4096, progress=None):
     """Token states for unique texts: a flat (tokens, dim) fp16 tensor, offsets and an index by text."""
-    unique = sorted(set(texts), key=len)  # similar lengths batch with little padding
+    # similar lengths batch with little padding; ties broken by the text, so that the chunks (and with them
+    # the cache keys) do not depend on set order, which Python randomises per process
+    unique = sorted(set(texts), key=lambda t: (len(t), t))
     flat, lengths = [], []
     for i in range(0, len(unique), chunk):
         part = unique[i : i + chunk]

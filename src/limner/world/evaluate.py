@@ -20,7 +20,9 @@ def run_suites(pipe, per_cell: int = 25, suites=SUITES, seed: int = 0, steps=Non
         results = []
         for i in range(0, len(items), batch):
             part = items[i : i + batch]
-            imgs = pipe([it["prompt"] for it in part], seed=seed, steps=steps, guidance=guidance, sampler=sampler)
+            # every item its own starting noise, so that one unlucky draw does not repeat across a suite
+            imgs = pipe([it["prompt"] for it in part], seed=[seed + i + j for j in range(len(part))], steps=steps,
+                        guidance=guidance, sampler=sampler)
             for it, img in zip(part, imgs):
                 r = score(detect(img), Constraints.from_dict(it["constraints"]))
                 results.append((it, r))

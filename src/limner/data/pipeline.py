@@ -1,0 +1,439 @@
+"""`limner data run PIPELINE.yaml`: image-text pairs in, curated WebDataset shards and a manifest out.
+
+Three passes, so that the one global decision (which images duplicate which) sits between two that
+run shard by shard in parallel:
+
+1. analyse (per shard): decode and validate -> quality -> safety -> AI-generated -> hashes, and the
+   alt-text's PII scrub and safety check. Cheap stages first, so expensive ones see fewer images.
+2. deduplicate (global): exact copies and near-duplicate clusters over every surviving image's hashes;
+   keep one representative of each cluster, or keep all and down-weight them (weight ~ size^-alpha).
+3. write (per shard): synthetic captions for the kept images, their scrub and safety check, then
+   WebDataset shards (`KEY.jpg|png|webp`, `KEY.txt` alt-text, `KEY.json` with every caption and the
+   sampling weight), which `limner train` reads.
+
+Every shard's result is written atomically and finished shards are skipped, so a killed run resumes
+where it stopped. `manifest.parquet` has one row per input: its fate (kept, or dropped and why), each
+stage's scores, its cluster and weight, and all its captions with their sources.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import json
+import os
+import sys
+import tarfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import yaml
+from PIL import Image
+
+from . import stages as S
+from .sources import Item, Shard, SourceConfig, read, shards
+
+MANIFEST = "manifest.parquet"
+
+
+@dataclass
+class DedupConfig:
+    exact: bool = True
+    near: bool = True  # perceptual hashes
+    max_distance: int = 8  # Hamming distance on the 64-bit pHash that links two images
+    embedder: str | None = None  # a CLIP folder: also link images whose embeddings are this close...
+    threshold: float = 0.95  # ...in cosine similarity
+    action: str = "downweight"  # near-duplicates: "downweight" (keep all, weight ~ size^-alpha) or "drop"
+    alpha: float = 1.0
+
+
+@dataclass
+class CaptionConfig:
+    keep_alt: bool = True
+    captioners: list = field(default_factory=list)  # build_captioner specs, e.g. [{"type": "oracle"}]
+    safety: str = "lexical"  # the prompt filter on every caption: "lexical", "semantic" or "none"
+    unsafe_alt: str = "drop_image"  # an unsafe alt-text: "drop_image" or "drop_caption"
+    pii: dict = field(default_factory=dict)  # PIIConfig fields; {"enabled": false} turns scrubbing off
+
+
+@dataclass
+class PipelineConfig:
+    source: SourceConfig = field(default_factory=SourceConfig)
+    out_dir: str = "curated"
+    workers: int = 2
+    executor: str = "local"  # "local" (processes) or "ray"
+    ray_address: str | None = None  # None: a local Ray instance; or "auto" / "ray://host:10001"
+    image_format: str = "keep"  # stored images: "keep" the bytes as they came (if decodable), or "png" / "jpeg"
+    decode: S.DecodeConfig = field(default_factory=S.DecodeConfig)
+    quality: S.QualityConfig = field(default_factory=S.QualityConfig)
+    safety: S.SafetyConfig = field(default_factory=S.SafetyConfig)
+    ai_generated: S.AIGeneratedConfig = field(default_factory=S.AIGeneratedConfig)
+    dedup: DedupConfig = field(default_factory=DedupConfig)
+    captions: CaptionConfig = field(default_factory=CaptionConfig)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "PipelineConfig":
+        path = Path(path)
+        if not path.exists():
+            raise FileNotFoundError(f"pipeline config {path} does not exist (see configs/data-demo.yaml)")
+        return cls.from_dict(yaml.safe_load(path.read_text()) or {}, str(path))
+
+    @classmethod
+    def from_dict(cls, raw: dict, where: str = "pipeline config") -> "PipelineConfig":
+        return _build(cls, raw, where)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _build(cls, raw: dict, where: str):
+    """A typed config from nested dicts, naming any unknown key and the keys that are known."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = set(raw) - set(fields)
+    if unknown:
+        raise ValueError(f"{where}: unknown keys {sorted(unknown)}; known: {sorted(fields)}")
+    kw = {}
+    for k, v in raw.items():
+        sub = fields[k].default_factory if fields[k].default_factory is not dataclasses.MISSING else None
+        if sub is not None and dataclasses.is_dataclass(sub) and isinstance(v, dict):
+            kw[k] = _build(sub, v, f"{where}: {k}")
+        else:
+            kw[k] = v
+    cfg = cls(**kw)
+    if cls is PipelineConfig:
+        if cfg.executor not in ("local", "ray"):
+            raise ValueError(f"{where}: executor must be 'local' or 'ray', not {cfg.executor!r}")
+        if cfg.dedup.action not in ("downweight", "drop"):
+            raise ValueError(f"{where}: dedup.action must be 'downweight' or 'drop', not {cfg.dedup.action!r}")
+        if cfg.captions.safety not in ("lexical", "semantic", "none"):
+            raise ValueError(f"{where}: captions.safety must be lexical, semantic or none")
+        if cfg.image_format not in ("keep", "png", "jpeg"):
+            raise ValueError(f"{where}: image_format must be keep, png or jpeg")
+    return cfg
+
+
+# ------------------------------------------------------------------------------------------ small helpers
+
+
+def _atomic_write(path: Path, write) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    write(tmp)
+    os.replace(tmp, path)
+
+
+def _write_rows(rows: list[dict], path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    _atomic_write(path, lambda tmp: pq.write_table(pa.Table.from_pylist(rows), tmp))
+
+
+def _read_rows(paths: list[Path]) -> list[dict]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    tables = [pq.read_table(p) for p in paths]
+    tables = [t for t in tables if t.num_rows]
+    return pa.concat_tables(tables, promote_options="permissive").to_pylist() if tables else []
+
+
+def _fingerprint(cfg: PipelineConfig) -> str:
+    d = cfg.to_dict()
+    for k in ("workers", "executor", "ray_address"):  # how it runs does not change what it makes
+        d.pop(k)
+    return hashlib.sha1(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+class _Progress:
+    def __init__(self, what: str, total: int, quiet: bool):
+        self.what, self.total, self.done, self.items, self.t0, self.quiet = what, total, 0, 0, time.time(), quiet
+
+    def step(self, items: int):
+        self.done, self.items = self.done + 1, self.items + items
+        if not self.quiet:
+            rate = self.items / max(time.time() - self.t0, 1e-9)
+            end = "\n" if self.done == self.total else ""
+            print(f"\r{self.what}: {self.done}/{self.total} shards, {self.items} images, {rate:.0f} images/s",
+                  end=end, file=sys.stderr, flush=True)
+
+
+# ----------------------------------------------------------------------------------------- the stages
+
+
+class _Captions:
+    """PII scrubbing and the safety check of captions, built once per worker."""
+
+    def __init__(self, cfg: CaptionConfig):
+        from .pii import PIIConfig, Scrubber
+
+        pii = dict(cfg.pii)
+        self.scrubber = Scrubber(PIIConfig(**pii)) if pii.pop("enabled", True) else None
+        self.filter = None
+        if cfg.safety != "none":
+            from ..safety.prompt_filter import PromptFilter
+
+            self.filter = PromptFilter.from_policy(semantic=cfg.safety == "semantic")
+
+    def clean(self, texts: list[str | None]) -> list[tuple[str | None, list[str], str | None]]:
+        """(scrubbed text, PII kinds found, unsafe category or None) for each text."""
+        out = []
+        for t in texts:
+            if not t:
+                out.append((t, [], None))
+                continue
+            found = []
+            if self.scrubber:
+                t, findings = self.scrubber.scrub(t)
+                found = sorted({f.kind for f in findings})
+            out.append((t, found, None))
+        if self.filter:
+            idx = [i for i, (t, _, _) in enumerate(out) if t]
+            for i, v in zip(idx, self.filter.check_many([out[i][0] for i in idx])):
+                if not v.allowed:
+                    out[i] = (out[i][0], out[i][1], v.category)
+        return out
+
+
+def analyse_shard(cfg: PipelineConfig, shard: Shard, out: Path) -> int:
+    """Pass 1 on one shard: a row per item with its scores, hashes and (for now) fate."""
+    from .dedup import exact_key, image_hashes
+
+    captions = _Captions(cfg.captions)
+    rows, images = [], []
+    for i, item in enumerate(read(shard, cfg.source)):
+        row = {"key": item.key, "shard": shard.index, "index": i, "reason": None, "alt": item.alt,
+               "meta": json.dumps(item.meta, default=str)}
+        dec, scores, reason = S.decode(item.data, cfg.decode) if item.error is None else (None, {}, "decode:unreadable")
+        row.update(scores)
+        if reason is None:
+            qs, reason = S.quality(dec, cfg.quality)
+            row.update(qs)
+        if reason is None:
+            ai, reason = S.ai_generated(dec, item.data, cfg.ai_generated)
+            row.update(ai)
+        if reason is None:
+            row["exact"] = exact_key(np.asarray(dec.image))
+            row.update({f"hash_{k}": v for k, v in image_hashes(dec.image).items()})
+            images.append((len(rows), dec.image))
+        row["reason"] = reason
+        rows.append(row)
+    # batched stages, on what the cheap ones kept
+    for what in (S.safety, S.ai_classifier):
+        conf = cfg.safety if what is S.safety else cfg.ai_generated
+        live = [(j, im) for j, im in images if rows[j]["reason"] is None]
+        for (j, _), (scores, reason) in zip(live, what([im for _, im in live], conf)):
+            rows[j].update(scores)
+            rows[j]["reason"] = reason
+    for row, (alt, pii, unsafe) in zip(rows, captions.clean([r["alt"] for r in rows])):
+        row["alt"], row["alt_pii"], row["alt_unsafe"] = alt, ",".join(pii), unsafe
+        if unsafe and row["reason"] is None and cfg.captions.unsafe_alt == "drop_image":
+            row["reason"] = f"caption:unsafe_{unsafe}"
+    _write_rows(rows, out)
+    return len(rows)
+
+
+def deduplicate(cfg: PipelineConfig, rows: list[dict]) -> dict[str, dict]:
+    """Pass 2 over every analysed row: {key: {"cluster", "cluster_size", "weight", "reason"}}."""
+    from .dedup import cluster_weights, hash_clusters, representatives
+
+    live = [r for r in rows if r["reason"] is None]
+    out = {r["key"]: {"cluster": None, "cluster_size": 1, "weight": 1.0, "reason": None} for r in live}
+    if not live:
+        return out
+    quality = np.array([r.get("sharpness") or 0.0 for r in live])
+    if cfg.dedup.exact:
+        first: dict[str, int] = {}
+        order = np.argsort(-quality, kind="stable")  # the sharpest copy stays
+        for j in order:
+            k = live[j]["exact"]
+            if k in first:
+                out[live[j]["key"]].update(reason="duplicate:exact", cluster=live[first[k]]["key"])
+            else:
+                first[k] = j
+        live = [r for r in live if out[r["key"]]["reason"] is None]
+        quality = np.array([r.get("sharpness") or 0.0 for r in live])
+    ids = np.arange(len(live))
+    if cfg.dedup.near and live:
+        hashes = np.array([r["hash_phash"] for r in live], dtype=np.uint64)
+        ids = hash_clusters(hashes, cfg.dedup.max_distance)
+    sizes = np.bincount(ids, minlength=len(live))[ids]
+    weights = cluster_weights(ids, cfg.dedup.alpha)
+    keep = representatives(ids, quality)
+    for j, r in enumerate(live):
+        o = out[r["key"]]
+        o.update(cluster=live[ids[j]]["key"], cluster_size=int(sizes[j]))
+        if cfg.dedup.action == "drop":
+            o["reason"] = None if keep[j] else "duplicate:near"
+        else:
+            o["weight"] = float(weights[j])
+    for o in out.values():  # exact copies join the cluster of the copy that stayed
+        if o["reason"] == "duplicate:exact":
+            o["cluster"] = out[o["cluster"]]["cluster"]
+    return out
+
+
+def write_shard(cfg: PipelineConfig, shard: Shard, decisions: dict[str, dict], out_tar: Path, out_rows: Path) -> int:
+    """Pass 3 on one shard: synthetic captions for its kept images, then its WebDataset tar."""
+    from .captioners import build_captioner
+
+    captions = _Captions(cfg.captions)
+    captioners = [build_captioner(dict(spec)) for spec in cfg.captions.captioners]
+    kept = []
+    for i, item in enumerate(read(shard, cfg.source)):
+        d = decisions.get(item.key)
+        if d is None or d["reason"] is not None:
+            continue
+        dec, _, _ = S.decode(item.data, cfg.decode)
+        kept.append((i, item, dec))
+    rows, members = [], []
+    synthetic: list[dict] = [{} for _ in kept]  # kind -> (caption, the captioner that wrote it)
+    failures: list[list[str]] = [[] for _ in kept]
+    for cap in captioners:
+        got = cap.caption([dec.image for _, _, dec in kept], [it.alt for _, it, _ in kept], [it.meta for _, it, _ in kept])
+        for j, g in enumerate(got):
+            synthetic[j].update({kind: (text, cap.kind) for kind, text in g.items()})
+            if getattr(cap, "errors", None) and cap.errors[j]:
+                failures[j].append(f"{cap.kind}: {cap.errors[j]}")
+    for (i, item, dec), syn, failed in zip(kept, synthetic, failures):
+        caps, sources, dropped = {}, {}, []
+        texts = ([("alt", (item.alt, "alt-text"))] if cfg.captions.keep_alt and item.alt else []) + list(syn.items())
+        for (kind, (_, source)), (text, _, unsafe) in zip(texts, captions.clean([t for _, (t, _) in texts])):
+            if unsafe:
+                dropped.append(f"{kind}:unsafe_{unsafe}")
+            elif text:
+                caps[kind], sources[kind] = text, source
+        name = f"{shard.index:05d}_{i:06d}"  # tar keys may hold no dots; the source key is in the JSON
+        ext, data = _stored(item.data, dec, cfg.image_format)
+        d = decisions[item.key]
+        meta = {"key": item.key, "captions": caps, "sources": sources, "weight": d["weight"]}
+        members += [(f"{name}.{ext}", data), (f"{name}.json", json.dumps(meta).encode())]
+        if "alt" in caps:
+            members.append((f"{name}.txt", caps["alt"].encode()))
+        rows.append({"key": item.key, "captions": json.dumps(caps), "caption_sources": json.dumps(sources),
+                     "captions_dropped": ",".join(dropped), "caption_errors": "; ".join(failed),
+                     "tar": out_tar.name, "member": name})
+
+    def write_tar(tmp):
+        with tarfile.open(tmp, "w") as tar:
+            for name, data in members:
+                info = tarfile.TarInfo(name)
+                info.size, info.mtime = len(data), 0  # fixed mtime: the same input makes the same bytes
+                tar.addfile(info, io.BytesIO(data))
+
+    _atomic_write(out_tar, write_tar)
+    _write_rows(rows, out_rows)  # written last: its presence marks the shard as done
+    return len(rows)
+
+
+def _stored(data: bytes, dec: S.Decoded, fmt: str) -> tuple[str, bytes]:
+    if fmt == "keep" and dec.format in ("JPEG", "PNG", "WEBP") and not dec.notes:
+        return {"JPEG": "jpg", "PNG": "png", "WEBP": "webp"}[dec.format], data
+    buf = io.BytesIO()
+    if fmt == "jpeg":
+        dec.image.save(buf, "JPEG", quality=95)
+        return "jpg", buf.getvalue()
+    dec.image.save(buf, "PNG")  # converted images (CMYK, 16-bit, ...) are stored as 8-bit RGB PNG
+    return "png", buf.getvalue()
+
+
+# ------------------------------------------------------------------------------------------- executors
+
+
+def _task(args: tuple) -> int:
+    """One unit of work for a worker process or a Ray task: (pass, config dict, shard dict, paths...)."""
+    kind, cfg_d, shard_d, *paths = args
+    cfg, shard = PipelineConfig.from_dict(cfg_d), Shard(**shard_d)
+    if kind == "analyse":
+        return analyse_shard(cfg, shard, Path(paths[0]))
+    decisions = json.loads(Path(paths[0]).read_text())
+    return write_shard(cfg, shard, decisions, Path(paths[1]), Path(paths[2]))
+
+
+def _run_tasks(cfg: PipelineConfig, tasks: list[tuple], what: str, quiet: bool) -> None:
+    bar = _Progress(what, len(tasks), quiet or not tasks)
+    if not tasks:
+        return
+    if cfg.executor == "ray":
+        import ray
+
+        if not ray.is_initialized():
+            ray.init(address=cfg.ray_address, num_cpus=None if cfg.ray_address else cfg.workers,
+                     include_dashboard=False, log_to_driver=False)
+        import ray.data
+
+        ds = ray.data.from_items([{"task": json.dumps(t)} for t in tasks], override_num_blocks=len(tasks))
+        results = ds.map(lambda row: {"n": _task(tuple(json.loads(row["task"])))}, num_cpus=1,
+                         concurrency=cfg.workers if not cfg.ray_address else None)
+        for r in results.iter_rows():
+            bar.step(r["n"])
+    elif cfg.workers <= 1:
+        for t in tasks:
+            bar.step(_task(t))
+    else:
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+
+        # spawn: workers must not inherit the parent's threads and half-initialised libraries
+        with ProcessPoolExecutor(cfg.workers, mp_context=mp.get_context("spawn")) as pool:
+            for fut in as_completed([pool.submit(_task, t) for t in tasks]):
+                bar.step(fut.result())
+
+
+def run(cfg: PipelineConfig, quiet: bool = False) -> Path:
+    """Run (or resume) the pipeline; returns the manifest's path."""
+    out = Path(cfg.out_dir)
+    work = out / "work"
+    work.mkdir(parents=True, exist_ok=True)
+    stamp = work / "config.json"
+    if stamp.exists() and json.loads(stamp.read_text())["fingerprint"] != _fingerprint(cfg):
+        raise ValueError(f"{out} holds a run with another configuration; choose a new out_dir, or delete "
+                         f"{out} to start over (finished shards are reused only with the same configuration)")
+    _atomic_write(stamp, lambda tmp: tmp.write_text(json.dumps({"fingerprint": _fingerprint(cfg), "config": cfg.to_dict()}, default=str)))
+    cfg_d = cfg.to_dict()
+    parts = shards(cfg.source)
+
+    analysed = [work / f"analysed-{s.index:05d}.parquet" for s in parts]
+    _run_tasks(cfg, [("analyse", cfg_d, dataclasses.asdict(s), str(p)) for s, p in zip(parts, analysed) if not p.exists()],
+               "analyse", quiet)
+    rows = _read_rows(analysed)
+    decisions_path = work / "decisions.json"
+    if not decisions_path.exists():
+        decisions = deduplicate(cfg, rows)
+        _atomic_write(decisions_path, lambda tmp: tmp.write_text(json.dumps(decisions)))
+    decisions = json.loads(decisions_path.read_text())
+
+    written = [work / f"written-{s.index:05d}.parquet" for s in parts]
+    tars = [out / "shards" / f"{s.index:05d}.tar" for s in parts]
+    _run_tasks(cfg, [("write", cfg_d, dataclasses.asdict(s), str(decisions_path), str(t), str(w))
+                     for s, t, w in zip(parts, tars, written) if not w.exists()], "write", quiet)
+    return write_manifest(out, rows, decisions, _read_rows(written))
+
+
+def write_manifest(out: Path, rows: list[dict], decisions: dict, written: list[dict]) -> Path:
+    by_key = {w["key"]: w for w in written}
+    manifest = []
+    for r in rows:
+        d = decisions.get(r["key"], {})
+        w = by_key.get(r["key"], {})
+        reason = r["reason"] or d.get("reason")
+        manifest.append({**r, "fate": "kept" if reason is None else "dropped", "reason": reason,
+                         "cluster": d.get("cluster"), "cluster_size": d.get("cluster_size"),
+                         "weight": d.get("weight", 0.0) if reason is None else 0.0,
+                         "captions": w.get("captions", json.dumps({"alt": r["alt"]} if r["alt"] else {})),
+                         "caption_sources": w.get("caption_sources"), "captions_dropped": w.get("captions_dropped"),
+                         "caption_errors": w.get("caption_errors"),
+                         "tar": w.get("tar"), "member": w.get("member")})
+    path = out / MANIFEST
+    _write_rows(manifest, path)
+    return path
+
+
+def summary(manifest: list[dict]) -> dict:
+    from collections import Counter
+
+    fates = Counter(r["fate"] for r in manifest)
+    reasons = Counter(r["reason"] for r in manifest if r["reason"])
+    return {"inputs": len(manifest), "kept": fates["kept"], "dropped": fates["dropped"], "reasons": dict(reasons.most_common())}
