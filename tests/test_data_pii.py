@@ -131,6 +131,7 @@ BENIGN = [
     "https://www.instagram.com/p/CxYz123/ https://www.pinterest.com/pin/123456/ instagram.com",
     "sunset photo at flickr.com, shot at 5 a.m.",
     "https://www.instagram.com/accounts/login/ https://www.linkedin.com/company/acme https://vimeo.com/123456",
+    "https://www.google.com/maps/place/Eiffel+Tower/@48.8583701,2.2944813,17z cdn.example.com/img/logo@2x.png",
 ]
 
 
@@ -198,6 +199,8 @@ NER_SENTENCES = ["photo of [alice smith] at the beach", "[bob jones] walking a d
 def tiny_ner(tmp_path_factory):
     from transformers import BertConfig, BertForTokenClassification, BertTokenizer
 
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)   # a model this small runs many times slower on two threads of a busy CPU
     torch.manual_seed(0)
     data = []
     for s in NER_SENTENCES:
@@ -229,7 +232,8 @@ def tiny_ner(tmp_path_factory):
     path = tmp_path_factory.mktemp("tiny-ner")
     model.eval().save_pretrained(path)
     tok.save_pretrained(path)
-    return str(path)
+    yield str(path)
+    torch.set_num_threads(threads)
 
 
 def test_names_come_from_the_local_ner_model(tiny_ner):

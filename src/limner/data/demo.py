@@ -30,7 +30,7 @@ PII = {
     "ip_address": ["192.168.10.24", "2001:db8::8a2e:370:7334"],
     "url_personal": ["instagram.com/jane.doe.art", "https://facebook.com/profile.php?id=100004"],
     "street_address": ["221B Baker Street, London", "1600 Pennsylvania Ave NW, Washington, DC 20500"],
-    "national_id": ["SSN 123-45-6789", "NI number QQ 12 34 56 C"],
+    "national_id": ["SSN 123-45-6789", "NI number JG 10 37 59 A"],
 }
 UNSAFE = ["naked woman photo", "gore and dismembered bodies", "kill yourself now"]
 QUALITY = ("blur", "low_resolution", "overexposed", "underexposed", "jpeg_artifacts", "flat")
@@ -59,8 +59,9 @@ def _photos() -> list[Image.Image]:
     return out
 
 
-def build(out: str | Path, n: int = 300, per_defect: int = 12, seed: int = 0) -> Path:
-    """Write the corpus (images, .txt alt-texts, .json scenes) and ground_truth.jsonl; returns the folder."""
+def build(out: str | Path, n: int = 300, per_defect: int = 12, seed: int = 0, sides=(256, 320, 384, 512)) -> Path:
+    """Write the corpus (images, .txt alt-texts, .json scenes) and ground_truth.jsonl; returns the folder.
+    `sides`: the resolutions scenes are rendered at (smaller is faster, for tests)."""
     rng = random.Random(seed)
     root = Path(out)
     raw = root / "raw"
@@ -69,7 +70,7 @@ def build(out: str | Path, n: int = 300, per_defect: int = 12, seed: int = 0) ->
 
     def scene_image(side=None):
         scene = sample_scene(rng)
-        side = side or rng.choice([256, 320, 384, 512])
+        side = side or rng.choice(sides)
         return scene, render(scene, side)
 
     def put(name, data, alt, expected, cls, scene=None, **extra):
@@ -100,9 +101,9 @@ def build(out: str | Path, n: int = 300, per_defect: int = 12, seed: int = 0) ->
 
     # conversions that must keep the image
     for i in range(per_defect // 2):
-        scene, img = scene_image(256)
+        scene, img = scene_image(sides[0])
         put(f"cmyk_{i:03d}", _save(img.convert("CMYK"), "JPEG", quality=95), alt_of(scene), "kept", "cmyk", scene, fmt="JPEG")
-        scene, img = scene_image(256)
+        scene, img = scene_image(sides[0])
         a16 = (np.asarray(img.convert("L"), np.uint16) * 257)
         put(f"gray16_{i:03d}", _save(Image.fromarray(a16), "PNG"), alt_of(scene), "kept", "16bit", scene, fmt="PNG")
 
@@ -123,19 +124,19 @@ def build(out: str | Path, n: int = 300, per_defect: int = 12, seed: int = 0) ->
     # quality defects
     for i in range(per_defect):
         for kind in QUALITY:
-            scene, img = scene_image(rng.choice([256, 384]))
+            scene, img = scene_image()
             if kind == "blur":
-                bad, fmt = img.filter(ImageFilter.GaussianBlur(rng.uniform(2.5, 5) * img.width / 256)), "PNG"
+                bad, fmt = img.filter(ImageFilter.GaussianBlur(rng.uniform(2.5, 5) * max(1, img.width / 256))), "PNG"
             elif kind == "low_resolution":
                 bad, fmt = render(scene, rng.choice([64, 80, 96])), "PNG"
             elif kind == "overexposed":
                 bad, fmt = ImageEnhance.Brightness(img).enhance(rng.uniform(1.35, 1.8)), "PNG"
             elif kind == "underexposed":
-                bad, fmt = ImageEnhance.Brightness(img).enhance(rng.uniform(0.03, 0.1)), "PNG"
+                bad, fmt = ImageEnhance.Brightness(img).enhance(rng.uniform(0.03, 0.08)), "PNG"
             elif kind == "jpeg_artifacts":
                 bad, fmt = img, "JPEG"
             else:
-                bad, fmt = Image.new("RGB", img.size, tuple(rng.randint(0, 255) for _ in range(3))), "PNG"
+                bad, fmt = Image.new("RGB", img.size, tuple(rng.randint(60, 200) for _ in range(3))), "PNG"
             data = _save(bad, fmt, **({"quality": rng.randint(2, 6)} if fmt == "JPEG" else {}))
             put(f"{kind}_{i:03d}", data, alt_of(scene), f"quality:{kind}", kind, fmt=fmt)
 
@@ -143,16 +144,16 @@ def build(out: str | Path, n: int = 300, per_defect: int = 12, seed: int = 0) ->
     chain_key = None
     for i in range(per_defect):
         for kind in AI:
-            scene, img = scene_image(rng.choice([256, 384]))
+            scene, img = scene_image()
             name, alt, fmt, data = f"ai_{kind}_{i:03d}", alt_of(scene), "PNG", None
             if kind == "limner_watermark":
                 from ..safety.watermark import embed
 
                 data = _save(embed(img, payload=rng.getrandbits(32)), "PNG")
             elif kind == "invisible_watermark_sdxl":
-                data = _dwtdct_sdxl(img)
+                data = _dwtdct_sdxl(render(scene, max(256, img.width)))  # the library marks >= 256 px only
                 if data is None:
-                    continue  # the invisible-watermark package is not installed: nothing to plant
+                    continue  # invisible-watermark is not installed, or could not mark this image
             elif kind == "c2pa":
                 from ..safety.provenance import make_test_certificate, sign_c2pa
 
@@ -194,7 +195,8 @@ def build(out: str | Path, n: int = 300, per_defect: int = 12, seed: int = 0) ->
         if kind == "jpeg":
             data, fmt = _save(img, "JPEG", quality=rng.randint(60, 80)), "JPEG"
         elif kind == "resize":
-            data, fmt = _save(img.resize((img.width // 2, img.height // 2), Image.LANCZOS), "PNG"), "PNG"
+            f = 0.5 if img.width >= 256 else 1.5  # a copy that stays above the low-resolution cut
+            data, fmt = _save(img.resize((int(img.width * f), int(img.height * f)), Image.LANCZOS), "PNG"), "PNG"
         elif kind == "crop":
             m = int(img.width * 0.06)
             data, fmt = _save(img.crop((m, m, img.width - m, img.height - m)), "PNG"), "PNG"
@@ -207,11 +209,11 @@ def build(out: str | Path, n: int = 300, per_defect: int = 12, seed: int = 0) ->
     # alt-texts with personal data (must be scrubbed, image kept) and unsafe words (image dropped)
     for i in range(per_defect):
         for kind, values in PII.items():
-            scene, img = scene_image(256)
+            scene, img = scene_image(sides[0])
             value = rng.choice(values)
             alt = f"{C.count(scene, rng)} - {rng.choice(['sent by', 'call', 'see', 'from', 'ref'])} {value}"
             put(f"pii_{kind}_{i:03d}", _save(img, "PNG"), alt, "kept", f"pii_{kind}", scene, fmt="PNG", pii=value)
-        scene, img = scene_image(256)
+        scene, img = scene_image(sides[0])
         put(f"unsafe_{i:03d}", _save(img, "PNG"), f"{rng.choice(UNSAFE)} {C.alt(scene, rng)}", "caption:unsafe",
             "unsafe_caption", scene, fmt="PNG")
 
@@ -228,9 +230,14 @@ def _dwtdct_sdxl(img: Image.Image) -> bytes | None:
         return None
     from .stages import SDXL_BITS
 
+    from imwatermark import WatermarkDecoder
+
     enc = WatermarkEncoder()
     enc.set_watermark("bits", SDXL_BITS.astype(int).tolist())
     bgr = enc.encode(cv2.cvtColor(np.asarray(img), cv2.COLOR_RGB2BGR), "dwtDct")
+    # on some flat images the library cannot mark at all (its own decoder reads ~half the bits): plant none
+    if (np.array(WatermarkDecoder("bits", 48).decode(bgr, "dwtDct"), bool) == SDXL_BITS).sum() < 44:
+        return None
     return _save(Image.fromarray(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)), "PNG")
 
 

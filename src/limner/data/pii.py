@@ -16,10 +16,12 @@ guard (a run of seven digits, the words of a street type, ...) before its full p
     Scrubber().scrub("mail jane.doe@example.com or call +44 20 7946 0958")
     # ('mail <EMAIL> or call <PHONE>', [Finding('email', 5, 25, ...), Finding('phone', 34, 50, ...)])
 
-What is deliberately not covered: bare social handles ("@jane.doe" outside a URL), street names without
-a house number, unseparated 9-digit SSNs (indistinguishable from other numbers), lower-cased NINOs, PANs
-and IBANs, and obfuscated emails with a plain " at " and a real dot ("jane at example.com" reads like
-"photo at flickr.com").
+Deliberately left alone, for precision: bare social handles ("@jane.doe" outside a URL), street names
+without a house number, unseparated 9-digit SSNs and 13-digit Visa numbers (indistinguishable from IDs
+and EAN barcodes), unformatted runs of digits as phone numbers unless a word like "call" precedes them,
+lower-cased NINOs, PANs and IBANs, and obfuscated emails with a plain " at " and a real dot ("jane at
+example.com" reads like "photo at flickr.com"). National phone formats are checked for NANP and the
+plans in _TRUNK_REGIONS and _NO_TRUNK only; international (+...) numbers for every plan.
 """
 from __future__ import annotations
 
@@ -222,7 +224,7 @@ _NOT_ACCOUNTS = {"p", "reel", "reels", "tv", "stories", "explore", "hashtag", "t
 _USER_PATH = re.compile(r"/(?:~|(?:users?|u|profiles?|members?|authors?)/)[\w.%+-]", re.I)
 _PERSONAL_QUERY = re.compile(r"(?:^|[&;])(?:e-?mail|mail|phone|tel|mobile|user(?:name|_?id)?|uid|profile_?id)=",
                              re.I)
-_AT_NAME = re.compile(r"@(?!\dx\b)\w")   # "/@jane", "?to=jane@example.org"; not "logo@2x.png"
+_AT_NAME = re.compile(r"@[^\W\d]")   # "/@jane", "?to=jane@example.org"; not "logo@2x.png" nor a map's "/@48.85,2.29"
 
 
 def _is_personal_url(url: str) -> bool:

@@ -42,7 +42,7 @@ MANIFEST = "manifest.parquet"
 class DedupConfig:
     exact: bool = True
     near: bool = True  # perceptual hashes
-    max_distance: int = 8  # Hamming distance on the 64-bit pHash that links two images
+    max_distance: list | None = None  # per hash kind (dedup.KINDS); None: the measured defaults
     embedder: str | None = None  # a CLIP folder: also link images whose embeddings are this close...
     threshold: float = 0.95  # ...in cosine similarity
     action: str = "downweight"  # near-duplicates: "downweight" (keep all, weight ~ size^-alpha) or "drop"
@@ -128,6 +128,9 @@ def _write_rows(rows: list[dict], path: Path) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    # from_pylist takes its columns from the first row alone: give every row every column
+    columns = list(dict.fromkeys(k for r in rows for k in r))
+    rows = [{k: r.get(k) for k in columns} for r in rows]
     _atomic_write(path, lambda tmp: pq.write_table(pa.Table.from_pylist(rows), tmp))
 
 
@@ -216,10 +219,17 @@ def analyse_shard(cfg: PipelineConfig, shard: Shard, out: Path) -> int:
             row.update(ai)
         if reason is None:
             row["exact"] = exact_key(np.asarray(dec.image))
-            row.update({f"hash_{k}": v for k, v in image_hashes(dec.image).items()})
+            # 64-bit hashes stored as int64 (parquet has no uint64 that every reader takes), bits unchanged
+            row.update({f"hash_{k}": v - (1 << 64) if v >= 1 << 63 else v for k, v in image_hashes(dec.image).items()})
             images.append((len(rows), dec.image))
         row["reason"] = reason
         rows.append(row)
+    if cfg.dedup.embedder and images:  # semantic near-duplicates: CLIP image embeddings
+        from ..safety.image_filter import ClipSafetyChecker
+
+        emb = ClipSafetyChecker(cfg.dedup.embedder).embed([im for _, im in images]).numpy()
+        for (j, _), e in zip(images, emb):
+            rows[j]["embedding"] = e.astype(np.float32).tolist()
     # batched stages, on what the cheap ones kept
     for what in (S.safety, S.ai_classifier):
         conf = cfg.safety if what is S.safety else cfg.ai_generated
@@ -237,7 +247,7 @@ def analyse_shard(cfg: PipelineConfig, shard: Shard, out: Path) -> int:
 
 def deduplicate(cfg: PipelineConfig, rows: list[dict]) -> dict[str, dict]:
     """Pass 2 over every analysed row: {key: {"cluster", "cluster_size", "weight", "reason"}}."""
-    from .dedup import cluster_weights, hash_clusters, representatives
+    from .dedup import KINDS, MAX_DISTANCE, VIEWS, cluster_weights, embedding_clusters, hash_clusters, representatives
 
     live = [r for r in rows if r["reason"] is None]
     out = {r["key"]: {"cluster": None, "cluster_size": 1, "weight": 1.0, "reason": None} for r in live}
@@ -257,8 +267,10 @@ def deduplicate(cfg: PipelineConfig, rows: list[dict]) -> dict[str, dict]:
         quality = np.array([r.get("sharpness") or 0.0 for r in live])
     ids = np.arange(len(live))
     if cfg.dedup.near and live:
-        hashes = np.array([r["hash_phash"] for r in live], dtype=np.uint64)
-        ids = hash_clusters(hashes, cfg.dedup.max_distance)
+        cols = lambda kinds: np.array([[r[f"hash_{k}"] for k in kinds] for r in live], np.int64).view(np.uint64)
+        ids = hash_clusters(cols(KINDS), cfg.dedup.max_distance or MAX_DISTANCE, views=cols(VIEWS))
+    if cfg.dedup.embedder and live:
+        ids = _union(ids, embedding_clusters(np.array([r["embedding"] for r in live], np.float32), cfg.dedup.threshold))
     sizes = np.bincount(ids, minlength=len(live))[ids]
     weights = cluster_weights(ids, cfg.dedup.alpha)
     keep = representatives(ids, quality)
@@ -273,6 +285,20 @@ def deduplicate(cfg: PipelineConfig, rows: list[dict]) -> dict[str, dict]:
         if o["reason"] == "duplicate:exact":
             o["cluster"] = out[o["cluster"]]["cluster"]
     return out
+
+
+def _union(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Clusters linked by either labelling; ids are each component's lowest index, as dedup's are."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    n = len(a)
+    idx = np.arange(n)
+    graph = coo_matrix((np.ones(2 * n), (np.concatenate([idx, idx]), np.concatenate([a, b]))), shape=(n, n))
+    _, labels = connected_components(graph, directed=False)
+    first = np.full(labels.max() + 1, n)
+    np.minimum.at(first, labels, idx)
+    return first[labels]
 
 
 def write_shard(cfg: PipelineConfig, shard: Shard, decisions: dict[str, dict], out_tar: Path, out_rows: Path) -> int:

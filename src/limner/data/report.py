@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 SCORES = {"sharpness": "min_sharpness", "contrast": "min_contrast", "blockiness": "max_blockiness",
-          "overexposed": "max_clipped", "underexposed": "max_clipped"}
+          "overexposed": "max_clipped", "underexposed": "max_clipped", "mean_luma": "min_mean_luma"}
 
 
 def load(manifest: str | Path) -> list[dict]:

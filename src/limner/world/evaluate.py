@@ -15,7 +15,7 @@ def run_suites(pipe, per_cell: int = 25, suites=SUITES, seed: int = 0, steps=Non
                sampler=None, details: dict | None = None, batch: int = 64) -> dict[str, float]:
     """Headline accuracy per suite; with `details` (a dict) also per cell and per image results."""
     summary = {}
-    for suite in suites:
+    for suite in suites or SUITES:
         items = build(suite, per_cell)
         results = []
         for i in range(0, len(items), batch):

@@ -1,0 +1,405 @@
+"""Duplicate and near-duplicate detection for the curation pipeline.
+
+Imagen 3 removes or down-weights near-duplicate images: repeated images are memorised and regurgitated,
+and they skew what the model learns towards whatever is popular on the web. Three levels, cheapest first:
+
+* `exact_key`: a content hash of the decoded pixels, so a PNG re-saved as PNG (or any lossless re-encode)
+  is caught no matter what the file bytes look like.
+* `image_hashes` + `hash_clusters`: perceptual hashes for re-encodes, resizes, small crops, colour and
+  brightness edits and blur. A single 64-bit pHash cannot do this well (see benchmarks/dedup.py): it flips
+  many bits under a 10% crop, and it cannot tell apart scenes of a few flat shapes on a near-white ground
+  (Shapes World), whose low-frequency sign pattern only says "a blob around here". So a link needs three
+  hashes to agree: a windowed luminance pHash (layout), compared also against two zoomed views of the other
+  image (crops), a colour hash (how much of each hue) and an edge-orientation hash (what shapes).
+* `embedding_clusters`: cosine similarity of embeddings (semantic near-duplicates, as in SemDeDup).
+
+Clusters are connected components of the "near-duplicate" links; a cluster's id is the index of its
+lowest-index member. `cluster_weights` and `representatives` turn clusters into sample weights or a
+keep-mask. Nothing here is O(n^2): hashes are bucketed by pigeonhole bands and only bucket-mates are
+compared; embeddings are blocked by spherical k-means cells.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import itertools
+from typing import Sequence
+
+import numpy as np
+from PIL import Image, ImageOps
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+
+KINDS = ("phash", "colour", "edges")      # the columns of `hash_matrix`, in the order hash_clusters links them
+VIEWS = ("phash_crop5", "phash_crop10")   # pHashes of the centre with 5% / 10% cut off each side
+MAX_DISTANCE = (12, 2, 6)                 # per KINDS column; chosen in benchmarks/dedup.py --sweep
+
+_LUMA = np.array([0.299, 0.587, 0.114], np.float32)
+_HUE_LEVELS = np.array([0.002, 0.006, 0.02, 0.06, 0.2], np.float32)          # fraction of the image
+_EDGE_LEVELS = np.array([0.07, 0.1, 0.13, 0.17, 0.22, 0.3, 0.4], np.float32)  # fraction of edge energy
+
+
+def _dct_matrix(n: int, k: int) -> np.ndarray:
+    x = np.arange(n) + 0.5
+    return (np.cos(np.pi * np.arange(k)[:, None] * x[None] / n) * np.sqrt(2 / n)).astype(np.float32)
+
+
+def _box_matrix(n_out: int, lo: float, hi: float, n_in: int = 64) -> np.ndarray:
+    """(n_out, n_in) area-averaging resampler of the span [lo, hi) of n_in pixels."""
+    edges = np.linspace(lo, hi, n_out + 1)
+    j = np.arange(n_in)
+    overlap = np.clip(np.minimum(edges[1:, None], j + 1) - np.maximum(edges[:-1, None], j), 0, None)
+    return (overlap / overlap.sum(1, keepdims=True)).astype(np.float32)
+
+
+def _tukey(n: int, alpha: float) -> np.ndarray:
+    e = np.minimum(np.arange(n) + 0.5, n - 0.5 - np.arange(n)) / (alpha * n / 2)
+    w = np.where(e < 1, 0.5 - 0.5 * np.cos(np.pi * np.minimum(e, 1)), 1.0)
+    return np.outer(w, w).astype(np.float32)
+
+
+_D8 = _dct_matrix(32, 8)
+# fading the border out makes the hash depend less on what a crop removes (crop recall 0.31 -> 0.5 at <= 10)
+_WINDOW = _tukey(32, 0.5)
+_VIEW_CUTS = (0.0, 0.05, 0.10)  # the full image, then VIEWS
+_VIEW_RESAMPLE = np.stack([_box_matrix(32, 64 * c, 64 * (1 - c)) for c in _VIEW_CUTS])
+_R8, _R9 = _box_matrix(8, 0, 64), _box_matrix(9, 0, 64)
+
+
+def _pack(bits: np.ndarray) -> int:
+    """Up to 64 bools -> int, the first the most significant bit (zero-padded on the right)."""
+    b = np.zeros(64, bool)
+    b[:bits.size] = bits.ravel()
+    return int.from_bytes(np.packbits(b).tobytes(), "big")
+
+
+def _phashes(y64: np.ndarray) -> list[int]:
+    """pHash (8x8 DCT of 32 px, above-median bits) of the full image and of each view, in one go."""
+    y = _VIEW_RESAMPLE @ y64 @ _VIEW_RESAMPLE.transpose(0, 2, 1)
+    c = (_D8 @ ((y - y.mean((1, 2), keepdims=True)) * _WINDOW) @ _D8.T).reshape(len(y), 64)
+    med = np.partition(c, (31, 32), axis=1)[:, 31:33].mean(1, keepdims=True)
+    return [_pack(b) for b in c > med]
+
+
+def _soft_hist(x: np.ndarray, weight: np.ndarray, bins: int) -> np.ndarray:
+    """Circular histogram of x in [0, bins), interpolated between bin centres (no jitter at bin edges)."""
+    lo = np.floor(x).astype(np.int64)
+    f = x - lo
+    return (np.bincount((lo % bins).ravel(), (weight * (1 - f)).ravel(), bins)
+            + np.bincount(((lo + 1) % bins).ravel(), (weight * f).ravel(), bins))
+
+
+def _colour(a: np.ndarray) -> int:
+    """Fraction of the image in each of 12 hues, for saturated pixels, on a log scale of 5 unary levels.
+
+    Unary (thermometer) levels make the Hamming distance the number of level steps; the log scale lets
+    one small shape on a plain ground register. Greys (saturation < 0.2) and darks count for nothing, so
+    brightness and mild colour shifts barely move it.
+    """
+    r, g, b = a
+    mx, mn = a.max(0), a.min(0)
+    sat = (mx - mn) / np.maximum(mx, 1)
+    weight = np.clip((sat - 0.2) / 0.2, 0, 1) * np.clip((mx - 30) / 40, 0, 1)
+    hue = np.arctan2(np.sqrt(3) * (g - b), 2 * r - g - b) * (12 / (2 * np.pi))
+    return _pack(_soft_hist(hue, weight, 12)[:, None] / weight.size > _HUE_LEVELS)
+
+
+def _edges(a: np.ndarray) -> int:
+    """Share of gradient energy in each of 8 orientations (7 unary levels): squares, triangles and circles
+    differ here even when their layout and colour agree. Taken at 32 px, where JPEG blocks and blur are gone.
+
+    Colour gradients (Di Zenzo's structure tensor), so an edge between two colours of equal luminance counts.
+    """
+    gx = a[:, 1:-1, 2:] - a[:, 1:-1, :-2]
+    gy = a[:, 2:, 1:-1] - a[:, :-2, 1:-1]
+    xx, yy, xy = (gx * gx).sum(0), (gy * gy).sum(0), (gx * gy).sum(0)
+    mag = np.sqrt((xx + yy) / 2 + np.sqrt(((xx - yy) / 2) ** 2 + xy * xy))
+    h = _soft_hist(np.arctan2(2 * xy, xx - yy) * (8 / (2 * np.pi)), mag, 8)  # doubled angle: orientation mod 180
+    return _pack(h[:, None] / max(h.sum(), 1e-6) > _EDGE_LEVELS)
+
+
+def _rgb(img: Image.Image) -> Image.Image:
+    if img.mode == "RGB":
+        return img
+    if "A" in img.getbands() or "transparency" in img.info:  # what a viewer shows: transparency over white
+        return Image.alpha_composite(Image.new("RGBA", img.size, "white"), img.convert("RGBA")).convert("RGB")
+    return img.convert("RGB")
+
+
+def image_hashes(img: Image.Image) -> dict[str, int]:
+    """64-bit perceptual hashes of one image: KINDS and VIEWS (what `hash_matrix` stacks) plus a plain dHash.
+
+    All from one 64 px thumbnail (PIL `reduce` first, so a 512 px image costs little more than a 64 px one);
+    callers decoding JPEGs may also `img.draft("RGB", (128, 128))` before loading.
+    """
+    img = _rgb(img)
+    f = min(img.size) // 64
+    # channel-planar: numpy is slow at reducing a trailing axis of 3
+    a = np.ascontiguousarray(np.asarray((img.reduce(f) if f > 1 else img).resize((64, 64), Image.BOX),
+                                        np.float32).transpose(2, 0, 1))
+    y = (_LUMA @ a.reshape(3, -1)).reshape(64, 64)
+    full, *views = _phashes(y)
+    g = _R8 @ y @ _R9.T
+    a32 = (a[:, ::2, ::2] + a[:, 1::2, ::2] + a[:, ::2, 1::2] + a[:, 1::2, 1::2]) / 4
+    out = {"phash": full, "colour": _colour(a), "edges": _edges(a32)}
+    out.update(zip(VIEWS, views))
+    out["dhash"] = _pack(g[:, 1:] > g[:, :-1])
+    return out
+
+
+def hash_matrix(hashes: Sequence[dict[str, int]]) -> tuple[np.ndarray, np.ndarray]:
+    """`image_hashes` results -> ((n, 3) uint64 KINDS columns, (n, 2) uint64 VIEWS) for `hash_clusters`."""
+    cols = np.array([[h[k] for k in KINDS + VIEWS] for h in hashes], np.uint64).reshape(-1, len(KINDS + VIEWS))
+    return cols[:, :len(KINDS)], cols[:, len(KINDS):]
+
+
+def exact_key(data: bytes | np.ndarray | Image.Image) -> str:
+    """Hex blake2b-128 of the decoded pixels: equal for any two encodings of the same pixels.
+
+    Encoded bytes are decoded with their EXIF orientation applied (what a viewer shows). Pixels are
+    canonicalised to 8-bit RGB (grey and palette images expanded), RGBA only when some pixel is not opaque;
+    arrays are taken as RGB(A) or grey, uint8. The shape is part of the key.
+    """
+    if isinstance(data, (bytes, bytearray, memoryview)):
+        data = ImageOps.exif_transpose(Image.open(io.BytesIO(data)))
+    if isinstance(data, Image.Image):
+        data = np.asarray(data.convert("RGBA"))
+    a = np.asarray(data)
+    if a.dtype != np.uint8:
+        raise ValueError(f"exact_key wants uint8 pixels, got {a.dtype}")
+    if a.ndim == 2:
+        a = a[..., None]
+    if a.shape[-1] in (1, 2):  # grey (+ alpha) -> RGB (+ alpha), as PIL converts
+        a = np.concatenate([a[..., :1].repeat(3, -1), a[..., 1:]], -1)
+    if a.shape[-1] == 4 and (a[..., 3] == 255).all():
+        a = a[..., :3]
+    h = hashlib.blake2b(digest_size=16)
+    h.update(np.array(a.shape, np.int64).tobytes())
+    h.update(np.ascontiguousarray(a).tobytes())
+    return h.hexdigest()
+
+
+# --- clustering ----------------------------------------------------------------------------------------
+
+def _popcount_xor(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return np.bitwise_count(a ^ b)
+
+
+def _bands(r: int) -> list[tuple[int, int]]:
+    """(shift, mask) of r + 1 contiguous bands of 64 bits: within distance r, some band must agree."""
+    e = np.linspace(0, 64, r + 2).round().astype(int)
+    return [(int(lo), (1 << int(hi - lo)) - 1) for lo, hi in zip(e[:-1], e[1:])]
+
+
+def _mix(key: np.ndarray, part: np.ndarray) -> np.ndarray:
+    # collisions only add candidates, which are verified, so a cheap multiplicative mix will do
+    return key * np.uint64(0x9E3779B97F4A7C15) + part
+
+
+def _collisions(key: np.ndarray) -> int:
+    c = np.unique(key, return_counts=True)[1]
+    return int((c * (c - 1) // 2).sum())
+
+
+def _bucket_pairs(key: np.ndarray):
+    """Yield (a, b) index arrays of all pairs sharing a key, without materialising buckets."""
+    order = np.argsort(key, kind="stable")
+    k = key[order]
+    p = np.flatnonzero(k[1:] == k[:-1])
+    d = 1
+    while p.size:
+        yield order[p], order[p + d]
+        p = p[p + d + 1 < len(k)]
+        p = p[k[p] == k[p + d + 1]]
+        d += 1
+
+
+class _Forest:
+    """Edges folded into a spanning forest whenever they pile up: memory stays O(n) however many tables
+    report the same pair."""
+
+    def __init__(self, n: int, fold_at: int = 1 << 22):
+        self.n, self.fold_at, self.a, self.b, self.count = n, fold_at, [], [], 0
+
+    def add(self, a: np.ndarray, b: np.ndarray):
+        self.a.append(a)
+        self.b.append(b)
+        self.count += len(a)
+        if self.count > self.fold_at:
+            labels = self.labels()
+            root = _min_member(labels)[labels]
+            keep = root != np.arange(self.n)
+            self.a, self.b = [np.flatnonzero(keep)], [root[keep]]
+            self.count = len(self.a[0])
+
+    def labels(self) -> np.ndarray:
+        a = np.concatenate(self.a + [np.zeros(0, np.int64)]).astype(np.int64)
+        b = np.concatenate(self.b + [np.zeros(0, np.int64)]).astype(np.int64)
+        g = coo_matrix((np.ones(len(a), np.int8), (a, b)), shape=(self.n, self.n))
+        return connected_components(g, directed=False)[1]
+
+
+def _min_member(labels: np.ndarray) -> np.ndarray:
+    """Per component label, the smallest index carrying it."""
+    first = np.full(labels.max() + 1 if len(labels) else 0, len(labels), np.int64)
+    np.minimum.at(first, labels, np.arange(len(labels)))
+    return first
+
+
+def _ids(labels: np.ndarray) -> np.ndarray:
+    return _min_member(labels)[labels]
+
+
+def hash_clusters(hashes: np.ndarray, max_distance: int | Sequence[int] = MAX_DISTANCE,
+                  views: np.ndarray | None = None, sample: int = 20000) -> np.ndarray:
+    """Connected components of "every column within its Hamming distance" links -> (n,) int64 cluster ids.
+
+    hashes: (n,) or (n, k) uint64; max_distance: one int for all columns or one per column. views: optional
+    (n, v) uint64 alternatives to column 0 (`hash_matrix`'s crop views): column 0's distance is the least of
+    full-vs-full and view-vs-full either way round.
+
+    Exact, not O(n^2): split column c into max_distance[c] + 1 bands; a linked pair agrees exactly on at
+    least one band of every column (pigeonhole), so bucketing on one band per column, for every combination
+    of bands, finds every link, and only bucket-mates are compared. Which columns to bucket on is chosen per
+    call by estimating bucket collisions on a sample (a column that is constant over the data, say the
+    colour hash of greyscale photos, is useless to bucket on); identical rows are merged first.
+    """
+    h = np.asarray(hashes, np.uint64)
+    h = h[:, None] if h.ndim == 1 else h
+    n, k = h.shape
+    r = np.broadcast_to(np.asarray(max_distance, np.int64), (k,))
+    v = np.zeros((n, 0), np.uint64) if views is None else np.asarray(views, np.uint64).reshape(n, -1)
+    if n == 0:
+        return np.zeros(0, np.int64)
+    # identical rows are linked for free; merging them keeps buckets small on real, duplicate-heavy data
+    uniq, inv = np.unique(np.concatenate([h, v], 1), axis=0, return_inverse=True)
+    inv = inv.ravel()
+    h, v = uniq[:, :k], uniq[:, k:]
+    m, nv = len(h), v.shape[1]
+    words = np.concatenate([h[:, :1], v, h[:, 1:]], 1)  # column 0 and its views (by variant), then 1..k-1
+    bands = [_bands(int(x)) for x in r]
+
+    def rows_of(items, cols):
+        variants = nv + 1 if 0 in cols else 1
+        return np.repeat(items, variants), np.tile(np.arange(variants), len(items))
+
+    def keys(rows, cols, table):
+        key = np.zeros(len(rows[0]), np.uint64)
+        for c, b in zip(cols, table):
+            shift, mask = bands[c][b]
+            word = words[rows[0], rows[1]] if c == 0 else words[rows[0], nv + c]
+            key = _mix(key, (word >> np.uint64(shift)) & np.uint64(mask))
+        return key
+
+    def verify(a, b):
+        d0 = _popcount_xor(h[a, 0], h[b, 0])
+        for j in range(nv):
+            d0 = np.minimum(d0, np.minimum(_popcount_xor(v[a, j], h[b, 0]), _popcount_xor(h[a, 0], v[b, j])))
+        ok = d0 <= r[0]
+        for c in range(1, k):
+            ok &= _popcount_xor(h[a, c], h[b, c]) <= r[c]
+        return ok
+
+    # plan: cost ~ rows sorted over all tables + candidate pairs, the latter estimated on a sample
+    rng = np.random.default_rng(0)
+    probe = np.sort(rng.choice(m, min(m, sample), replace=False))
+    scale = (m / len(probe)) ** 2
+    best = None
+    for size in range(1, k + 1):
+        for cols in itertools.combinations(range(k), size):
+            tables = list(itertools.product(*(range(len(bands[c])) for c in cols)))
+            rows = rows_of(probe, cols)
+            pairs = sum(_collisions(keys(rows, cols, t)) for t in tables)
+            cost = len(tables) * m * (nv + 1 if 0 in cols else 1) + pairs * scale
+            if best is None or cost < best[0]:
+                best = (cost, cols, tables)
+    _, cols, tables = best
+
+    forest = _Forest(m)
+    rows = rows_of(np.arange(m), cols)
+    for t in tables:
+        for a, b in _bucket_pairs(keys(rows, cols, t)):
+            a, b = rows[0][a], rows[0][b]
+            keep = a != b
+            a, b = a[keep], b[keep]
+            ok = verify(a, b)
+            forest.add(a[ok], b[ok])
+    return _ids(forest.labels()[inv])
+
+
+def embedding_clusters(emb: np.ndarray, threshold: float, nlist: int | None = None, nprobe: int = 4,
+                       iters: int = 10, seed: int = 0) -> np.ndarray:
+    """Connected components of "cosine similarity >= threshold" links -> (n,) int64 cluster ids.
+
+    Blocked like an IVF index, in plain numpy/BLAS: spherical k-means (on a sample) cuts the sphere into
+    `nlist` cells (default ~n/1000, one cell, i.e. exact, below 2000 items); every vector is listed in its
+    `nprobe` nearest cells, and each cell's own members are compared with everything listed there by one
+    matrix product. A pair is found when one's cell is among the other's nprobe nearest, so recall is high
+    but not guaranteed (benchmarks/dedup.py measures it); the input is never copied whole.
+    """
+    x = np.asarray(emb, np.float32)
+    n = len(x)
+    if n == 0:
+        return np.zeros(0, np.int64)
+    inv_norm = 1 / np.sqrt(np.maximum(np.einsum("ij,ij->i", x, x), 1e-24))  # no n x d temporary
+    unit = lambda idx: x[idx] * inv_norm[idx, None]  # noqa: E731
+    nlist = nlist or max(1, n // 1000)
+    nprobe = min(nprobe, nlist)
+    rng = np.random.default_rng(seed)
+
+    # spherical k-means on a sample of up to 64 points per cell
+    train = unit(np.sort(rng.choice(n, min(n, 64 * nlist), replace=False)))
+    cent = train[rng.choice(len(train), nlist, replace=False)]
+    for _ in range(iters if nlist > 1 else 0):
+        lab = (train @ cent.T).argmax(1)
+        sums = coo_matrix((np.ones(len(lab), np.float32), (lab, np.arange(len(lab)))), (nlist, len(lab))) @ train
+        empty = np.bincount(lab, minlength=nlist) == 0
+        sums[empty] = train[rng.choice(len(train), int(empty.sum()))]
+        cent = sums / np.linalg.norm(sums, axis=1, keepdims=True)
+
+    # each vector's nprobe nearest cells, the first its own
+    near = np.empty((n, nprobe), np.int64)
+    for s in range(0, n, 8192):
+        sim = unit(np.arange(s, min(s + 8192, n))) @ cent.T
+        top = np.argpartition(-sim, nprobe - 1, axis=1)[:, :nprobe]
+        near[s:s + len(sim)] = np.take_along_axis(top, np.argsort(-np.take_along_axis(sim, top, 1), 1), 1)
+    listed = np.argsort(near.ravel(), kind="stable")
+    starts = np.searchsorted(near.ravel()[listed], np.arange(nlist + 1))
+    own = np.argsort(near[:, 0], kind="stable")
+    own_starts = np.searchsorted(near[own, 0], np.arange(nlist + 1))
+
+    forest = _Forest(n)
+    for c in range(nlist):
+        listed_here = listed[starts[c]:starts[c + 1]] // nprobe
+        members = own[own_starts[c]:own_starts[c + 1]]
+        for s in range(0, len(members), 1024):  # blocks of at most 1024 x 16384 similarities
+            a_idx = members[s:s + 1024]
+            a = unit(a_idx)
+            for t in range(0, len(listed_here), 16384):
+                b_idx = listed_here[t:t + 16384]
+                i, j = np.nonzero(a @ unit(b_idx).T >= threshold)
+                keep = a_idx[i] != b_idx[j]
+                forest.add(a_idx[i[keep]], b_idx[j[keep]])
+    return _ids(forest.labels())
+
+
+def cluster_weights(ids: np.ndarray, alpha: float = 1.0) -> np.ndarray:
+    """Per-item sample weight cluster_size ** -alpha: 0 ignores duplication, 1 makes every cluster weigh
+    what one image does (all its variants still seen), 0.5 is in between."""
+    ids = np.asarray(ids, np.int64)
+    return np.bincount(ids, minlength=len(ids))[ids].astype(np.float64) ** -float(alpha)
+
+
+def representatives(ids: np.ndarray, quality: np.ndarray | None = None) -> np.ndarray:
+    """Bool mask keeping one member per cluster: the highest `quality` (ties and NaN: lowest index), or
+    without quality the cluster's id item itself."""
+    ids = np.asarray(ids, np.int64)
+    idx = np.arange(len(ids))
+    if quality is None:
+        return ids == idx
+    q = np.nan_to_num(np.asarray(quality, np.float64), nan=-np.inf)
+    order = np.lexsort((idx, -q, ids))
+    first = np.r_[True, ids[order][1:] != ids[order][:-1]] if len(ids) else np.zeros(0, bool)
+    keep = np.zeros(len(ids), bool)
+    keep[order[first]] = True
+    return keep

@@ -1,0 +1,191 @@
+"""limner.data.dedup: hash robustness and discrimination, exact keys, and clustering against brute force."""
+from __future__ import annotations
+
+import io
+import random
+
+import numpy as np
+import pytest
+from PIL import Image, ImageEnhance, ImageFilter
+
+from limner.data import dedup as D
+from limner.world.scene import render, sample_scene
+
+
+def _encode(im, fmt, **kw):
+    buf = io.BytesIO()
+    im.save(buf, format=fmt, **kw)
+    return Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
+
+
+def _crop(l, t, r, b):
+    return lambda im: im.crop((round(im.width * l), round(im.height * t),
+                               round(im.width * (1 - r)), round(im.height * (1 - b))))
+
+
+def _gain(g):
+    return lambda im: Image.fromarray(np.clip(np.asarray(im, np.float32) * g, 0, 255).astype(np.uint8))
+
+
+EDITS = {
+    "jpeg50": lambda im: _encode(im, "JPEG", quality=50),
+    "jpeg90": lambda im: _encode(im, "JPEG", quality=90),
+    "webp": lambda im: _encode(im, "WEBP", quality=75),
+    "png": lambda im: _encode(im, "PNG"),
+    "half": lambda im: im.resize((im.width // 2, im.height // 2), Image.BICUBIC),
+    "double": lambda im: im.resize((im.width * 2, im.height * 2), Image.BICUBIC),
+    "bright+15": lambda im: ImageEnhance.Brightness(im).enhance(1.15),
+    "bright-15": lambda im: ImageEnhance.Brightness(im).enhance(0.85),
+    "colour": _gain(np.array([1.04, 1.0, 0.96], np.float32)),
+    "blur": lambda im: im.filter(ImageFilter.GaussianBlur(1.5)),
+}
+CROPS = [_crop(0.1, 0, 0, 0), _crop(0.05, 0.05, 0.05, 0.05), _crop(0.1, 0.1, 0.1, 0.1), _crop(0, 0.08, 0.03, 0)]
+
+
+@pytest.fixture(scope="module")
+def originals():
+    import skimage.data
+
+    scenes = [render(sample_scene(random.Random(i)), 256) for i in range(10)]
+    photos = [Image.fromarray(getattr(skimage.data, n)()).convert("RGB").resize((256, 256), Image.BICUBIC)
+              for n in ("astronaut", "coffee", "chelsea", "rocket", "camera")]
+    return scenes + photos
+
+
+def _clusters(images):
+    M, V = D.hash_matrix([D.image_hashes(im) for im in images])
+    return D.hash_clusters(M, views=V)
+
+
+def test_hash_values():
+    h = D.image_hashes(Image.new("RGBA", (700, 500), (10, 200, 30, 128)))
+    assert set(h) == set(D.KINDS + D.VIEWS + ("dhash",))
+    assert all(isinstance(v, int) and 0 <= v < 2**64 for v in h.values())
+    assert D.image_hashes(Image.new("L", (20, 20), 128))["phash"] >= 0  # tiny and grey images work
+
+
+def test_copies_link(originals):
+    edits = list(EDITS.values()) + CROPS
+    ids = _clusters([e(im) for im in originals for e in [lambda x: x] + edits]).reshape(len(originals), -1)
+    linked = ids[:, 1:] == ids[:, :1]
+    assert linked[:, :len(EDITS)].all(), [n for n, ok in zip(EDITS, linked.all(0)) if not ok]
+    # <= 10% off a side moves everything; most, not all, such crops are caught (the benchmark has the rates)
+    assert linked[:, len(EDITS):].mean() >= 0.8
+    assert len(np.unique(ids[:, 0])) == len(originals)
+
+
+def test_distinct_images_stay_apart(originals):
+    scenes = [render(sample_scene(random.Random(100 + i)), 256) for i in range(40)]
+    ids = _clusters(originals + scenes)
+    # photos never; of ~1300 Shapes World pairs, at most one look-alike (same shape and colour, nearby)
+    assert len(np.unique(ids)) >= len(ids) - 1
+    assert all((ids == ids[i]).sum() == 1 for i in range(10, 15))
+
+
+def test_exact_key_matches_identical_pixels_only(originals):
+    im = originals[0]
+    a, b = io.BytesIO(), io.BytesIO()
+    im.save(a, format="PNG", compress_level=1)
+    _encode(im, "PNG").save(b, format="PNG", compress_level=9, optimize=True)  # PNG -> PNG, other bytes
+    assert a.getvalue() != b.getvalue()
+    key = D.exact_key(a.getvalue())
+    assert D.exact_key(b.getvalue()) == key == D.exact_key(np.asarray(im)) == D.exact_key(im.convert("RGBA"))
+    assert D.exact_key(np.asarray(im.convert("L"))) == D.exact_key(im.convert("L").convert("RGB"))
+    px = np.asarray(im).copy()
+    px[0, 0, 0] ^= 1
+    assert D.exact_key(px) != key
+    assert D.exact_key(np.asarray(_encode(im, "JPEG", quality=95))) != key
+    assert D.exact_key(np.asarray(im)[:128]) != D.exact_key(np.asarray(im)[:128].reshape(256, 128, 3))
+
+
+# --- clustering vs brute force -------------------------------------------------------------------------
+
+def _brute_ids(M, r, V=None):
+    """O(n^2) distances and a plain union-find: the reference."""
+    M = M[:, None] if M.ndim == 1 else M
+    pc = lambda a, b: np.bitwise_count(a[:, None] ^ b[None, :])  # noqa: E731
+    d0 = pc(M[:, 0], M[:, 0])
+    for v in ([] if V is None else V.T):
+        d0 = np.minimum(d0, np.minimum(pc(v, M[:, 0]), pc(M[:, 0], v)))
+    ok = d0 <= r[0]
+    for c in range(1, M.shape[1]):
+        ok &= pc(M[:, c], M[:, c]) <= r[c]
+    return _union_find(len(M), np.argwhere(ok))
+
+
+def _union_find(n, edges):
+    parent = list(range(n))
+
+    def find(x):
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    for i, j in edges:
+        a, b = find(int(i)), find(int(j))
+        parent[max(a, b)] = min(a, b)  # the root is always the component's smallest index
+    return np.array([find(i) for i in range(n)])
+
+
+def _flip(rng, h, bits):
+    return h ^ np.uint64(sum(1 << int(b) for b in rng.choice(64, bits, replace=False)))
+
+
+def _random_hashes(rng, shape):
+    return rng.integers(0, 2**63, shape, dtype=np.int64).astype(np.uint64) * np.uint64(2) \
+        + rng.integers(0, 2, shape).astype(np.uint64)
+
+
+def test_hash_clusters_single_column_matches_brute_force():
+    rng = np.random.default_rng(0)
+    h = _random_hashes(rng, 3000)
+    for i in rng.choice(3000, 900, replace=False):  # near pairs and chains, some just out of reach (11, 12)
+        h[i] = _flip(rng, h[rng.integers(3000)], int(rng.integers(0, 13)))
+    h[:50] = h[50:100]  # exact copies
+    for r in (0, 3, 10):
+        ids = D.hash_clusters(h, r)
+        assert np.array_equal(ids, _brute_ids(h, [r])), r
+    assert len(np.unique(D.hash_clusters(h, 10))) < 2900
+
+
+def test_hash_clusters_columns_and_views_match_brute_force():
+    rng = np.random.default_rng(1)
+    n = 2000
+    M, V = _random_hashes(rng, (n, 3)), _random_hashes(rng, (n, 2))
+    for i in rng.choice(n, 800, replace=False):
+        j = rng.integers(n)
+        M[i] = [_flip(rng, M[j, c], int(rng.integers(0, r + 3))) for c, r in enumerate(D.MAX_DISTANCE)]
+        if rng.random() < 0.3:  # i is a crop of j: j's view is near i's full pHash, the full ones far apart
+            V[j, rng.integers(2)] = _flip(rng, M[i, 0], int(rng.integers(0, 14)))
+    ids = D.hash_clusters(M, D.MAX_DISTANCE, views=V)
+    ref = _brute_ids(M, D.MAX_DISTANCE, V)
+    assert np.array_equal(ids, ref)
+    assert len(np.unique(ref)) < n - 200
+    assert not np.array_equal(ref, _brute_ids(M, D.MAX_DISTANCE))  # the views mattered
+
+
+@pytest.mark.parametrize("nlist", [None, 8])
+def test_embedding_clusters_matches_brute_force(nlist):
+    rng = np.random.default_rng(2)
+    n, d = 1500, 48
+    x = rng.standard_normal((n, d)).astype(np.float32)
+    for i in rng.choice(n, 500, replace=False):  # near pairs at cosine ~0.8-0.99, either side of 0.9
+        x[i] = x[rng.integers(n)] + rng.uniform(0.1, 0.75) * rng.standard_normal(d).astype(np.float32)
+    x *= rng.uniform(0.5, 2, (n, 1)).astype(np.float32)  # cosine, not dot product
+    u = x / np.linalg.norm(x, axis=1, keepdims=True)
+    ref = _union_find(n, np.argwhere(u @ u.T >= 0.9))
+    assert np.array_equal(D.embedding_clusters(x, 0.9, nlist=nlist), ref)
+    assert len(np.unique(ref)) < n - 100
+
+
+def test_weights_and_representatives():
+    ids = np.array([0, 0, 0, 3, 3, 5, 6, 6])
+    w = D.cluster_weights(ids, 1.0)
+    assert np.allclose(np.bincount(ids, w), np.bincount(ids) > 0)  # every cluster weighs one image
+    assert np.allclose(D.cluster_weights(ids, 0.0), 1)
+    assert np.allclose(D.cluster_weights(ids, 0.5)[:3], 3 ** -0.5)
+    assert D.representatives(ids).tolist() == [True, False, False, True, False, True, True, False]
+    q = np.array([0.1, 0.9, 0.5, np.nan, 0.2, 0.0, 0.3, 0.3])
+    assert D.representatives(ids, q).tolist() == [False, True, False, False, True, True, True, False]
+    assert D.representatives(ids, q).sum() == len(np.unique(ids))

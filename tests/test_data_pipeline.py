@@ -1,0 +1,338 @@
+"""`limner data`: every stage on planted and real images, the whole pipeline on the planted demo corpus,
+resume after a kill, the Ray executor, the report, and training on what the pipeline wrote."""
+import io
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageEnhance, ImageFilter, PngImagePlugin
+
+from limner.data import demo, stages as S
+from limner.data.pipeline import PipelineConfig, run
+from limner.data.report import load, table, write
+from limner.world.scene import render, sample_scene
+
+ROOT = Path(__file__).resolve().parents[1]
+CLI = [sys.executable, "-m", "limner.cli"]
+FIXTURE = Path(__file__).parent / "data" / "astronaut-256-sdxl-dwtdct.png"  # made by invisible-watermark 0.2.0's
+# dwtDct encoder with SDXL's 48-bit message, as diffusers' StableDiffusionXLWatermarker does
+
+
+def png(img, **kw) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, "PNG", **kw)
+    return buf.getvalue()
+
+
+def jpeg(img, q=92, **kw) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", quality=q, **kw)
+    return buf.getvalue()
+
+
+def scene(seed, side=256):
+    return render(sample_scene(random.Random(seed)), side)
+
+
+def photos():
+    import skimage.data as sd
+
+    return [Image.fromarray(getattr(sd, n)()).convert("RGB") for n in ("astronaut", "coffee", "chelsea", "rocket")]
+
+
+# ------------------------------------------------------------------------------------------------ stages
+
+
+def test_decode_turns_every_bad_file_into_a_reason():
+    cfg = S.DecodeConfig()
+    good = jpeg(scene(0))
+    frames = [scene(i, 64) for i in range(3)]
+    gif = io.BytesIO()
+    frames[0].save(gif, "GIF", save_all=True, append_images=frames[1:])
+    cases = {
+        b"": "decode:empty",
+        os.urandom(3000): "decode:corrupt",
+        good[: len(good) // 2]: "decode:truncated",
+        png(scene(1, 16)): "decode:tiny",
+        png(Image.new("RGB", (900, 100), "white")): "decode:aspect",
+        gif.getvalue(): "decode:animated",
+    }
+    for data, reason in cases.items():
+        dec, _, got = S.decode(data, cfg)
+        assert got == reason and dec is None
+    # conversions keep the image and say what they did
+    cmyk, _, r1 = S.decode(jpeg(scene(2).convert("CMYK")), cfg)
+    g16, _, r2 = S.decode(png(Image.fromarray(np.asarray(scene(3).convert("L"), np.uint16) * 257)), cfg)
+    rgba, _, r3 = S.decode(png(scene(4).convert("RGBA")), cfg)
+    assert (r1, r2, r3) == (None, None, None)
+    assert [d.image.mode for d in (cmyk, g16, rgba)] == ["RGB"] * 3
+    assert cmyk.notes == ["CMYK->RGB"] and "8bit" in g16.notes[0] and "alpha" in rgba.notes[0]
+    assert np.abs(np.asarray(g16.image, float) - np.asarray(scene(3).convert("L").convert("RGB"), float)).max() <= 1
+    _, _, first = S.decode(gif.getvalue(), S.DecodeConfig(animated="first_frame"))
+    assert first is None
+
+
+def test_quality_flags_planted_defects_and_keeps_real_photos():
+    cfg = S.QualityConfig()
+
+    def reason(img, as_jpeg=None):
+        data = jpeg(img, as_jpeg) if as_jpeg else png(img)
+        dec, _, r = S.decode(data, S.DecodeConfig())
+        return r or S.quality(dec, cfg)[1]
+
+    for i in range(6):
+        img = scene(10 + i, 320)
+        assert reason(img) is None and reason(img, 90) is None
+        assert reason(img.filter(ImageFilter.GaussianBlur(3))) == "quality:blur"
+        assert reason(scene(10 + i, 96)) == "quality:low_resolution"
+        assert reason(ImageEnhance.Brightness(img).enhance(1.5)) == "quality:overexposed"
+        assert reason(ImageEnhance.Brightness(img).enhance(0.05)) == "quality:underexposed"
+        assert reason(img, 4) == "quality:jpeg_artifacts"
+    assert reason(Image.new("RGB", (300, 300), (90, 120, 30))) == "quality:flat"
+    for p in photos():
+        assert reason(p) is None and reason(p, 85) is None
+        assert reason(p.filter(ImageFilter.GaussianBlur(4 * max(p.size) / 256))) == "quality:blur"
+
+
+def test_ai_generated_images_are_recognised_without_a_learned_detector(tmp_path):
+    from limner.safety.provenance import make_test_certificate, sign_c2pa
+    from limner.safety.watermark import embed
+
+    cfg = S.AIGeneratedConfig()
+    img = scene(20)
+
+    def signal(data):
+        dec, _, _ = S.decode(data, S.DecodeConfig())
+        return S.ai_generated(dec, data, cfg)[1]
+
+    a1111 = PngImagePlugin.PngInfo()
+    a1111.add_text("parameters", "a cat\nSteps: 20, Sampler: Euler a, CFG scale: 7, Seed: 1, Size: 512x512")
+    comfy = PngImagePlugin.PngInfo()
+    comfy.add_text("prompt", json.dumps({"3": {"class_type": "KSampler"}}))
+    exif = Image.Exif()
+    exif[0x0131] = "Midjourney v6"
+    xmp = PngImagePlugin.PngInfo()
+    xmp.add_text("XML:com.adobe.xmp", '<rdf:Description Iptc4xmpExt:DigitalSourceType='
+                 '"http://cv.iptc.org/newscodes/digitalsourcetype/trainedAlgorithmicMedia"/>')
+    src = tmp_path / "in.png"
+    img.save(src)
+    sign_c2pa(src, tmp_path / "signed.png", *make_test_certificate(tmp_path))
+    assert signal(png(img)) is None and signal(jpeg(img)) is None
+    assert signal(png(embed(img, payload=7))) == "ai_generated:limner_watermark"
+    assert signal(png(img, pnginfo=a1111)) == "ai_generated:a1111_parameters"
+    assert signal(png(img, pnginfo=comfy)) == "ai_generated:comfyui"
+    assert signal(jpeg(img, exif=exif)) == "ai_generated:exif_software"
+    assert signal(png(img, pnginfo=xmp)) == "ai_generated:iptc_ai_source"
+    assert signal((tmp_path / "signed.png").read_bytes()) == "ai_generated:c2pa"
+    # SDXL's invisible-watermark mark, and the same photo unmarked
+    marked = FIXTURE.read_bytes()
+    assert signal(marked) == "ai_generated:invisible_watermark_sdxl"
+    import skimage.data as sd
+
+    clean = Image.fromarray(sd.astronaut()).resize((256, 256), Image.LANCZOS)
+    assert signal(png(clean)) is None
+    assert (S.dwtdct_bits(Image.open(FIXTURE)) == S.SDXL_BITS).sum() == 48
+
+
+def test_safety_stage_runs_the_shared_classifier_interface(tmp_path):
+    """The generation-time image filter's interface, with a tiny CLIP checker the test builds."""
+    torch = pytest.importorskip("torch")
+    from transformers import CLIPModel
+
+    from limner.safety.image_filter import ClipSafetyChecker
+    from test_safety_image import tiny_clip_config
+
+    torch.manual_seed(0)
+    CLIPModel(tiny_clip_config()).save_pretrained(tmp_path / "clip")
+    bad, good = Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)), scene(5, 64)
+    emb = ClipSafetyChecker(tmp_path / "clip", concepts={"x": {"text": "x", "threshold": 1}}).embed([bad, good])
+    threshold = (1 + float(emb[0] @ emb[1])) / 2
+    np.savez(tmp_path / "concepts.npz", embeddings=emb[:1].numpy(), thresholds=np.float32([threshold]), names=np.array(["bad"]))
+    cfg = S.SafetyConfig({"classifier": "clip", "path": str(tmp_path / "clip"), "embeddings": str(tmp_path / "concepts.npz")})
+    (sb, rb), (sg, rg) = S.safety([bad, good], cfg)
+    assert rb == "safety:bad" and rg is None and sb["safety_bad"] > sg["safety_bad"]
+    assert S.safety([bad], S.SafetyConfig(None)) == [({}, None)]
+
+
+# ------------------------------------------------------------------------------- the whole pipeline
+
+
+def demo_config(root: Path, **over) -> PipelineConfig:
+    cfg = PipelineConfig.load(ROOT / "src/limner/data/demo.yaml")
+    cfg.source.path, cfg.out_dir, cfg.source.shard_size, cfg.workers = str(root / "raw"), str(root / "curated"), 40, 1
+    for k, v in over.items():
+        setattr(cfg, k, v)
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def curated(tmp_path_factory):
+    """A small planted corpus, curated once with the demo pipeline."""
+    root = tmp_path_factory.mktemp("demo")
+    demo.build(root, n=24, per_defect=2, seed=1, sides=(128, 160))
+    cfg = demo_config(root)
+    manifest = run(cfg, quiet=True)
+    truth = [json.loads(line) for line in (root / "ground_truth.jsonl").read_text().splitlines()]
+    return root, cfg, load(manifest), truth
+
+
+def test_demo_corpus_every_stage_finds_what_was_planted(curated):
+    _, _, rows, truth = curated
+    assert len(rows) == len(truth) and {r["key"] for r in rows} == {t["key"] for t in truth}
+    scores = demo.evaluate(rows, truth)
+    classes = {t["expected"] for t in truth}
+    assert {"decode:corrupt", "quality:blur", "ai_generated:c2pa", "caption:unsafe"} <= classes
+    for name, s in scores.items():
+        assert s["recall"] >= 0.98, (name, s)
+        assert s["precision"] is None or s["precision"] >= 0.98, (name, s)
+
+
+def test_manifest_and_shards_hold_fates_weights_and_captions(curated):
+    root, cfg, rows, truth = curated
+    kept = [r for r in rows if r["fate"] == "kept"]
+    assert all(r["reason"] for r in rows if r["fate"] == "dropped")
+    # near-duplicates are kept and down-weighted: a cluster of k images weighs 1 in all
+    clusters = {}
+    for r in kept:
+        clusters.setdefault(r["cluster"], []).append(r["weight"])
+    assert any(len(w) > 1 for w in clusters.values())
+    assert all(sum(w) == pytest.approx(1.0) for w in clusters.values())
+    # every kept image has its alt-text and the oracle's captions, with their sources, in the shards too
+    members = {}
+    for tar in sorted((Path(cfg.out_dir) / "shards").glob("*.tar")):
+        with tarfile.open(tar) as t:
+            members.update({m.name: t.extractfile(m).read() for m in t})
+    for r in kept:
+        caps = json.loads(r["captions"])
+        if "scene" in json.loads(r["meta"]):  # edited copies have no scene, and read back as no Shapes World scene
+            assert {"count", "spatial"} <= set(caps), r["key"]
+            assert json.loads(r["caption_sources"])["count"] == "oracle"
+        meta = json.loads(members[f"{r['member']}.json"])
+        assert meta["captions"] == caps and meta["weight"] == r["weight"] and meta["key"] == r["key"]
+    # planted personal data never reaches a shard
+    blob = b"".join(v for k, v in members.items() if k.endswith((".json", ".txt")))
+    for t in truth:
+        if "pii" in t:
+            assert t["pii"].encode() not in blob
+
+
+def test_report_draws_what_each_stage_did(curated):
+    root, cfg, rows, _ = curated
+    text = table(rows)
+    assert "decode" in text and "quality:blur" in text and "duplicate" in text
+    page = write(Path(cfg.out_dir) / "manifest.parquet")
+    html = page.read_text()
+    assert "largest duplicate clusters" in html and html.count("data:image/png;base64,") >= 4
+    assert (page.parent / "report-fates.png").exists() and (page.parent / "report-scores.png").exists()
+
+
+def test_resume_after_kill_loses_and_duplicates_nothing(curated, tmp_path):
+    root, cfg, rows, _ = curated
+    cfg_file = tmp_path / "pipeline.yaml"
+    d = demo_config(root).to_dict()
+    d["out_dir"] = str(tmp_path / "killed")
+    d["source"]["shard_size"] = 10
+    cfg_file.write_text(json.dumps(d))
+    proc = subprocess.Popen(CLI + ["data", "run", str(cfg_file), "--quiet"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    while not list((tmp_path / "killed" / "work").glob("analysed-*.parquet")) and time.time() < deadline:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = list((tmp_path / "killed" / "work").glob("analysed-*.parquet"))
+    assert done and not (tmp_path / "killed" / "manifest.parquet").exists()
+    stamps = {p: p.stat().st_mtime_ns for p in done}
+    subprocess.run(CLI + ["data", "run", str(cfg_file), "--quiet"], check=True, capture_output=True)
+    assert all(p.stat().st_mtime_ns == t for p, t in stamps.items())  # finished shards were not redone
+    again = load(tmp_path / "killed" / "manifest.parquet")
+    assert sorted(r["key"] for r in again) == sorted(r["key"] for r in rows)  # nothing lost, nothing twice
+    strip = lambda rs: sorted((r["key"], r["fate"], r["reason"], r["weight"], r["captions"]) for r in rs)
+    assert strip(again) == strip(rows)
+    # the same directory with another configuration is refused, not mixed
+    d["dedup"]["alpha"] = 0.5
+    cfg_file.write_text(json.dumps(d))
+    bad = subprocess.run(CLI + ["data", "run", str(cfg_file)], capture_output=True, text=True)
+    assert bad.returncode == 2 and "another configuration" in bad.stderr
+
+
+def test_ray_executor_writes_the_same_manifest_and_shards(curated, tmp_path):
+    pytest.importorskip("ray")
+    root, cfg, rows, _ = curated
+    ray_cfg = demo_config(root, executor="ray", workers=2, out_dir=str(tmp_path / "ray"))
+    ray_rows = load(run(ray_cfg, quiet=True))
+    ignore = {"tar", "member"}
+    key = lambda r: r["key"]
+    assert [{k: v for k, v in r.items() if k not in ignore} for r in sorted(ray_rows, key=key)] == \
+           [{k: v for k, v in r.items() if k not in ignore} for r in sorted(rows, key=key)]
+    for tar in (Path(cfg.out_dir) / "shards").glob("*.tar"):
+        assert (tmp_path / "ray" / "shards" / tar.name).read_bytes() == tar.read_bytes()
+
+
+def test_sources_folder_parquet_and_webdataset_agree(curated, tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    root, cfg, rows, _ = curated
+    files = sorted(p for p in (root / "raw").iterdir() if p.suffix in (".png", ".jpg", ".gif", ".webp"))[:30]
+    table_ = pa.table({"key": [p.stem for p in files], "image": [p.read_bytes() for p in files],
+                       "caption": [(p.with_suffix(".txt").read_text() if p.with_suffix(".txt").exists() else None) for p in files]})
+    pq.write_table(table_, tmp_path / "in.parquet")
+    with tarfile.open(tmp_path / "in-000.tar", "w") as tar:
+        for p in files:
+            for f in (p, p.with_suffix(".txt")):
+                if f.exists():
+                    tar.add(f, arcname=f.name)
+    fates = {}
+    for kind, path in (("parquet", tmp_path / "in.parquet"), ("webdataset", tmp_path / "in-*.tar")):
+        c = demo_config(root, out_dir=str(tmp_path / kind))
+        c.source.kind, c.source.path = kind, str(path)
+        c.captions.captioners = []
+        fates[kind] = {r["key"]: (r["fate"], r["reason"]) for r in load(run(c, quiet=True))}
+    expected = {r["key"]: (r["fate"], r["reason"]) for r in rows if r["key"] in fates["parquet"]}
+    # duplicates depend on which other images are present; every other fate must agree
+    same = lambda f: {k: v for k, v in f.items() if not (v[1] or "").startswith("duplicate")}
+    assert same(fates["parquet"]) == same(fates["webdataset"]) == same(expected) and len(fates["parquet"]) == 30
+
+
+def test_bad_configuration_is_a_clear_error(tmp_path):
+    with pytest.raises(ValueError, match="unknown keys"):
+        PipelineConfig.from_dict({"sauce": {}})
+    with pytest.raises(ValueError, match=r"quality: unknown keys \['blurr'\]"):
+        PipelineConfig.from_dict({"quality": {"blurr": 1}})
+    with pytest.raises(ValueError, match="executor"):
+        PipelineConfig.from_dict({"executor": "spark"})
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        run(PipelineConfig.from_dict({"source": {"path": str(tmp_path / "nowhere")}, "out_dir": str(tmp_path / "o")}))
+    r = subprocess.run(CLI + ["data", "run", str(tmp_path / "missing.yaml")], capture_output=True, text=True)
+    assert r.returncode == 2 and "does not exist" in r.stderr
+
+
+def test_train_reads_the_pipeline_shards_with_their_captions_and_weights(curated, tmp_path):
+    from limner.train.data import DataConfig, load_records
+    from limner.train.train import run as train
+
+    root, cfg, rows, _ = curated
+    shards = str(Path(cfg.out_dir) / "shards" / "*.tar")
+    records = load_records(DataConfig(source="webdataset", shards=shards))
+    kept = {r["key"]: r for r in rows if r["fate"] == "kept"}
+    assert len(records) == len(kept)
+    assert sorted(r.weight for r in records) == pytest.approx(sorted(r["weight"] for r in kept.values()))
+    assert all({"alt", "count"} <= set(r.captions) for r in records if "count" in r.captions)
+
+    from test_train import tiny
+
+    ae = train(tiny("autoencoder", tmp_path, steps=4), quiet=True)
+    dn = tiny("denoiser", tmp_path, autoencoder=str(ae), steps=6, sample_every=10**6)
+    dn.data.source, dn.data.shards = "webdataset", shards
+    model = train(dn, quiet=True)
+    losses = [json.loads(line)["loss"] for line in (tmp_path / "denoiser" / "metrics.jsonl").read_text().splitlines()
+              if "loss" in line]
+    assert (model / "denoiser.safetensors").exists() and all(np.isfinite(losses))
