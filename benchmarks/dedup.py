@@ -4,6 +4,7 @@ imagededup library's hashes at their defaults; then scale (time, peak RSS) of ha
     python benchmarks/dedup.py quality                      # (a) tables, default sizes, held-out seed 1
     python benchmarks/dedup.py quality --seed 0 --sweep     # the tuning run that chose MAX_DISTANCE
     python benchmarks/dedup.py scale --n 1000000            # (b) 1M hashes and 1M x 384 embeddings
+    python benchmarks/dedup.py scale --n 100000 --parts phash8   # one 64-bit column at distance 8, for contrast
 
 (a) Originals are Shapes World scenes (flat shapes on near-white grounds: the hard case for perceptual
 hashes) and crops of scikit-image's photographs (no two crops of one photo overlapping by IoU > 0.3), each
@@ -343,7 +344,8 @@ def main():
     if a.cmd == "scale":
         res = [json.loads(subprocess.run([sys.executable, __file__, "scale-worker", k, str(a.n)], check=True,
                                          capture_output=True, text=True).stdout) for k in a.parts.split(",")]
-        print("| part | n | wall s | CPU s | peak RSS GiB | planted-pair recall | false pairs |\n|---|---|---|---|---|---|---|")
+        print("| part | n | wall s | CPU s | peak RSS GiB | planted-pair recall | false pairs |")
+        print("|---|---|---|---|---|---|---|")
         for r in res:
             print(f"| {r['kind']} | {r['n']:,} | {r['wall_s']:.1f} | {r['cpu_s']:.1f} | {r['peak_rss_gib']:.2f} | "
                   f"{r['planted_pair_recall']:.4f} | {r['false_pairs']} |")
