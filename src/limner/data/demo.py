@@ -266,8 +266,9 @@ def evaluate(manifest: list[dict], truth: list[dict]) -> dict[str, dict]:
             clusters[r["cluster"]].append(r["key"])
     pairs = [(a, b) for v in clusters.values() for i, a in enumerate(v) for b in v[i + 1:]]
     true_pair = lambda a, b: group.get(a, a) == group.get(b, b)
+    expected = {t["key"]: t["expected"] for t in truth}
     for kind in ("exact", "near"):
-        planted = [(g, k) for k, g in group.items() if next(t for t in truth if t["key"] == k)["expected"] == f"duplicate:{kind}"]
+        planted = [(g, k) for k, g in group.items() if expected[k] == f"duplicate:{kind}"]
         found = sum(rows[g].get("cluster") is not None and rows[g]["cluster"] == rows[k]["cluster"] for g, k in planted)
         out[f"duplicate:{kind} (pairs)"] = {"n": len(planted), "recall": found / max(len(planted), 1)}
     out["duplicate:exact (pairs)"]["precision"] = None

@@ -131,14 +131,17 @@ def luma(img: Image.Image, side: int | None = ANALYSIS_SIDE) -> np.ndarray:
     return np.asarray(img.convert("L"), np.float32)
 
 
-def sharpness(y: np.ndarray) -> float:
-    """How steep the steepest edges are relative to the image's contrast: blur spreads every edge."""
+def sharpness(y: np.ndarray, contrast: float | None = None) -> float:
+    """How steep the steepest edges are relative to the image's contrast: blur spreads every edge.
+    `contrast`: the luma range p99.5 - p0.5, when the caller has it already."""
     gx, gy = np.abs(np.diff(y, axis=1)), np.abs(np.diff(y, axis=0))
     g = np.concatenate([gx.ravel(), gy.ravel()])
     k = max(32, g.size // 1000)  # the top 0.1% (at least 32 pixels): enough for one small object's rim
     top = np.partition(g, g.size - k)[-k:].mean()
-    lo, hi = np.percentile(y, (0.5, 99.5))
-    return float(top / max(hi - lo, 1.0))
+    if contrast is None:
+        lo, hi = np.percentile(y, (0.5, 99.5))
+        contrast = hi - lo
+    return float(top / max(contrast, 1.0))
 
 
 def blockiness(y: np.ndarray) -> float:
@@ -173,7 +176,7 @@ def quality(dec: Decoded, cfg: QualityConfig) -> tuple[dict, str | None]:
     img = dec.image
     y = luma(img)
     lo, hi = np.percentile(y, (0.5, 99.5))
-    scores = {"contrast": float(hi - lo), "sharpness": sharpness(y), "overexposed": float((y >= 250).mean()),
+    scores = {"contrast": float(hi - lo), "sharpness": sharpness(y, hi - lo), "overexposed": float((y >= 250).mean()),
               "underexposed": float((y <= 5).mean()), "mean_luma": float(y.mean())}
     # the JPEG grid is on the stored pixels: measure it on a native-resolution crop, aligned to the grid
     if dec.format == "JPEG":
@@ -207,12 +210,15 @@ class SafetyConfig:
 
 
 @lru_cache(maxsize=4)
-def _image_filter(spec: str):
+def _image_filter(spec: str, thresholds: str):
+    """Built once per worker; the spec is parsed by ImageFilter.from_spec, as generation parses it."""
     import json
 
     from ..safety.image_filter import ImageFilter
 
-    return ImageFilter.from_spec(json.loads(spec))
+    filt = ImageFilter.from_spec(json.loads(spec))
+    over = json.loads(thresholds)
+    return ImageFilter(filt.classifier, over, filt.action) if over else filt
 
 
 def safety(images: list[Image.Image], cfg: SafetyConfig) -> list[tuple[dict, str | None]]:
@@ -221,11 +227,7 @@ def safety(images: list[Image.Image], cfg: SafetyConfig) -> list[tuple[dict, str
         return [({}, None)] * len(images)
     import json
 
-    spec = cfg.classifier if isinstance(cfg.classifier, dict) else {"classifier": cfg.classifier.partition(":")[0],
-                                                                      **({"path": cfg.classifier.partition(":")[2]} if ":" in cfg.classifier else {})}
-    if cfg.thresholds:
-        spec = {**spec, "thresholds": cfg.thresholds}
-    filt = _image_filter(json.dumps(spec, sort_keys=True))
+    filt = _image_filter(json.dumps(cfg.classifier, sort_keys=True), json.dumps(cfg.thresholds or {}, sort_keys=True))
     out = []
     for v in filt.check(images):
         out.append(({f"safety_{k}": float(s) for k, s in v.scores.items()}, None if v.allowed else f"safety:{v.label}"))
