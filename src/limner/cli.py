@@ -272,18 +272,24 @@ def parser() -> argparse.ArgumentParser:
     ev.set_defaults(fn=cmd_world_eval)
 
     from .data.commands import add_data_parser
+    from .eval.arena.commands import add_arena_parser
     from .eval.commands import add_eval_suites_parser
     from .eval.elo_command import add_elo_parser
     from .eval.generate import add_eval_generate_parser
+    from .eval.metrics import add_eval_score_parser
+    from .eval.report import add_eval_report_parser
     from .safety.commands import add_safety_parser
 
     e_ = sub.add_parser("eval", help="evaluation: prompt suites, generation for several models, ratings from votes")
     evs = e_.add_subparsers(dest="eval_verb", required=True)
     add_eval_suites_parser(evs)
     add_eval_generate_parser(evs)
+    add_eval_score_parser(evs)
+    add_eval_report_parser(evs)
     add_elo_parser(evs)
     add_safety_parser(sub)
     add_data_parser(sub)
+    add_arena_parser(sub)
 
     wm = sub.add_parser("watermark", help="embed or detect limner's invisible watermark")
     wms = wm.add_subparsers(dest="watermark_verb", required=True)

@@ -152,8 +152,11 @@ def generate_suite(prompts: Iterable[Prompt], backends: Sequence, out_dir: str |
 
 
 def _row(model: str, p: Prompt, seed: int, rel: str, key: str, steps, guidance) -> dict:
-    return {"model": model, "prompt_id": p.id, "prompt": p.text, "seed": seed, "path": rel, "suite": p.suite,
-            "tags": p.tags, "constraints": p.constraints, "steps": steps, "guidance": guidance, "cache_key": key}
+    row = {"model": model, "prompt_id": p.id, "prompt": p.text, "seed": seed, "path": rel, "suite": p.suite,
+           "tags": p.tags, "constraints": p.constraints, "steps": steps, "guidance": guidance, "cache_key": key}
+    if p.reference is not None:   # what a detailed prompt was written from (the arena shows it to raters)
+        row["reference"] = p.reference
+    return row
 
 
 def _run_batch(backend, rows: list[dict], out_dir: Path, settings: dict) -> list[dict]:

@@ -1,0 +1,653 @@
+"""The rating arena's storage: a study (images, prompts, tasks), raters and their answers, in SQLAlchemy.
+
+A *task* is one thing to rate: a pair of images of the same prompt and seed by two models, under one
+question, or one image under the counting question. An *assignment* is a task shown to a rater, with
+sides shuffled; the answer is written on it. One rater gets a task at most once
+(a unique constraint: a vote cannot be cast twice, even by a retried request); repeats for attention
+checks are assignments of their own kind.
+
+Scheduling is a single ordered query: the next task is the one served least often, then lowest `rank`.
+Ranks interleave the model pairs round-robin over shuffled prompts, so at any moment every pair of
+models has been shown (within one) equally often, and over prompts as evenly as the tasks allow.
+
+SQLite (the default) serialises writers; its busy handler backs off in sleeps of up to 100 ms, so writes
+in one process take a lock of ours instead. PostgreSQL takes row locks: concurrent requests skip a task another
+one has locked (`FOR UPDATE SKIP LOCKED`), and `served` is compared and set besides.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import secrets
+import threading
+import time
+from collections import defaultdict
+from contextlib import contextmanager
+from dataclasses import dataclass
+from itertools import combinations
+from pathlib import Path
+
+from sqlalchemy import (Boolean, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint, create_engine,
+                        event, func, select, update)
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+
+QUESTIONS = {
+    "overall": "Which image do you prefer overall?",
+    "alignment": "Which image matches the prompt better? Ignore defects, style and quality: judge only "
+                 "whether what the prompt asks for is there.",
+    "appeal": "Which image is more visually appealing? (The prompt is hidden on purpose.)",
+    "detailed": "Which image matches this detailed description better? Check each part of it.",
+    "counting": "How many {object} does this image show?",
+}
+PAIR_QUESTIONS = ("overall", "alignment", "appeal", "detailed")
+REFERENCE_MODEL = "__reference__"   # images that are not any model's: references and attention decoys
+DECOY_MODEL = "__decoy__"
+ANSWERS = ("left", "right", "tie")
+VOTE_FIELDS = ["model_a", "model_b", "winner", "question", "prompt_id", "seed", "suite", "rater", "tstamp",
+               "image_a", "image_b"]
+COUNT_FIELDS = ["model", "prompt_id", "seed", "suite", "rater", "tstamp", "image", "object", "expected", "answer",
+                "correct"]
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Meta(Base):
+    __tablename__ = "meta"
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)
+
+
+class Rater(Base):
+    __tablename__ = "rater"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    is_admin: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[float] = mapped_column(Float)
+
+
+class Image(Base):
+    __tablename__ = "image"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    token: Mapped[str] = mapped_column(String(32), unique=True)   # what URLs show: nothing about the model
+    path: Mapped[str] = mapped_column(Text, unique=True)
+    model: Mapped[str] = mapped_column(String(200))
+    prompt_id: Mapped[str] = mapped_column(String(200))
+    seed: Mapped[int] = mapped_column(Integer)
+
+
+class Prompt(Base):
+    __tablename__ = "prompt"
+    id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    text: Mapped[str] = mapped_column(Text)
+    suite: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    tags: Mapped[str] = mapped_column(Text, default="{}")
+    reference: Mapped[int | None] = mapped_column(ForeignKey("image.id"), nullable=True)
+
+
+class Task(Base):
+    __tablename__ = "task"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    question: Mapped[str] = mapped_column(String(32))
+    prompt_id: Mapped[str] = mapped_column(ForeignKey("prompt.id"))
+    image_a: Mapped[int] = mapped_column(ForeignKey("image.id"))
+    image_b: Mapped[int | None] = mapped_column(ForeignKey("image.id"), nullable=True)   # None: counting
+    count_object: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    count_expected: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    attention: Mapped[str] = mapped_column(String(16), default="")   # "" or "obvious" (a is the right answer)
+    target: Mapped[int] = mapped_column(Integer, default=1)          # answers wanted
+    served: Mapped[int] = mapped_column(Integer, default=0)          # live assignments made
+    rank: Mapped[int] = mapped_column(Integer)
+    __table_args__ = (Index("ix_task_next", "served", "rank"),)
+
+
+class Assignment(Base):
+    __tablename__ = "assignment"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    rater_id: Mapped[int] = mapped_column(ForeignKey("rater.id"))
+    task_id: Mapped[int] = mapped_column(ForeignKey("task.id"))
+    attention: Mapped[str] = mapped_column(String(16), default="")   # "", "obvious" or "repeat" (not NULL: unique)
+    repeat_of: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    left_is_a: Mapped[bool] = mapped_column(Boolean)
+    created_at: Mapped[float] = mapped_column(Float)
+    answered_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    choice: Mapped[str | None] = mapped_column(String(8), nullable=True)   # left / right / tie
+    count: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    expired: Mapped[bool] = mapped_column(Boolean, default=False)
+    __table_args__ = (UniqueConstraint("rater_id", "task_id", "attention", name="one_answer_per_item"),
+                      Index("ix_assignment_open", "rater_id", "answered_at"))
+
+
+class ArenaError(ValueError):
+    """A request the arena refuses; `status` is the HTTP status the app answers with."""
+
+    def __init__(self, message: str, status: int = 400):
+        super().__init__(message)
+        self.status = status
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def database_url(db: str) -> str:
+    """A SQLAlchemy URL from a URL or a plain SQLite file path; PostgreSQL through psycopg 3."""
+    if "://" not in db:
+        return f"sqlite:///{Path(db).expanduser().resolve()}"
+    for prefix in ("postgres://", "postgresql://"):
+        if db.startswith(prefix):
+            return "postgresql+psycopg://" + db[len(prefix):]
+    return db
+
+
+# --------------------------------------------------------------------------------------------- store
+
+@dataclass
+class Settings:
+    attention_rate: float = 0.1     # share of a rater's items that are attention checks
+    repeat_gap: int = 3             # a repeat comes back at least this many items after the original
+    expire_s: float = 900.0         # an unanswered assignment goes back to the pool after this
+
+
+class Store:
+    def __init__(self, db: str, settings: Settings | None = None, create: bool = False):
+        url = database_url(db)
+        self.sqlite = url.startswith("sqlite")
+        if self.sqlite and not create and not Path(url.removeprefix("sqlite:///")).exists():
+            raise ArenaError(f"no arena database at {url.removeprefix('sqlite:///')}: "
+                             "make one with `limner arena create GENERATIONS --db ...`")
+        kw = {"connect_args": {"check_same_thread": False, "timeout": 30}} if self.sqlite else {"pool_size": 20}
+        self.engine = create_engine(url, **kw)
+        if self.sqlite:
+            @event.listens_for(self.engine, "connect")
+            def _pragmas(conn, _):   # WAL: readers never wait for the writer
+                conn.execute("PRAGMA journal_mode=WAL")
+                conn.execute("PRAGMA synchronous=NORMAL")
+                conn.execute("PRAGMA foreign_keys=ON")
+        if create:
+            Base.metadata.create_all(self.engine)
+        self.settings = settings or Settings()
+        self._write_lock = threading.Lock() if self.sqlite else None
+        self._reclaimed_at = 0.0
+        self._raters: dict[str, tuple[int, bool]] = {}
+        self._tasks: dict[int, dict] = {}     # task id -> what never changes about it
+        self._tokens: dict[int, str] = {}     # image id -> its URL token
+
+    @contextmanager
+    def session(self, write: bool = False):
+        lock = self._write_lock if write else None
+        if lock:
+            lock.acquire()
+        try:
+            with Session(self.engine, expire_on_commit=False) as s:
+                with s.begin():
+                    yield s
+        finally:
+            if lock:
+                lock.release()
+
+    def meta(self) -> dict:
+        with self.session() as s:
+            return {m.key: json.loads(m.value) for m in s.scalars(select(Meta))}
+
+    # ------------------------------------------------------------------------------------- raters
+
+    def invite(self, n: int = 1, name: str = "rater", admin: bool = False) -> list[str]:
+        """Make n invite tokens; only their hashes are stored, so print them now."""
+        tokens = [secrets.token_urlsafe(18) for _ in range(n)]
+        with self.session(write=True) as s:
+            start = s.scalar(select(func.count()).select_from(Rater)) or 0
+            for i, t in enumerate(tokens):
+                s.add(Rater(name=f"{name}-{start + i + 1}" if n > 1 or name == "rater" else name,
+                            token_hash=hash_token(t), is_admin=admin, created_at=time.time()))
+        return tokens
+
+    def rater(self, token: str | None) -> tuple[int, bool]:
+        """(rater id, is admin) for an invite token, or ArenaError 401."""
+        if not token:
+            raise ArenaError("not logged in: open the invite link you were given", 401)
+        h = hash_token(token)
+        if h not in self._raters:
+            with self.session() as s:
+                r = s.scalar(select(Rater).where(Rater.token_hash == h))
+            if r is None:
+                raise ArenaError("unknown invite token: check the link, or ask the organiser for a new one", 401)
+            self._raters[h] = (r.id, r.is_admin)
+        return self._raters[h]
+
+    # ------------------------------------------------------------------------------------ scheduling
+
+    # The rating path runs on every request, so it is Core SQL on one connection, and what never changes
+    # once imported (tasks' images and questions, prompts, image tokens) is read once and kept.
+
+    @contextmanager
+    def _write(self):
+        lock = self._write_lock
+        if lock:
+            lock.acquire()
+        try:
+            with self.engine.begin() as conn:
+                yield conn
+        finally:
+            if lock:
+                lock.release()
+
+    def _static(self, conn, task_id: int) -> dict:
+        if task_id not in self._tasks:
+            t = conn.execute(select(Task.question, Task.prompt_id, Task.image_a, Task.image_b, Task.count_object)
+                             .where(Task.id == task_id)).one()
+            p = conn.execute(select(Prompt.text, Prompt.reference).where(Prompt.id == t.prompt_id)).one()
+            ids = [i for i in (t.image_a, t.image_b, p.reference) if i is not None and i not in self._tokens]
+            if ids:
+                self._tokens |= dict(conn.execute(select(Image.id, Image.token).where(Image.id.in_(ids))).all())
+            self._tasks[task_id] = {"question": t.question, "prompt": p.text, "a": t.image_a, "b": t.image_b,
+                                    "reference": p.reference, "object": t.count_object}
+        return self._tasks[task_id]
+
+    def next_item(self, rater_id: int) -> dict | None:
+        """The rater's open item, else a new one (an attention check now and then); None when done."""
+        self._reclaim()
+        with self._write() as conn:
+            row = conn.execute(select(Assignment.id, Assignment.task_id, Assignment.left_is_a).where(
+                Assignment.rater_id == rater_id, Assignment.answered_at.is_(None),
+                Assignment.expired.is_(False)).limit(1)).first()
+            if row is None:
+                row = self._repeat(conn, rater_id) or self._assign(conn, rater_id)
+            if row is None:
+                return None
+            done = conn.execute(select(func.count()).select_from(Assignment).where(
+                Assignment.rater_id == rater_id, Assignment.answered_at.is_not(None))).scalar()
+            return self._item(self._static(conn, row[1]), row[0], row[2], done)
+
+    def _new_assignment(self, conn, rater_id: int, task_id: int, attention: str, left_is_a: bool,
+                        repeat_of: str | None = None) -> tuple[str, int, bool]:
+        aid = secrets.token_hex(16)
+        conn.execute(Assignment.__table__.insert().values(
+            id=aid, rater_id=rater_id, task_id=task_id, attention=attention, repeat_of=repeat_of,
+            left_is_a=left_is_a, created_at=time.time(), expired=False))
+        return aid, task_id, left_is_a
+
+    def _assign(self, conn, rater_id: int):
+        done = select(Assignment.task_id).where(Assignment.rater_id == rater_id)
+        want_check = random.random() < self.settings.attention_rate
+        for attempt in range(8):
+            kind = "obvious" if want_check and attempt == 0 else ""
+            q = select(Task.id, Task.served).where(Task.served < Task.target, Task.attention == kind,
+                                                   Task.id.not_in(done)).order_by(Task.served, Task.rank).limit(1)
+            if not self.sqlite:   # concurrent servers each take a different task instead of racing for one
+                q = q.with_for_update(skip_locked=True)
+            row = conn.execute(q).first()
+            if row is None:
+                if kind:
+                    continue
+                return None
+            # compare-and-set: another server may have claimed it since the select (PostgreSQL)
+            claimed = conn.execute(update(Task).where(Task.id == row.id, Task.served == row.served)
+                                   .values(served=Task.served + 1)).rowcount
+            if claimed:
+                return self._new_assignment(conn, rater_id, row.id, kind, random.random() < 0.5)
+        return None
+
+    def _repeat(self, conn, rater_id: int):
+        """Now and then, an item the rater answered a while ago again, sides swapped: are they consistent?"""
+        if random.random() >= self.settings.attention_rate / 2:
+            return None
+        answered = conn.execute(select(Assignment.id, Assignment.task_id, Assignment.left_is_a).where(
+            Assignment.rater_id == rater_id, Assignment.attention == "", Assignment.choice.is_not(None))
+            .order_by(Assignment.answered_at.desc()).offset(self.settings.repeat_gap).limit(20)).all()
+        repeated = set(conn.execute(select(Assignment.task_id).where(
+            Assignment.rater_id == rater_id, Assignment.attention == "repeat")).scalars())
+        fresh = [a for a in answered if a.task_id not in repeated]
+        if not fresh:
+            return None
+        orig = random.choice(fresh)
+        return self._new_assignment(conn, rater_id, orig.task_id, "repeat", not orig.left_is_a, orig.id)
+
+    def _reclaim(self) -> None:
+        """Put the tasks of abandoned assignments back in the pool (at most once a minute)."""
+        now = time.time()
+        if now - self._reclaimed_at < 60:
+            return
+        self._reclaimed_at = now
+        with self._write() as conn:
+            stale = conn.execute(select(Assignment.id, Assignment.task_id, Assignment.attention).where(
+                Assignment.answered_at.is_(None), Assignment.expired.is_(False),
+                Assignment.created_at < now - self.settings.expire_s)).all()
+            for a in stale:
+                conn.execute(update(Assignment).where(Assignment.id == a.id).values(expired=True))
+                if a.attention != "repeat":
+                    conn.execute(update(Task).where(Task.id == a.task_id).values(served=Task.served - 1))
+
+    def _item(self, t: dict, assignment_id: str, left_is_a: bool, done: int) -> dict:
+        """What the rater's page shows: no model names, image URLs by opaque token, sides as assigned."""
+        url = lambda i: f"/img/{self._tokens[i]}"   # noqa: E731
+        item = {"id": assignment_id, "question": t["question"], "done": done}
+        if t["b"] is None:
+            return item | {"kind": "count", "text": QUESTIONS["counting"].format(object=t["object"]),
+                           "prompt": t["prompt"], "image": url(t["a"])}
+        left, right = (t["a"], t["b"]) if left_is_a else (t["b"], t["a"])
+        return item | {"kind": "pair", "text": QUESTIONS[t["question"]],
+                       "prompt": None if t["question"] == "appeal" else t["prompt"],
+                       "left": url(left), "right": url(right),
+                       "reference": url(t["reference"]) if t["question"] == "detailed" and t["reference"] else None}
+
+    # ---------------------------------------------------------------------------------------- votes
+
+    def answer(self, rater_id: int, assignment_id: str, choice: str | None = None, count: int | None = None) -> dict:
+        """Record an answer once. A second answer to the same item is refused (409), so a retried
+        request never makes two votes."""
+        with self._write() as conn:
+            a = conn.execute(select(Assignment.rater_id, Assignment.task_id, Assignment.expired, Assignment.attention)
+                             .where(Assignment.id == assignment_id)).first()
+            if a is None or a.rater_id != rater_id:
+                raise ArenaError("no such item for this rater", 404)
+            if self._static(conn, a.task_id)["b"] is None:
+                if count is None or not isinstance(count, int) or not 0 <= count <= 1000:
+                    raise ArenaError("this item asks for a count: send {\"count\": N} with 0 <= N <= 1000")
+                values = {"count": count}
+            else:
+                if choice not in ANSWERS:
+                    raise ArenaError(f"this item asks for a choice: send {{\"choice\": one of {', '.join(ANSWERS)}}}")
+                values = {"choice": choice}
+            done = conn.execute(update(Assignment).where(Assignment.id == assignment_id,
+                                                         Assignment.answered_at.is_(None))
+                                .values(answered_at=time.time(), expired=False, **values)).rowcount
+            if not done:
+                raise ArenaError("this item is already answered", 409)
+            if a.expired and a.attention != "repeat":   # reclaimed meanwhile: it counts again
+                conn.execute(update(Task).where(Task.id == a.task_id).values(served=Task.served + 1))
+        return {"ok": True}
+
+    # ------------------------------------------------------------------------------------ reporting
+
+    def progress(self) -> dict:
+        """What the admin page shows: answers per question and model pair, raters and their reliability."""
+        with self.session() as s:
+            models = {i.id: i.model for i in s.scalars(select(Image))}
+            tasks = {t.id: t for t in s.scalars(select(Task))}
+            raters = {r.id: r for r in s.scalars(select(Rater))}
+            answers = s.scalars(select(Assignment).where(Assignment.answered_at.is_not(None))).all()
+        per_question = defaultdict(lambda: {"tasks": 0, "wanted": 0, "answered": 0})
+        pairs = defaultdict(int)
+        for t in tasks.values():
+            if not t.attention:
+                q = per_question[t.question]
+                q["tasks"] += 1
+                q["wanted"] += t.target
+        rel = {rid: {"rater": r.name, "answers": 0, "obvious": 0, "obvious_ok": 0, "repeats": 0, "repeats_ok": 0}
+               for rid, r in raters.items() if not r.is_admin}
+        by_id = {a.id: a for a in answers}
+        for a in answers:
+            t = tasks[a.task_id]
+            r = rel.setdefault(a.rater_id, {"rater": raters[a.rater_id].name, "answers": 0, "obvious": 0,
+                                            "obvious_ok": 0, "repeats": 0, "repeats_ok": 0})
+            r["answers"] += 1
+            if a.attention == "obvious":
+                r["obvious"] += 1
+                r["obvious_ok"] += winner(a) == "model_a"
+            elif a.attention == "repeat":
+                orig = by_id.get(a.repeat_of)
+                if orig is not None:
+                    r["repeats"] += 1
+                    r["repeats_ok"] += _same_answer(orig, a)
+            else:
+                per_question[t.question]["answered"] += 1
+                if t.image_b is not None:
+                    pairs[" vs ".join(sorted((models[t.image_a], models[t.image_b])))] += 1
+        for r in rel.values():
+            checks = r["obvious"] + r["repeats"]
+            r["reliability"] = None if not checks else round((r["obvious_ok"] + r["repeats_ok"]) / checks, 3)
+        return {"questions": dict(per_question), "pairs": dict(sorted(pairs.items())), "raters": list(rel.values()),
+                "answers": sum(r["answers"] for r in rel.values())}
+
+    def export(self, min_reliability: float | None = None) -> tuple[list[dict], list[dict]]:
+        """Votes in the Chatbot Arena convention, and counting answers; attention checks left out, and
+        raters below `min_reliability` (share of attention checks passed) too."""
+        prog = self.progress()
+        with self.session() as s:
+            raters = {r.id: r.name for r in s.scalars(select(Rater))}
+            images = {i.id: i for i in s.scalars(select(Image))}
+            prompts = {p.id: p for p in s.scalars(select(Prompt))}
+            rows = s.execute(select(Assignment, Task).join(Task, Task.id == Assignment.task_id).where(
+                Assignment.answered_at.is_not(None), Assignment.attention == "").order_by(Assignment.answered_at)).all()
+        unreliable = set()
+        if min_reliability is not None:
+            unreliable = {r["rater"] for r in prog["raters"]
+                          if r["reliability"] is not None and r["reliability"] < min_reliability}
+        root = Path(self.meta().get("root", "."))
+        rel = lambda i: _relative(images[i].path, root)   # noqa: E731
+        votes, counts = [], []
+        for a, t in rows:
+            name = raters[a.rater_id]
+            if name in unreliable:
+                continue
+            p = prompts[t.prompt_id]
+            ia = images[t.image_a]
+            common = {"prompt_id": t.prompt_id, "seed": ia.seed, "suite": p.suite, "rater": name,
+                      "tstamp": round(a.answered_at, 3)}
+            if t.image_b is None:
+                counts.append({"model": ia.model, **common, "image": rel(t.image_a), "object": t.count_object,
+                               "expected": t.count_expected, "answer": a.count,
+                               "correct": int(a.count == t.count_expected)})
+            else:
+                votes.append({"model_a": ia.model, "model_b": images[t.image_b].model, "winner": winner(a),
+                              "question": t.question, **common, "image_a": rel(t.image_a), "image_b": rel(t.image_b)})
+        return votes, counts
+
+
+def winner(a: Assignment) -> str:
+    """left/right/tie on the screen -> model_a/model_b/tie of the task."""
+    if a.choice == "tie":
+        return "tie"
+    return "model_a" if (a.choice == "left") == a.left_is_a else "model_b"
+
+
+def _same_answer(orig: Assignment, rep: Assignment) -> bool:
+    return winner(orig) == winner(rep)
+
+
+def _relative(path: str, root: Path) -> str:
+    try:
+        return str(Path(path).relative_to(root))
+    except ValueError:
+        return path
+
+
+# ------------------------------------------------------------------------------------ making a study
+
+@dataclass
+class StudySpec:
+    questions: tuple[str, ...] = ("overall", "alignment", "appeal", "detailed", "counting")
+    votes_per_item: int = 1
+    long_prompt_words: int = 30      # prompts this long are asked `detailed` instead of `alignment`
+    obvious_checks: int = 10         # attention items: an image against a wrecked copy of itself
+    seed: int = 0
+
+
+def counting_target(constraints: dict | None) -> tuple[str, int] | None:
+    """(object phrase, count) for a prompt that asks for a number of one kind of thing."""
+    if not constraints:
+        return None
+    if "counts" in constraints:   # GeckoNum-style {"counts": {"apple": 3}}
+        counts = constraints["counts"] or {}
+        if len(counts) == 1:
+            noun, n = next(iter(counts.items()))
+            return noun, int(n)
+        return None
+    groups = constraints.get("groups")
+    if constraints.get("category") in ("count", "counting") and groups:   # Shapes World: the first group is counted
+        from ...world.captions import PLURALS
+
+        g = groups[0]
+        return f"{g['colour']} {PLURALS[g['shape']]}", int(g["count"])
+    return None
+
+
+def create_study(store: Store, gen_dir: str | Path, spec: StudySpec | None = None, models: list[str] | None = None,
+                 pairs: list[tuple[str, str]] | None = None) -> dict:
+    """Import a `limner eval generate` folder: images, prompts (with reference images where the prompt
+    has a Shapes World scene), and tasks for every pair of models (or the `pairs` given) on every
+    prompt and seed. Importing again adds only what is new (a new model's images and its pairs)."""
+    from PIL import Image as PILImage
+
+    from ..generate import read_manifest
+
+    spec = spec or StudySpec()
+    unknown = set(spec.questions) - set(QUESTIONS)
+    if unknown:
+        raise ArenaError(f"unknown question(s) {', '.join(sorted(unknown))}; choose from {', '.join(QUESTIONS)}")
+    gen_dir = Path(gen_dir).resolve()
+    manifest = gen_dir / "manifest.jsonl"
+    if not manifest.exists():
+        raise ArenaError(f"{manifest} not found: make it with `limner eval generate --suite S --model A --model B "
+                         f"--out {gen_dir}`")
+    rows = [r for r in read_manifest(manifest).values() if r.get("path")]
+    if models:
+        rows = [r for r in rows if r["model"] in models]
+    if len({r["model"] for r in rows}) < 2 and not pairs:
+        raise ArenaError(f"{manifest} has images of {len({r['model'] for r in rows})} model(s); a side-by-side "
+                         "study needs at least two")
+    rng = random.Random(spec.seed)
+    media = gen_dir / "arena-media"
+    with store.session(write=True) as s:
+        meta = {m.key: m for m in s.scalars(select(Meta))}
+        if "root" in meta and json.loads(meta["root"].value) != str(gen_dir):
+            raise ArenaError(f"this arena was made from {json.loads(meta['root'].value)}, not {gen_dir}")
+        s.merge(Meta(key="root", value=json.dumps(str(gen_dir))))
+        s.merge(Meta(key="spec", value=json.dumps(spec.__dict__ | {"questions": list(spec.questions)})))
+        images = {i.path: i for i in s.scalars(select(Image))}
+
+        def image(path: Path, model: str, prompt_id: str, seed: int) -> Image:
+            key = str(path)
+            if key not in images:
+                images[key] = Image(token=secrets.token_hex(16), path=key, model=model, prompt_id=prompt_id, seed=seed)
+                s.add(images[key])
+                s.flush()
+            return images[key]
+
+        prompts = {p.id: p for p in s.scalars(select(Prompt))}
+        groups: dict[tuple[str, int], dict[str, Image]] = defaultdict(dict)
+        constraints: dict[str, dict | None] = {}
+        for r in rows:
+            pid = r["prompt_id"]
+            if pid not in prompts:
+                prompts[pid] = Prompt(id=pid, text=r["prompt"], suite=r.get("suite"), tags=json.dumps(r.get("tags") or {}))
+                ref = _reference_image(r.get("reference"), media / f"{_safe(pid)}-reference.png")
+                if ref is not None:
+                    prompts[pid].reference = image(ref, REFERENCE_MODEL, pid, -1).id
+                s.add(prompts[pid])
+            groups[(pid, int(r["seed"]))][r["model"]] = image(gen_dir / r["path"], r["model"], pid, int(r["seed"]))
+            constraints[pid] = r.get("constraints")
+        s.flush()
+
+        existing = {(t.question, t.image_a, t.image_b) for t in s.scalars(select(Task))}
+        existing |= {(q, b, a) for q, a, b in existing}
+        rank0 = (s.scalar(select(func.max(Task.rank))) or -1) + 1
+        by_pair: dict[tuple, list[Task]] = defaultdict(list)
+        counting = []
+        for (pid, seed), imgs in sorted(groups.items()):
+            p = prompts[pid]
+            long = len(p.text.split()) >= spec.long_prompt_words
+            qs = [q for q in spec.questions if q in PAIR_QUESTIONS
+                  and not (q == "detailed" and not long) and not (q == "alignment" and long and "detailed" in spec.questions)]
+            names = sorted(imgs)
+            todo = pairs if pairs is not None else list(combinations(names, 2))
+            for ma, mb in todo:
+                if ma not in imgs or mb not in imgs:
+                    continue
+                a, b = (imgs[ma], imgs[mb]) if rng.random() < 0.5 else (imgs[mb], imgs[ma])
+                for q in qs:
+                    if (q, a.id, b.id) not in existing:
+                        by_pair[tuple(sorted((ma, mb)))].append(Task(question=q, prompt_id=pid, image_a=a.id,
+                                                                     image_b=b.id, target=spec.votes_per_item))
+            target = counting_target(constraints.get(pid)) if "counting" in spec.questions else None
+            if target:
+                for img in imgs.values():
+                    if ("counting", img.id, None) not in existing:
+                        counting.append(Task(question="counting", prompt_id=pid, image_a=img.id, count_object=target[0],
+                                             count_expected=target[1], target=spec.votes_per_item))
+        # round-robin over model pairs, prompts shuffled within each: balanced coverage at every moment
+        lists = list(by_pair.values()) + ([counting] if counting else [])
+        for lst in lists:
+            rng.shuffle(lst)
+        rng.shuffle(lists)
+        new = []
+        for depth in range(max((len(lst) for lst in lists), default=0)):
+            new += [lst[depth] for lst in lists if depth < len(lst)]
+        for i, t in enumerate(new):
+            t.rank = rank0 + i
+        s.add_all(new)
+
+        checks = 0
+        if not existing and spec.obvious_checks and "overall" in spec.questions:
+            real = [i for i in images.values() if i.model not in (REFERENCE_MODEL, DECOY_MODEL)]
+            for img in rng.sample(real, min(spec.obvious_checks, len(real))):
+                path = media / f"decoy-{img.token}.png"
+                _wreck(PILImage.open(img.path), rng.randrange(2**31)).save(_mkdir(path))
+                decoy = image(path, DECOY_MODEL, img.prompt_id, img.seed)
+                s.add(Task(question="overall", prompt_id=img.prompt_id, image_a=img.id, image_b=decoy.id,
+                           attention="obvious", target=10**6, rank=0))
+                checks += 1
+    return {"tasks": len(new), "attention_checks": checks, "images": len(rows),
+            "models": sorted({r["model"] for r in rows}), "pairs": len(by_pair)}
+
+
+def _safe(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in text)[:120]
+
+
+def _mkdir(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _reference_image(reference: str | None, out: Path) -> Path | None:
+    """The image a detailed prompt was written from: a file path, or a Shapes World scene rendered."""
+    if not reference:
+        return None
+    if not reference.lstrip().startswith("{"):
+        path = Path(reference)
+        return path.resolve() if path.exists() else None
+    from ...world.scene import Scene, render
+
+    if not out.exists():
+        render(Scene.from_dict(json.loads(reference)), 256).save(_mkdir(out))
+    return out.resolve()
+
+
+def _wreck(img, seed: int):
+    """An obviously worse copy, for attention checks: heavy blur, then loud noise."""
+    import numpy as np
+    from PIL import ImageFilter
+
+    img = img.convert("RGB").filter(ImageFilter.GaussianBlur(max(img.size) / 16))
+    a = np.asarray(img, np.float32) + np.random.default_rng(seed).normal(0, 60, (img.size[1], img.size[0], 3))
+    from PIL import Image as PILImage
+    return PILImage.fromarray(a.clip(0, 255).astype(np.uint8))
+
+
+def neighbour_pairs(store: Store, new_model: str, k: int = 2, question: str | None = "overall") -> list[tuple[str, str]]:
+    """The report's cheap placement of a new model: compare it only with the k models rated nearest to
+    where a first, small round of votes puts it, not with everyone. Without votes for it yet, its
+    neighbours are the models around the median rating."""
+    import numpy as np
+
+    from ..ratings import Votes, fit_bt, to_ratings, win_matrix
+
+    votes, _ = store.export()
+    votes = [v for v in votes if question is None or v["question"] == question] or votes
+    known = sorted({v["model_a"] for v in votes} | {v["model_b"] for v in votes})
+    others = [m for m in known if m != new_model]
+    if len(others) <= k:
+        return [(new_model, m) for m in others]
+    v = Votes.from_rows(enumerate(votes, 1), "arena")
+    models, ia, ib = v.encode(known)
+    # a weak prior (every pair tied once) keeps ratings finite when a model won or lost everything
+    w = win_matrix(len(models), ia, ib, v.outcome) + 0.5 * (1 - np.eye(len(models)))
+    rating = dict(zip(models, to_ratings(fit_bt(w), models)))
+    centre = rating[new_model] if new_model in rating else float(np.median([rating[m] for m in others]))
+    near = sorted(others, key=lambda m: abs(rating[m] - centre))[:k]
+    return [(new_model, m) for m in near]
