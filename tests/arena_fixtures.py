@@ -3,6 +3,10 @@ the wrong things. Real enough for the scorer (and a scripted rater) to tell them
 from __future__ import annotations
 
 import random
+import socket
+import subprocess
+import sys
+import time
 
 from limner.eval.generate import generate_suite
 from limner.eval.suites import shapes_suite
@@ -40,3 +44,39 @@ def make_generations(out_dir, models=("good", "bad"), suites=("shapes-counting",
     cons = {p.text: p.constraints for p in prompts}
     backends = [SceneBackend(m, cons, wrong=m != "good") for m in models]
     return generate_suite(prompts, backends, out_dir, seeds=(0,), progress=False)
+
+
+CLI = [sys.executable, "-m", "limner.cli"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(db) -> tuple[str, subprocess.Popen]:
+    """`limner arena serve` in a subprocess on a free port, once it answers."""
+    import httpx
+
+    port = free_port()
+    proc = subprocess.Popen(CLI + ["arena", "serve", "--db", str(db), "--port", str(port)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(300):
+        try:
+            httpx.get(url + "/", timeout=1)
+            return url, proc
+        except httpx.HTTPError:
+            if proc.poll() is not None:
+                break
+            time.sleep(0.1)
+    proc.kill()
+    raise RuntimeError("arena server did not start: " + proc.stdout.read())
+
+
+def invite(db, url: str, *extra) -> list[str]:
+    """Invite tokens (not links) from `limner arena invite`."""
+    out = subprocess.run(CLI + ["arena", "invite", "--db", str(db), "--url", url, *extra],
+                         check=True, capture_output=True, text=True).stdout
+    return [link.split("token=")[1] for link in out.split()]

@@ -5,9 +5,7 @@ import csv
 import io
 import os
 import shutil
-import socket
 import subprocess
-import sys
 import threading
 import time
 from collections import Counter
@@ -15,11 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from arena_fixtures import make_generations
+from arena_fixtures import CLI, free_port, invite, make_generations, start_server
 from limner.eval.arena.store import Settings, Store, StudySpec, Task, create_study, neighbour_pairs
 from limner.eval.ratings import load_votes, rate
 
-CLI = [sys.executable, "-m", "limner.cli"]
 MODELS = ("good", "poor", "worse")
 
 
@@ -245,37 +242,12 @@ def test_new_model_is_placed_against_its_neighbours(tmp_path):
 # ----------------------------------------------------------------------------------- over HTTP
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def server(tmp_path, gen_dir):
     db = tmp_path / "arena.sqlite"
     subprocess.run(CLI + ["arena", "create", str(gen_dir), "--db", str(db)], check=True, capture_output=True)
-    port = free_port()
-    proc = subprocess.Popen(CLI + ["arena", "serve", "--db", str(db), "--port", str(port)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    url = f"http://127.0.0.1:{port}"
-    import httpx
-    for _ in range(200):
-        try:
-            httpx.get(url + "/", timeout=1)
-            break
-        except httpx.HTTPError:
-            time.sleep(0.1)
-    else:
-        proc.kill()
-        pytest.fail("arena server did not start: " + proc.stdout.read())
-
-    def invite(*extra):
-        out = subprocess.run(CLI + ["arena", "invite", "--db", str(db), "--url", url, *extra],
-                             check=True, capture_output=True, text=True).stdout
-        return out.split()
-
-    yield url, invite, db
+    url, proc = start_server(db)
+    yield url, (lambda *extra: [f"{url}/login?token={t}" for t in invite(db, url, *extra)]), db
     proc.terminate()
     proc.wait(10)
 
