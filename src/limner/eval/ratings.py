@@ -106,21 +106,26 @@ def _optional(v) -> str | None:
 
 def load_votes(path) -> Votes:
     """Read votes from CSV, JSONL, or a JSON list (the Chatbot Arena export); errors name the line."""
+    return Votes.from_rows(read_vote_rows(path), str(path))
+
+
+def read_vote_rows(path) -> list[tuple[str, dict]]:
+    """The rows of a votes file as ``(where, row)`` pairs, every column kept (the arena's export has more)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no votes file at {path}")
     text = path.read_text(encoding="utf-8-sig")
     if not text.strip():
         raise ValueError(f"{path}: empty file, no votes")
-    head = text.lstrip()[:1]
-    if path.suffix.lower() in (".jsonl", ".json", ".ndjson") or head in ("{", "["):
-        rows = _json_rows(text, path)
-    else:
-        rows = _csv_rows(text, path)
-    return Votes.from_rows(rows, str(path))
+    return json_rows(text, path) if is_json(path, text) else _csv_rows(text, path)
 
 
-def _json_rows(text: str, path: Path):
+def is_json(path: Path, text: str) -> bool:
+    return path.suffix.lower() in (".jsonl", ".json", ".ndjson") or text.lstrip()[:1] in ("{", "[")
+
+
+def json_rows(text: str, path: Path) -> list[tuple[str, object]]:
+    """A JSON list or JSON lines, as ``(where, record)`` pairs; errors name the line."""
     if text.lstrip().startswith("["):   # one JSON list of battles
         try:
             return [(f"record {n}", row) for n, row in enumerate(json.loads(text), 1)]

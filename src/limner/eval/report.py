@@ -41,17 +41,10 @@ STYLE = ("body{font-family:sans-serif;margin:2em;max-width:1200px;color:#222;lin
 
 # --- inputs -----------------------------------------------------------------------------------------
 
-def _is_json(path: Path, text: str) -> bool:
-    return path.suffix.lower() in (".jsonl", ".json", ".ndjson") or text.lstrip()[:1] in ("{", "[")
-
-
 def load_vote_rows(path) -> tuple[R.Votes, list[dict]]:
     """The votes, and each vote's row as read: the arena's export adds image_a, image_b, suite, prompt."""
-    votes = R.load_votes(path)
-    path = Path(path)
-    text = path.read_text(encoding="utf-8-sig")
-    rows = R._json_rows(text, path) if _is_json(path, text) else R._csv_rows(text, path)
-    return votes, [row for _, row in rows]   # in the order load_votes kept them, one for one
+    rows = R.read_vote_rows(path)
+    return R.Votes.from_rows(rows, str(path)), [row for _, row in rows]
 
 
 def load_counts(path) -> list[dict]:
@@ -62,8 +55,8 @@ def load_counts(path) -> list[dict]:
     text = path.read_text(encoding="utf-8-sig")
     if not text.strip():
         raise ValueError(f"{path}: empty file, no counting answers")
-    if _is_json(path, text):
-        rows = R._json_rows(text, path)
+    if R.is_json(path, text):
+        rows = R.json_rows(text, path)
     else:
         rows = [(f"line {n}", row) for n, row in enumerate(csv.DictReader(text.splitlines()), 2)]
     out = []
