@@ -154,7 +154,8 @@ def hash_matrix(hashes: Sequence[dict[str, int]]) -> tuple[np.ndarray, np.ndarra
 
 
 def exact_key(data: bytes | np.ndarray | Image.Image) -> str:
-    """Hex blake2b-128 of the decoded pixels: equal for any two encodings of the same pixels.
+    """Hex SHA-256 (first 128 bits; SHA-256 runs on the CPU's SHA instructions, twice blake2b's speed here)
+    of the decoded pixels: equal for any two encodings of the same pixels.
 
     Encoded bytes are decoded with their EXIF orientation applied (what a viewer shows). Pixels are
     canonicalised to 8-bit RGB (grey and palette images expanded), RGBA only when some pixel is not opaque;
@@ -173,10 +174,10 @@ def exact_key(data: bytes | np.ndarray | Image.Image) -> str:
         a = np.concatenate([a[..., :1].repeat(3, -1), a[..., 1:]], -1)
     if a.shape[-1] == 4 and (a[..., 3] == 255).all():
         a = a[..., :3]
-    h = hashlib.blake2b(digest_size=16)
+    h = hashlib.sha256()
     h.update(np.array(a.shape, np.int64).tobytes())
-    h.update(np.ascontiguousarray(a).tobytes())
-    return h.hexdigest()
+    h.update(memoryview(np.ascontiguousarray(a)).cast("B"))   # no copy of the pixels
+    return h.hexdigest()[:32]
 
 
 # --- clustering ----------------------------------------------------------------------------------------
