@@ -121,7 +121,7 @@ class QualityConfig:
     min_mean_luma: float = 25.0  # ...or a mean this dark (a dimmed image need not clip)
     min_jpeg_quality: int = 20  # JPEG quality estimated from the file's quantisation tables
     max_blockiness: float = 2.5  # 8x8 grid step ratio, for blocks re-encoded at high quality (clean ~1.0-1.6)
-    min_contrast: float = 8.0  # flat: luma range (p99.5 - p0.5) below this
+    min_contrast: float = 8.0  # flat: luma range below this, both p99.5 - p0.5 and p99.9 - p0.1
 
 
 def luma(img: Image.Image, side: int | None = ANALYSIS_SIDE) -> np.ndarray:
@@ -177,8 +177,8 @@ def quality(dec: Decoded, cfg: QualityConfig) -> tuple[dict, str | None]:
     img = dec.image
     grey = img.convert("L")
     y = luma(grey)
-    lo, hi = np.percentile(y, (0.5, 99.5))
-    scores = {"contrast": float(hi - lo), "sharpness": sharpness(y, hi - lo), "overexposed": float((y >= 250).mean()),
+    lo0, lo, hi, hi0 = np.percentile(y, (0.1, 0.5, 99.5, 99.9))
+    scores = {"contrast": float(hi - lo), "detail_range": float(hi0 - lo0), "sharpness": sharpness(y, hi - lo), "overexposed": float((y >= 250).mean()),
               "underexposed": float((y <= 5).mean()), "mean_luma": float(y.mean())}
     # the JPEG grid is on the stored pixels: measure it on a native-resolution crop, aligned to the grid
     if dec.format == "JPEG":
@@ -195,7 +195,8 @@ def quality(dec: Decoded, cfg: QualityConfig) -> tuple[dict, str | None]:
         return scores, "quality:overexposed"
     if scores["underexposed"] > cfg.max_clipped or scores["mean_luma"] < cfg.min_mean_luma:
         return scores, "quality:underexposed"  # before "flat": a dimmed image has little contrast left
-    if scores["contrast"] < cfg.min_contrast:
+    # flat: no contrast, not even in a small object (one under 0.5% of the image shows in p0.1-p99.9)
+    if scores["contrast"] < cfg.min_contrast and scores["detail_range"] < cfg.min_contrast:
         return scores, "quality:flat"
     if scores["sharpness"] < cfg.min_sharpness:
         return scores, "quality:blur"
