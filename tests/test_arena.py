@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from arena_fixtures import CLI, free_port, invite, make_generations, start_server
-from limner.eval.arena.store import Settings, Store, StudySpec, Task, create_study, neighbour_pairs
+from limner.eval.arena.commands import write_csv
+from limner.eval.arena.store import VOTE_FIELDS, Settings, Store, StudySpec, Task, create_study, neighbour_pairs
 from limner.eval.ratings import load_votes, rate
 
 MODELS = ("good", "poor", "worse")
@@ -164,16 +165,9 @@ def test_export_maps_sides_to_models_and_filters_unreliable(tmp_path, gen_dir):
     kept, _ = store.export(min_reliability=0.9)
     assert {v["rater"] for v in kept} == {"rater-1"}
     # with the lazy rater's noise the ratings are finite, and still order the models
-    r = rate(load_votes(_write_csv(tmp_path / "votes.csv", store.export()[0])), rounds=0)
+    write_csv(store.export()[0], VOTE_FIELDS, tmp_path / "votes.csv")
+    r = rate(load_votes(tmp_path / "votes.csv"), rounds=0)
     assert r.models == ["good", "poor", "worse"]
-
-
-def _write_csv(path: Path, rows: list[dict]) -> Path:
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
-    return path
 
 
 def test_answers_are_checked_and_counted_once(tmp_path, gen_dir):

@@ -83,10 +83,9 @@ def create_app(store: Store) -> FastAPI:
             raise ArenaError("the admin page needs an admin token (`limner arena invite --admin`)", 403)
         return rid
 
-    def logged_in(token: str) -> Response:
+    def logged_in(token: str, resp: Response, samesite: str) -> Response:
         store.rater(token)   # refuses unknown tokens
-        resp = JSONResponse({"ok": True})
-        resp.set_cookie(COOKIE, token, httponly=True, samesite="strict", max_age=90 * 86400)
+        resp.set_cookie(COOKIE, token, httponly=True, samesite=samesite, max_age=90 * 86400)
         return resp
 
     @app.get("/", response_class=HTMLResponse)
@@ -99,15 +98,12 @@ def create_app(store: Store) -> FastAPI:
 
     @app.get("/login")
     def login_link(token: str):
-        """The invite link: set the cookie, then go to the rating page."""
-        store.rater(token)
-        resp = RedirectResponse("/", status_code=303)
-        resp.set_cookie(COOKIE, token, httponly=True, samesite="lax", max_age=90 * 86400)
-        return resp
+        """The invite link: set the cookie, then go to the rating page (lax: the link comes from elsewhere)."""
+        return logged_in(token, RedirectResponse("/", status_code=303), "lax")
 
     @app.post("/api/login")
     def login(body: Login):
-        return logged_in(body.token.strip())
+        return logged_in(body.token.strip(), JSONResponse({"ok": True}), "strict")
 
     @app.post("/api/logout")
     def logout():

@@ -31,10 +31,9 @@ def cmd_add_model(args) -> int:
     """Place a new model cheaply: pairs only with its k nearest neighbours by current rating."""
     store = _store(args)
     pairs = neighbour_pairs(store, args.model, args.neighbours)
-    root = store.meta().get("root")
-    made = create_study(store, root, StudySpec(**{**store.meta()["spec"], "obvious_checks": 0,
-                                                  "questions": tuple(store.meta()["spec"]["questions"])}),
-                        pairs=pairs)
+    meta = store.meta()
+    spec = StudySpec(**{**meta["spec"], "obvious_checks": 0, "questions": tuple(meta["spec"]["questions"])})
+    made = create_study(store, meta["root"], spec, pairs=pairs)
     print(f"{args.model} against {', '.join(b for _, b in pairs)}: {made['tasks']} new items")
     return 0
 

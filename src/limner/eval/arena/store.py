@@ -178,16 +178,17 @@ class Store:
 
     @contextmanager
     def session(self, write: bool = False):
-        lock = self._write_lock if write else None
-        if lock:
-            lock.acquire()
-        try:
-            with Session(self.engine, expire_on_commit=False) as s:
-                with s.begin():
-                    yield s
-        finally:
-            if lock:
-                lock.release()
+        with self._locked(write), Session(self.engine, expire_on_commit=False) as s, s.begin():
+            yield s
+
+    @contextmanager
+    def _locked(self, write: bool):
+        """SQLite's writers take our lock (see the module docstring); readers and PostgreSQL do not."""
+        if write and self._write_lock:
+            with self._write_lock:
+                yield
+        else:
+            yield
 
     def meta(self) -> dict:
         with self.session() as s:
@@ -225,15 +226,8 @@ class Store:
 
     @contextmanager
     def _write(self):
-        lock = self._write_lock
-        if lock:
-            lock.acquire()
-        try:
-            with self.engine.begin() as conn:
-                yield conn
-        finally:
-            if lock:
-                lock.release()
+        with self._locked(True), self.engine.begin() as conn:
+            yield conn
 
     def _static(self, conn, task_id: int) -> dict:
         if task_id not in self._tasks:
@@ -377,13 +371,13 @@ class Store:
                 q = per_question[t.question]
                 q["tasks"] += 1
                 q["wanted"] += t.target
-        rel = {rid: {"rater": r.name, "answers": 0, "obvious": 0, "obvious_ok": 0, "repeats": 0, "repeats_ok": 0}
-               for rid, r in raters.items() if not r.is_admin}
+        blank = lambda rid: {"rater": raters[rid].name, "answers": 0, "obvious": 0, "obvious_ok": 0,   # noqa: E731
+                             "repeats": 0, "repeats_ok": 0}
+        rel = {rid: blank(rid) for rid, r in raters.items() if not r.is_admin}
         by_id = {a.id: a for a in answers}
         for a in answers:
             t = tasks[a.task_id]
-            r = rel.setdefault(a.rater_id, {"rater": raters[a.rater_id].name, "answers": 0, "obvious": 0,
-                                            "obvious_ok": 0, "repeats": 0, "repeats_ok": 0})
+            r = rel.setdefault(a.rater_id, blank(a.rater_id))
             r["answers"] += 1
             if a.attention == "obvious":
                 r["obvious"] += 1
@@ -392,7 +386,7 @@ class Store:
                 orig = by_id.get(a.repeat_of)
                 if orig is not None:
                     r["repeats"] += 1
-                    r["repeats_ok"] += _same_answer(orig, a)
+                    r["repeats_ok"] += winner(orig) == winner(a)
             else:
                 per_question[t.question]["answered"] += 1
                 if t.image_b is not None:
@@ -406,7 +400,6 @@ class Store:
     def export(self, min_reliability: float | None = None) -> tuple[list[dict], list[dict]]:
         """Votes in the Chatbot Arena convention, and counting answers; attention checks left out, and
         raters below `min_reliability` (share of attention checks passed) too."""
-        prog = self.progress()
         with self.session() as s:
             raters = {r.id: r.name for r in s.scalars(select(Rater))}
             images = {i.id: i for i in s.scalars(select(Image))}
@@ -414,8 +407,8 @@ class Store:
             rows = s.execute(select(Assignment, Task).join(Task, Task.id == Assignment.task_id).where(
                 Assignment.answered_at.is_not(None), Assignment.attention == "").order_by(Assignment.answered_at)).all()
         unreliable = set()
-        if min_reliability is not None:
-            unreliable = {r["rater"] for r in prog["raters"]
+        if min_reliability is not None:   # reliability needs every answer, attention checks included
+            unreliable = {r["rater"] for r in self.progress()["raters"]
                           if r["reliability"] is not None and r["reliability"] < min_reliability}
         root = Path(self.meta().get("root", "."))
         rel = lambda i: _relative(images[i].path, root)   # noqa: E731
@@ -443,10 +436,6 @@ def winner(a: Assignment) -> str:
     if a.choice == "tie":
         return "tie"
     return "model_a" if (a.choice == "left") == a.left_is_a else "model_b"
-
-
-def _same_answer(orig: Assignment, rep: Assignment) -> bool:
-    return winner(orig) == winner(rep)
 
 
 def _relative(path: str, root: Path) -> str:
@@ -493,7 +482,7 @@ def create_study(store: Store, gen_dir: str | Path, spec: StudySpec | None = Non
     prompt and seed. Importing again adds only what is new (a new model's images and its pairs)."""
     from PIL import Image as PILImage
 
-    from ..generate import read_manifest
+    from ..generate import read_manifest, safe_name
 
     spec = spec or StudySpec()
     unknown = set(spec.questions) - set(QUESTIONS)
@@ -535,7 +524,7 @@ def create_study(store: Store, gen_dir: str | Path, spec: StudySpec | None = Non
             pid = r["prompt_id"]
             if pid not in prompts:
                 prompts[pid] = Prompt(id=pid, text=r["prompt"], suite=r.get("suite"), tags=json.dumps(r.get("tags") or {}))
-                ref = _reference_image(r.get("reference"), media / f"{_safe(pid)}-reference.png")
+                ref = _reference_image(r.get("reference"), media / f"{safe_name(pid)}-reference.png")
                 if ref is not None:
                     prompts[pid].reference = image(ref, REFERENCE_MODEL, pid, -1).id
                 s.add(prompts[pid])
@@ -593,10 +582,6 @@ def create_study(store: Store, gen_dir: str | Path, spec: StudySpec | None = Non
                 checks += 1
     return {"tasks": len(new), "attention_checks": checks, "images": len(rows),
             "models": sorted({r["model"] for r in rows}), "pairs": len(by_pair)}
-
-
-def _safe(text: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_" else "_" for c in text)[:120]
 
 
 def _mkdir(path: Path) -> Path:
