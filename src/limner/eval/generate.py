@@ -60,6 +60,24 @@ def folder_names(backends: Sequence, identities: Sequence[dict]) -> list[str]:
     return out
 
 
+def load_generations(gen_dir) -> list[dict]:
+    """The rows of a `limner eval generate` folder's manifest, the latest one for each image; errors say
+    what the folder lacks."""
+    gen_dir = Path(gen_dir)
+    if not gen_dir.is_dir():
+        raise FileNotFoundError(f"no generation folder at {gen_dir}: pass the --out folder of `limner eval generate`")
+    if not (gen_dir / MANIFEST).is_file():
+        raise FileNotFoundError(f"no {MANIFEST} in {gen_dir}: run `limner eval generate --out {gen_dir}` first")
+    try:
+        rows = list(read_manifest(gen_dir / MANIFEST).values())
+        if not all(isinstance(r["model"], str) and "prompt_id" in r for r in rows):
+            raise KeyError
+    except (KeyError, TypeError):
+        raise ValueError(f"{gen_dir / MANIFEST}: rows without model, prompt_id or cache_key; is it the manifest "
+                         f"of `limner eval generate`?") from None
+    return rows
+
+
 def read_manifest(path: Path) -> dict[str, dict]:
     """cache_key -> row, keeping a row only while it is the last one written for its file."""
     by_key, by_path = {}, {}

@@ -25,7 +25,7 @@ from .. import __version__
 from ..world.scene import COLOURS, SHAPES
 from ..world.scorer import Constraints, detect, score
 from . import ratings as R
-from .generate import MANIFEST, Progress, read_manifest
+from .generate import MANIFEST, Progress, load_generations
 from .metric_models import VQA_QUESTION, Clip, FeatureExtractor, TransformersFeatures, Vqa, digest, load_features
 
 SCORES, SCORES_ROWS = "scores.json", "scores.jsonl"
@@ -233,17 +233,7 @@ def metric_agreement(scores_json: dict, ratings: dict[str, float]) -> dict[str, 
 # --- scoring a generation folder --------------------------------------------------------------------
 
 def load_rows(gen_dir: Path) -> list[dict]:
-    if not gen_dir.is_dir():
-        raise FileNotFoundError(f"no generation folder at {gen_dir}: pass the --out folder of `limner eval generate`")
-    if not (gen_dir / MANIFEST).is_file():
-        raise FileNotFoundError(f"no {MANIFEST} in {gen_dir}: run `limner eval generate --out {gen_dir}` first")
-    try:
-        rows = list(read_manifest(gen_dir / MANIFEST).values())
-        if not all(isinstance(r["model"], str) and "prompt_id" in r for r in rows):
-            raise KeyError
-    except (KeyError, TypeError):
-        raise ValueError(f"{gen_dir / MANIFEST}: rows without model, prompt_id or cache_key; is it the manifest "
-                         f"of `limner eval generate`?") from None
+    rows = load_generations(gen_dir)
     if not rows:
         raise ValueError(f"{gen_dir / MANIFEST} lists no images")
     return rows

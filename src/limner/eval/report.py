@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from . import ratings as R
-from .generate import MANIFEST, read_manifest, safe_name
+from .generate import load_generations, safe_name
 
 QUESTIONS = ("overall", "alignment", "appeal", "detailed")   # the arena's, shown in this order
 HEADLINE = ("overall", R.ALL)          # the ratings the metrics are checked against: the first present
@@ -108,20 +108,6 @@ def load_scores(path) -> dict:
             if not isinstance(s, dict) or not isinstance(s.get("mean"), (int, float, type(None))):
                 raise ValueError(f"{path}: metric {name!r}, model {model!r}: \"mean\" must be a number")
     return data
-
-
-def load_generations(gen_dir) -> list[dict]:
-    """The rows of a `limner eval generate` folder's manifest, the latest one for each image."""
-    folder = Path(gen_dir)
-    if not folder.is_dir():
-        raise FileNotFoundError(f"no generation folder at {folder} (the --out folder of `limner eval generate`)")
-    if not (folder / MANIFEST).is_file():
-        raise FileNotFoundError(f"no {MANIFEST} in {folder}: is it the --out folder of `limner eval generate`?")
-    try:
-        return list(read_manifest(folder / MANIFEST).values())
-    except (KeyError, TypeError):
-        raise ValueError(f"{folder / MANIFEST}: rows without cache_key; is it the manifest of "
-                         f"`limner eval generate`?") from None
 
 
 # --- numbers ----------------------------------------------------------------------------------------
