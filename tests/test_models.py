@@ -6,7 +6,7 @@ import torch
 from limner.diffusion import flow
 from limner.diffusion.sampling import SAMPLERS, euler, guided, heun, midpoint, timesteps
 from limner.models import autoencoder as AE
-from limner.models.dit import PRESETS, DiT, DiTConfig
+from limner.models.dit import MLP, PRESETS, DiT, DiTConfig
 from limner.text.encoder import TextEncoder, pad
 
 
@@ -36,6 +36,25 @@ def test_dit_ignores_padding_and_reads_text():
     pmask = torch.cat([mask, torch.zeros(3, 3, dtype=torch.bool)], 1)
     assert torch.allclose(m(x, t, s, mask), m(x, t, padded, pmask), atol=1e-5)
     assert not torch.allclose(m(x, t, s, mask), m(x, t, s.flip(0), mask), atol=1e-3)
+
+
+def test_long_skips_and_conv_mlp():
+    m = tiny_dit(skip=True, conv_mlp=True)
+    assert len(m.skips) == 1
+    x, t, s, mask = inputs()
+    assert torch.count_nonzero(m(x, t, s, mask)) == 0  # still starts at zero
+    # the conv MLP mixes a token with its 8 grid neighbours and no others; the plain MLP with none
+    torch.manual_seed(0)
+    conv, plain = MLP(16, 2.0, grid=4), MLP(16, 2.0)
+    h = torch.randn(1, 16, 16)
+    h2 = h.clone()
+    h2[0, 5] += 1.0  # token (1, 1) of the 4x4 grid
+    for mlp, touched in [(conv, {0, 1, 2, 4, 5, 6, 8, 9, 10}), (plain, {5})]:
+        changed = (mlp(h2) - mlp(h)).abs().amax(-1)[0] > 1e-6
+        assert set(changed.nonzero().flatten().tolist()) == touched
+    # a model saved without the options loads into the same layout, key for key
+    assert set(tiny_dit().state_dict()) < set(m.state_dict())
+    tiny_dit().load_state_dict(tiny_dit().state_dict())
 
 
 def test_presets_scale():

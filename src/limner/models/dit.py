@@ -36,6 +36,8 @@ class DiTConfig:
     text_dim: int = 384
     refiner_depth: int = 2
     mlp_ratio: float = 4.0
+    skip: bool = False  # U-ViT long skips: block i also feeds block depth-1-i
+    conv_mlp: bool = False  # a 3x3 depthwise conv over the token grid inside every MLP (Sana's Mix-FFN)
 
     def __post_init__(self):
         if self.preset:
@@ -74,8 +76,23 @@ class Attention(nn.Module):
         return self.out(y.transpose(1, 2).reshape(b, n, d))
 
 
-def mlp(dim: int, ratio: float) -> nn.Sequential:
-    return nn.Sequential(nn.Linear(dim, int(dim * ratio)), nn.GELU(approximate="tanh"), nn.Linear(int(dim * ratio), dim))
+class MLP(nn.Sequential):
+    """Linear-GELU-Linear. With `grid`, a depthwise 3x3 conv mixes neighbouring patches inside it: the
+    locality a patch grid lacks, which a small model would otherwise spend its training learning."""
+
+    def __init__(self, dim: int, ratio: float, grid: int = 0):
+        hidden = int(dim * ratio)
+        super().__init__(nn.Linear(dim, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, dim))
+        self.grid = grid
+        if grid:
+            self.dw = nn.Conv2d(hidden, hidden, 3, padding=1, groups=hidden)
+
+    def forward(self, x):
+        h = self[0](x)
+        if self.grid:
+            b, n, c = h.shape
+            h = h + self.dw(h.transpose(1, 2).reshape(b, c, self.grid, self.grid)).flatten(2).transpose(1, 2)
+        return self[2](self[1](h))
 
 
 class RefinerBlock(nn.Module):
@@ -84,7 +101,7 @@ class RefinerBlock(nn.Module):
     def __init__(self, dim, heads, ratio):
         super().__init__()
         self.n1, self.n2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
-        self.attn, self.mlp = Attention(dim, heads), mlp(dim, ratio)
+        self.attn, self.mlp = Attention(dim, heads), MLP(dim, ratio)
 
     def forward(self, x, mask):
         x = x + self.attn(self.n1(x), mask=mask)
@@ -92,12 +109,12 @@ class RefinerBlock(nn.Module):
 
 
 class DiTBlock(nn.Module):
-    def __init__(self, dim, heads, ratio):
+    def __init__(self, dim, heads, ratio, grid=0):
         super().__init__()
         self.n1 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
         self.n2 = nn.LayerNorm(dim, eps=1e-6)
         self.n3 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
-        self.attn, self.cross, self.mlp = Attention(dim, heads), Attention(dim, heads), mlp(dim, ratio)
+        self.attn, self.cross, self.mlp = Attention(dim, heads), Attention(dim, heads), MLP(dim, ratio, grid)
         self.ada = nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim))
 
     def forward(self, x, c, text, mask):
@@ -133,7 +150,9 @@ class DiT(nn.Module):
         self.text_in = nn.Sequential(nn.LayerNorm(cfg.text_dim), nn.Linear(cfg.text_dim, d))
         self.refiner = nn.ModuleList(RefinerBlock(d, cfg.heads, cfg.mlp_ratio) for _ in range(cfg.refiner_depth))
         self.pool = nn.Sequential(nn.LayerNorm(d), nn.Linear(d, d))
-        self.blocks = nn.ModuleList(DiTBlock(d, cfg.heads, cfg.mlp_ratio) for _ in range(cfg.depth))
+        grid = self.grid if cfg.conv_mlp else 0
+        self.blocks = nn.ModuleList(DiTBlock(d, cfg.heads, cfg.mlp_ratio, grid) for _ in range(cfg.depth))
+        self.skips = nn.ModuleList(nn.Linear(2 * d, d) for _ in range(cfg.depth // 2)) if cfg.skip else None
         self.final_norm = nn.LayerNorm(d, elementwise_affine=False, eps=1e-6)
         self.final_ada = nn.Sequential(nn.SiLU(), nn.Linear(d, 2 * d))
         self.final = nn.Linear(d, p * p * cfg.in_channels)
@@ -164,8 +183,13 @@ class DiT(nn.Module):
         text, pooled = self.encode_text(states, mask)
         c = self.t_embed(timestep_embedding(t, 256)) + pooled
         h = self.patchify(x).flatten(2).transpose(1, 2) + self.pos
-        for blk in self.blocks:
+        saved, late = [], len(self.blocks) - len(self.skips or [])
+        for i, blk in enumerate(self.blocks):
+            if self.skips and i >= late:
+                h = self.skips[i - late](torch.cat([h, saved.pop()], -1))
             h = blk(h, c, text, mask)
+            if self.skips and i < len(self.skips):
+                saved.append(h)
         shift, scale = self.final_ada(c).chunk(2, dim=1)
         h = self.final(modulate(self.final_norm(h), shift, scale))
         p, g = self.cfg.patch, self.grid
