@@ -18,6 +18,7 @@ ap.add_argument("--guidance", type=float, nargs="+", default=[3.0])
 ap.add_argument("--steps", type=int, nargs="+", default=[20])
 ap.add_argument("--sampler", nargs="+", default=["euler"])
 ap.add_argument("--threads", type=int, default=2)
+ap.add_argument("--seed", type=int, default=0, help="first noise seed (pick settings on one, report on another)")
 a = ap.parse_args()
 torch.set_num_threads(a.threads)
 pipe = Pipeline.from_pretrained(a.model)
@@ -25,6 +26,6 @@ for sampler in a.sampler:
     for steps in a.steps:
         for g in a.guidance:
             t = time.time()
-            summary = run_suites(pipe, a.per_cell, steps=steps, guidance=g, sampler=sampler)
+            summary = run_suites(pipe, a.per_cell, seed=a.seed, steps=steps, guidance=g, sampler=sampler)
             print(json.dumps({"sampler": sampler, "steps": steps, "guidance": g, **summary,
                               "seconds": round(time.time() - t, 1)}), flush=True)

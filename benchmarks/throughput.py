@@ -1,8 +1,10 @@
 """Training and sampling throughput of limner's DiT vs diffusers peers of about the same size, side by side.
 
-Peers: diffusers `PixArtTransformer2DModel` (a DiT with cross-attention, the closest published design)
-and `UNet2DConditionModel`, both on the same 16x16x4 latents and 384-d MiniLM token states.
-Also reports each as a fraction of this CPU's measured matmul peak (FLOPs from torch's FlopCounterMode).
+Ours is the shipped configuration (`model:` of configs/shapes-default.yaml). Peers: diffusers
+`PixArtTransformer2DModel` (a DiT with cross-attention, the closest published design), as many layers as
+bring it nearest our parameter count, and `UNet2DConditionModel`, all on the same latents and 384-d MiniLM
+token states. Also reports each as a fraction of this CPU's measured fp32 matmul peak (FLOPs from torch's
+FlopCounterMode), and the bf16 peak for reference.
 
     python benchmarks/throughput.py [--threads 2] [--batch 128] [--repeats 5]
 """
@@ -12,15 +14,21 @@ import argparse
 import json
 import time
 
+from pathlib import Path
+
 import torch
+import yaml
 from torch.utils.flop_counter import FlopCounterMode
 
 from limner.diffusion.flow import loss as flow_loss
 from limner.models.dit import DiT, DiTConfig
 
 
-def matmul_peak(n=2048, reps=10) -> float:
-    a, b = torch.randn(n, n), torch.randn(n, n)
+SHIPPED = Path(__file__).resolve().parents[1] / "configs/shapes-default.yaml"
+
+
+def matmul_peak(n=2048, reps=10, dtype=torch.float32) -> float:
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
     a @ b
     t = time.perf_counter()
     for _ in range(reps):
@@ -44,23 +52,30 @@ class Adapter(torch.nn.Module):
         return out[:, : x.shape[1]]
 
 
-def peers(width=192, depth=6, heads=4):
+def n_params(m) -> int:
+    return sum(p.numel() for p in m.parameters())
+
+
+def peers(target: int, ch: int, width=192, heads=4):
     from diffusers import PixArtTransformer2DModel, UNet2DConditionModel
 
-    pixart = PixArtTransformer2DModel(
-        num_attention_heads=heads, attention_head_dim=width // heads, in_channels=4, out_channels=4,
-        num_layers=depth, cross_attention_dim=width, sample_size=16, patch_size=2, caption_channels=384,
-        norm_type="ada_norm_single", use_additional_conditions=False)
+    def pixart(depth):
+        return PixArtTransformer2DModel(
+            num_attention_heads=heads, attention_head_dim=width // heads, in_channels=ch, out_channels=ch,
+            num_layers=depth, cross_attention_dim=width, sample_size=16, patch_size=2, caption_channels=384,
+            norm_type="ada_norm_single", use_additional_conditions=False)
+
+    pixart = min((pixart(d) for d in range(4, 13)), key=lambda m: abs(n_params(m) - target))
     unet = UNet2DConditionModel(
-        sample_size=16, in_channels=4, out_channels=4, block_out_channels=(96, 192), layers_per_block=1,
+        sample_size=16, in_channels=ch, out_channels=ch, block_out_channels=(96, 192), layers_per_block=1,
         down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
         cross_attention_dim=384, attention_head_dim=8, norm_num_groups=32)
     return {"diffusers PixArtTransformer2DModel": Adapter(pixart, "pixart"),
             "diffusers UNet2DConditionModel": Adapter(unet, "unet")}
 
 
-def train_rate(model, batch, repeats, text_len=24):
-    x, s = torch.randn(batch, 4, 16, 16), torch.randn(batch, text_len, 384)
+def train_rate(model, batch, repeats, ch, text_len=24):
+    x, s = torch.randn(batch, ch, 16, 16), torch.randn(batch, text_len, 384)
     mask = torch.ones(batch, text_len, dtype=torch.bool)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     step = lambda: (opt.zero_grad(), flow_loss(model, x, s, mask).backward(), opt.step())
@@ -75,9 +90,9 @@ def train_rate(model, batch, repeats, text_len=24):
 
 
 @torch.no_grad()
-def sample_rate(model, batch, steps=20, text_len=24):
+def sample_rate(model, batch, ch, steps=20, text_len=24):
     """Seconds per image for `steps` guided Euler steps (2 model calls per step)."""
-    x, s = torch.randn(2 * batch, 4, 16, 16), torch.randn(2 * batch, text_len, 384)
+    x, s = torch.randn(2 * batch, ch, 16, 16), torch.randn(2 * batch, text_len, 384)
     mask = torch.ones(2 * batch, text_len, dtype=torch.bool)
     t = torch.full((2 * batch,), 0.5)
     model(x, t, s, mask)
@@ -97,20 +112,22 @@ def main():
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
     peak = matmul_peak()
-    models = {"limner DiT-S": DiT(DiTConfig(preset="S")), **peers()}
+    dit = DiT(DiTConfig(**yaml.safe_load(SHIPPED.read_text())["model"]))
+    ch = dit.cfg.in_channels
+    models = {"limner DiT-S": dit, **peers(n_params(dit), ch)}
     rows = {}
     for name, m in models.items():
-        n = sum(p.numel() for p in m.parameters())
-        ips, flops = train_rate(m, a.batch, a.repeats)
+        ips, flops = train_rate(m, a.batch, a.repeats, ch)
         m.eval()
-        rows[name] = {"params_M": n / 1e6, "train_img_s": ips, "train_fraction_of_peak": flops / peak,
-                      "sample_s_per_image_b1": sample_rate(m, 1, a.steps),
-                      "sample_s_per_image_b64": sample_rate(m, 64, a.steps)}
+        rows[name] = {"params_M": n_params(m) / 1e6, "train_img_s": ips, "train_fraction_of_peak": flops / peak,
+                      "sample_s_per_image_b1": sample_rate(m, 1, ch, a.steps),
+                      "sample_s_per_image_b64": sample_rate(m, 64, ch, a.steps)}
     ours = rows["limner DiT-S"]
     for name, r in rows.items():
         r["train_ratio_vs_peer"] = ours["train_img_s"] / r["train_img_s"]
         r["sample_b1_ratio_vs_peer"] = r["sample_s_per_image_b1"] / ours["sample_s_per_image_b1"]
-    print(json.dumps({"matmul_peak_gflops": peak / 1e9, "threads": a.threads, "batch": a.batch,
+    print(json.dumps({"matmul_peak_gflops": peak / 1e9, "bf16_matmul_peak_gflops": matmul_peak(dtype=torch.bfloat16) / 1e9,
+                      "threads": a.threads, "batch": a.batch,
                       "sample_steps": a.steps, "models": rows}, indent=2))
 
 
