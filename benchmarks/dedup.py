@@ -2,7 +2,8 @@
 imagededup library's hashes at their defaults; then scale (time, peak RSS) of hash and embedding clustering.
 
     python benchmarks/dedup.py quality                      # (a) tables, default sizes, held-out seed 1
-    python benchmarks/dedup.py quality --seed 0 --sweep     # the tuning run that chose MAX_DISTANCE
+    python benchmarks/dedup.py quality --seed 0 --sweep     # the tuning run that chose MAX_DISTANCE, THUMB_TOLERANCE
+    python benchmarks/dedup.py demo DIR                     # (c) on `limner data demo --out DIR`'s planted pairs
     python benchmarks/dedup.py scale --n 1000000            # (b) 1M hashes and 1M x 384 embeddings
     python benchmarks/dedup.py scale --n 100000 --parts phash8   # one 64-bit column at distance 8, for contrast
 
@@ -15,8 +16,15 @@ linked" is the share of distinct scenes (originals and distractors) or photo cro
 imagededup imports torch/torchvision for its CNN at package import; only its hashing module is used here,
 so the two torch-backed modules are stubbed in sys.modules (imagededup installed with `pip install
 --no-deps imagededup`, plus PyWavelets).
-(b) Random hashes / embeddings with planted near-duplicate clusters; each part runs in a fresh process so
-its peak RSS (getrusage) is its own.
+limner's rows: "pairs" are pairs within the hash distances whose thumbnails also agree (`thumb_distance`);
+"clusters" are what hash_clusters returns (majority linkage, and single linkage for contrast).
+(b) Random hashes / embeddings with planted near-duplicate clusters (hashes with thumbnail words: random,
+members sharing their base's, a few levels off); each part runs in a fresh process so its peak RSS
+(getrusage) is its own.
+(c) The planted corpus of `limner data demo --out DIR` (run it first): the images that reached the pipeline's
+dedup stage, decoded as the pipeline does; the pipeline's own clusters (from DIR/curated/manifest.parquet)
+against imagededup's hashes at <= 10 (pairs, and their connected components) on the same images. Recall over
+the planted (original, near copy) pairs, precision over all linked pairs (exact copies are true pairs).
 """
 from __future__ import annotations
 
@@ -200,12 +208,24 @@ class Pairs:
         return row
 
 
+def thumb_pairs(P, V, candidates) -> np.ndarray:
+    """thumb_distance of the candidate pairs (bool over P's pairs); inf elsewhere."""
+    idx = np.flatnonzero(candidates)
+    T = D.thumbnails(V[:, len(D.CROP_VIEWS):])
+    t = np.full(len(P.i), np.inf, np.float32)
+    for s in range(0, len(idx), 4096):
+        k = idx[s:s + 4096]
+        t[k] = D.thumb_distance(T[P.i[k]], T[P.j[k]])
+    return t
+
+
 def quality(a) -> dict:
     t0 = time.time()
     items, group, kind = dataset(a.shapes, a.photos, a.distinct, a.size, a.seed)
     print(f"{len(items)} images in {time.time() - t0:.0f}s", file=sys.stderr)
     hs = [D.image_hashes(im) for im in items]
     M, V = D.hash_matrix(hs)
+    CV = V[:, :len(D.CROP_VIEWS)]
     photo = np.zeros(group.max() + 1, bool)
     photo[a.shapes:a.shapes + a.photos] = True
     P = Pairs(group, kind, photo)
@@ -213,21 +233,67 @@ def quality(a) -> dict:
     for name, h in imagededup_hashes(items).items():
         rows[f"{name} <= 10, pairs"] = P.score(P.dist(h) <= 10)
     rows["pHash alone (ours) <= 10, pairs"] = P.score(P.dist(M[:, 0]) <= 10)
-    d = P.ours(M, V)
+    d = P.ours(M, CV)
     within = lambda r: np.logical_and.reduce([d[c] <= r[c] for c in range(len(r))])  # noqa: E731
     default = "/".join(map(str, D.MAX_DISTANCE))
-    rows[f"ours {default}, pairs"] = P.score(within(D.MAX_DISTANCE))
+    loosest = (14, 3, 8) if a.sweep else D.MAX_DISTANCE
+    t = thumb_pairs(P, V, within(np.maximum(loosest, D.MAX_DISTANCE)))
+    rows[f"ours {default}, hashes only, pairs"] = P.score(within(D.MAX_DISTANCE))
+    linked = within(D.MAX_DISTANCE) & (t <= D.THUMB_TOLERANCE)
+    rows[f"ours {default} + thumbnails <= {D.THUMB_TOLERANCE}, pairs"] = P.score(linked)
+    ids = D.hash_clusters(M, D.MAX_DISTANCE, views=V, linkage="single")
+    rows["ours, clusters (hash_clusters, single linkage)"] = P.score(ids[P.i] == ids[P.j])
     ids = D.hash_clusters(M, D.MAX_DISTANCE, views=V)
-    rows[f"ours {default}, clusters (hash_clusters)"] = P.score(ids[P.i] == ids[P.j])
+    rows["ours, clusters (hash_clusters, majority linkage: the pipeline)"] = P.score(ids[P.i] == ids[P.j])
     out = {"n_images": len(items), "n_originals": int(a.shapes + a.photos), "rows": rows,
            "speed": hash_speed([render(sample_scene(random.Random(i)), 512) for i in range(200)])}
     if a.sweep:
         out["sweep"] = {}
         for r in itertools.product((10, 12, 14), (1, 2, 3), (4, 6, 8)):
-            link = within(r)
-            name = "/".join(map(str, r))
-            out["sweep"][f"{name}, pairs"] = P.score(link)
-            out["sweep"][f"{name}, clusters"] = P.score(P.clustered(link))
+            for tol in (0.08, 0.1, 0.12, 0.15):
+                out["sweep"][f"{'/'.join(map(str, r))} + thumbnails <= {tol}, pairs"] = P.score(within(r) & (t <= tol))
+    return out
+
+
+def demo_quality(a) -> dict:
+    """(c): the pipeline's clusters vs imagededup's hashes on the planted corpus of `limner data demo`."""
+    from pathlib import Path
+
+    from limner.data.report import load
+    from limner.data.stages import DecodeConfig, decode
+
+    root = Path(a.dir)
+    truth = {t["key"]: t for t in map(json.loads, (root / "ground_truth.jsonl").read_text().splitlines())}
+    rows = [r for r in load(root / "curated") if r.get("hash_phash") is not None]  # reached the dedup stage
+    raw = {p.stem: p for p in (root / "raw").iterdir() if p.suffix not in (".txt", ".json")}
+    images = [decode(raw[r["key"]].read_bytes(), DecodeConfig())[0].image for r in rows]
+    keys = [r["key"] for r in rows]
+    group = np.unique([truth[k].get("group", k) for k in keys], return_inverse=True)[1].ravel()
+    at = {k: n for n, k in enumerate(keys)}
+    near = [(at[truth[k]["group"]], at[k]) for k in keys if truth[k]["expected"] == "duplicate:near"]
+    i, j = np.triu_indices(len(keys), 1)
+
+    def score(linked):
+        same = group[i] == group[j]
+        found = np.zeros((len(keys), len(keys)), bool)
+        found[i[linked], j[linked]] = True
+        found |= found.T
+        return {"recall": float(np.mean([found[g, k] for g, k in near])),
+                "precision": float((linked & same).sum() / max(linked.sum(), 1)),
+                "false_pairs": int((linked & ~same).sum())}
+
+    def components(linked):
+        g = coo_matrix((np.ones(int(linked.sum()), np.int8), (i[linked], j[linked])), (len(keys), len(keys)))
+        lab = connected_components(g, directed=False)[1]
+        return lab[i] == lab[j]
+
+    cluster = np.array([r["cluster"] or r["key"] for r in rows])
+    out = {"n_images": len(keys), "n_near_pairs": len(near),
+           "rows": {"limner pipeline clusters (manifest)": score(cluster[i] == cluster[j])}}
+    for name, h in imagededup_hashes(images).items():
+        linked = np.bitwise_count(h[i] ^ h[j]) <= 10
+        out["rows"][f"{name} <= 10, pairs"] = score(linked)
+        out["rows"][f"{name} <= 10, clusters"] = score(components(linked))
     return out
 
 
@@ -254,8 +320,9 @@ def table(rows: dict, copies: list[str]) -> str:
 # --- (b) scale -----------------------------------------------------------------------------------------
 
 def planted_hashes(n: int, rng: np.random.Generator):
-    """Random (n, 3) hashes + (n, 2) views; 10% of items in clusters of 2-5 whose members each flip at most
-    half of each column's max distance from a shared base, so all members link and nothing else does."""
+    """Random (n, 3) hashes + (n, 74) views (crop views, thumbnail words); 10% of items in clusters of 2-5
+    whose members each flip at most half of each column's max distance from a shared base, so all members
+    link and nothing else does."""
     M = rng.integers(0, 2**63, (n, 3), dtype=np.int64).astype(np.uint64) << np.uint64(1)
     M |= rng.integers(0, 2, (n, 3), dtype=np.int64).astype(np.uint64)
     V = rng.integers(0, 2**63, (n, 2), dtype=np.int64).astype(np.uint64)
@@ -271,6 +338,13 @@ def planted_hashes(n: int, rng: np.random.Generator):
                 M[m, c] = base ^ np.uint64(sum(1 << int(b) for b in flips))
         truth[members] = members[0]
         i += size
+    # thumbnails: random words (noise images); cluster members share their base's, with a few bits flipped
+    T = rng.integers(0, 2**63, (n, len(D.THUMB)), dtype=np.int64).astype(np.uint64)
+    base = truth[:n // 10]
+    T[:n // 10] = T[base]
+    off = rng.integers(0, len(D.THUMB), (n // 10, 4))
+    T[np.arange(n // 10)[:, None], off] ^= np.uint64(1)
+    V = np.concatenate([V, T], 1)
     perm = rng.permutation(n)  # clusters scattered over the index range
     inv = np.argsort(perm)
     return M[perm], V[perm], inv[truth[perm]]
@@ -331,10 +405,12 @@ def main():
     s = sub.add_parser("scale")
     s.add_argument("--n", type=int, default=1_000_000)
     s.add_argument("--parts", default="hashes,embeddings", help="comma list of hashes, embeddings, phash8")
+    dm = sub.add_parser("demo")
+    dm.add_argument("dir", help="a `limner data demo --out DIR` folder, after the run")
     w = sub.add_parser("scale-worker")
     w.add_argument("kind")
     w.add_argument("n", type=int)
-    for p in (q, s):
+    for p in (q, s, dm):
         p.add_argument("--json", help="also write the results here")
     a = ap.parse_args()
 
@@ -350,6 +426,13 @@ def main():
             print(f"| {r['kind']} | {r['n']:,} | {r['wall_s']:.1f} | {r['cpu_s']:.1f} | {r['peak_rss_gib']:.2f} | "
                   f"{r['planted_pair_recall']:.4f} | {r['false_pairs']} |")
         out = res
+    elif a.cmd == "demo":
+        out = demo_quality(a)
+        print(f"{out['n_images']} images reached dedup; {out['n_near_pairs']} planted near-duplicate pairs\n")
+        print("| method | near-pair recall | pair precision | false pairs |")
+        print("|---|---|---|---|")
+        for name, r in out["rows"].items():
+            print(f"| {name} | {r['recall']:.3f} | {r['precision']:.3f} | {r['false_pairs']} |")
     else:
         out = quality(a)
         cps = list(copies(random.Random()))

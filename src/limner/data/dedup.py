@@ -8,14 +8,20 @@ and they skew what the model learns towards whatever is popular on the web. Thre
 * `image_hashes` + `hash_clusters`: perceptual hashes for re-encodes, resizes, small crops, colour and
   brightness edits and blur. A single 64-bit pHash cannot do this well (see benchmarks/dedup.py): it flips
   many bits under a 10% crop, and it cannot tell apart scenes of a few flat shapes on a near-white ground
-  (Shapes World), whose low-frequency sign pattern only says "a blob around here". So a link needs three
-  hashes to agree: a windowed luminance pHash (layout), compared also against two zoomed views of the other
-  image (crops), a colour hash (how much of each hue) and an edge-orientation hash (what shapes).
+  (Shapes World), whose low-frequency sign pattern only says "a blob around here". So a candidate link needs
+  three hashes to agree: a windowed luminance pHash (layout), compared also against two zoomed views of the
+  other image (crops), a colour hash (how much of each hue) and an edge-orientation hash (what shapes).
+  Hashes of images with a few small shapes still agree by chance, so every candidate is then verified on a
+  16 px colour thumbnail (also in `image_hashes`, 72 words): the two thumbnails, aligned by the best of a
+  few crop boxes, must match up to per-channel gain and offset and a saturation change, overall and in
+  every 3 x 3 patch (`thumb_distance`). Links then merge clusters only by majority (`hash_clusters`'s
+  linkage), so a look-alike linked to one copy cannot chain two distinct images together.
 * `embedding_clusters`: cosine similarity of embeddings (semantic near-duplicates, as in SemDeDup).
 
-Clusters are connected components of the "near-duplicate" links; a cluster's id is the index of its
-lowest-index member. `cluster_weights` and `representatives` turn clusters into sample weights or a
-keep-mask. Nothing here is O(n^2): hashes are bucketed by pigeonhole bands and only bucket-mates are
+Hash clusters are grown from the verified links, most similar first, a merge needing links between most of
+the two clusters' members (embedding clusters are connected components of their links); a cluster's id is
+the index of its lowest-index member. `cluster_weights` and `representatives` turn clusters into sample
+weights or a keep-mask. Nothing here is O(n^2): hashes are bucketed by pigeonhole bands and only bucket-mates are
 compared; embeddings are blocked by spherical k-means cells.
 """
 from __future__ import annotations
@@ -31,8 +37,14 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 KINDS = ("phash", "colour", "edges")      # the columns of `hash_matrix`, in the order hash_clusters links them
-VIEWS = ("phash_crop5", "phash_crop10")   # pHashes of the centre with 5% / 10% cut off each side
-MAX_DISTANCE = (12, 2, 6)                 # per KINDS column; chosen in benchmarks/dedup.py --sweep
+CROP_VIEWS = ("phash_crop5", "phash_crop10")  # pHashes of the centre with 5% / 10% cut off each side
+THUMB_SIDE, THUMB_BITS = 16, 6            # the verification thumbnail: 16 x 16 RGB, 6 bits a channel
+THUMB = tuple(f"thumb{i:02d}" for i in range(THUMB_SIDE ** 2 * 3 * THUMB_BITS // 64))  # its 72 words
+VIEWS = CROP_VIEWS + THUMB                # the second array of `hash_matrix` (what hash_clusters' views takes)
+# per KINDS column: candidates only, each verified on thumbnails within THUMB_TOLERANCE; both chosen in
+# benchmarks/dedup.py --sweep (seed 0)
+MAX_DISTANCE = (14, 3, 8)
+THUMB_TOLERANCE = 0.12
 
 _LUMA = np.array([0.299, 0.587, 0.114], np.float32)
 _HUE_LEVELS = np.array([0.002, 0.006, 0.02, 0.06, 0.2], np.float32)          # fraction of the image
@@ -142,13 +154,35 @@ def image_hashes(img: Image.Image) -> dict[str, int]:
     g = _R8 @ y @ _R9.T
     a32 = (a[:, ::2, ::2] + a[:, 1::2, ::2] + a[:, ::2, 1::2] + a[:, 1::2, 1::2]) / 4
     out = {"phash": full, "colour": _colour(a), "edges": _edges(a32)}
-    out.update(zip(VIEWS, views))
+    out.update(zip(CROP_VIEWS, views))
+    out.update(zip(THUMB, _thumb_words(a)))
     out["dhash"] = _pack(g[:, 1:] > g[:, :-1])
     return out
 
 
+_THUMB_LEVELS = (1 << THUMB_BITS) - 1
+
+
+def _thumb_words(a: np.ndarray) -> list[int]:
+    """(3, 64, 64) float pixels -> the 16 px thumbnail, channel-planar, packed THUMB_BITS a value."""
+    f = a.shape[-1] // THUMB_SIDE
+    t = a.reshape(3, THUMB_SIDE, f, THUMB_SIDE, f).mean((2, 4))
+    q = np.clip(np.rint(t * (_THUMB_LEVELS / 255)), 0, _THUMB_LEVELS).astype(np.uint8).ravel()
+    bits = (q[:, None] >> np.arange(THUMB_BITS - 1, -1, -1, dtype=np.uint8)) & 1
+    return [int(w) for w in np.packbits(bits.ravel()).view(">u8")]
+
+
+def thumbnails(words: np.ndarray) -> np.ndarray:
+    """(n, len(THUMB)) uint64 words -> (n, 3, 16, 16) float32 pixels in [0, 255]."""
+    w = np.ascontiguousarray(np.asarray(words, np.uint64).astype(">u8"))
+    bits = np.unpackbits(w.view(np.uint8), axis=1).reshape(len(w), -1, THUMB_BITS)
+    q = bits @ (1 << np.arange(THUMB_BITS - 1, -1, -1)).astype(np.float32)
+    return (q * (255 / _THUMB_LEVELS)).astype(np.float32).reshape(len(w), 3, THUMB_SIDE, THUMB_SIDE)
+
+
 def hash_matrix(hashes: Sequence[dict[str, int]]) -> tuple[np.ndarray, np.ndarray]:
-    """`image_hashes` results -> ((n, 3) uint64 KINDS columns, (n, 2) uint64 VIEWS) for `hash_clusters`."""
+    """`image_hashes` results -> ((n, 3) uint64 KINDS columns, (n, 74) uint64 VIEWS: crop views, then the
+    thumbnail) for `hash_clusters`."""
     cols = np.array([[h[k] for k in KINDS + VIEWS] for h in hashes], np.uint64).reshape(-1, len(KINDS + VIEWS))
     return cols[:, :len(KINDS)], cols[:, len(KINDS):]
 
@@ -251,31 +285,171 @@ def _ids(labels: np.ndarray) -> np.ndarray:
     return _min_member(labels)[labels]
 
 
+# --- thumbnail verification ----------------------------------------------------------------------------
+
+_CMP = 12  # thumbnails are compared at 12 px, resampled from 16 over the aligned box
+_CUTS = np.linspace(0, 0.1, 5)  # a crop box cuts 0, 2.5 .. 10% off each side, independently
+_SPANS = np.array([(lo, 1 - hi) for lo in _CUTS for hi in _CUTS]) * THUMB_SIDE
+_SPAN_RESAMPLE = np.stack([_box_matrix(_CMP, lo, hi, THUMB_SIDE) for lo, hi in _SPANS])  # (25, 12, 16)
+_CENTRED = np.flatnonzero(np.isclose(_SPANS[:, 0], THUMB_SIDE - _SPANS[:, 1]))  # centre crops (as VIEWS)
+_FULL = _SPAN_RESAMPLE[0]
+_GAIN = (0.6, 1.7)   # per-channel contrast a copy may gain or lose (brightness, white balance)
+_SATURATION = (1 / 1.15, 1.0, 1.15)  # saturation changes tried
+_FLOOR = 4.0         # grey levels: the least contrast a residual is measured against (flat images)
+_LOCAL, _LOCAL_FLOOR = 0.15, 16.0 # weight of the worst patch, and the least patch contrast it is measured against
+
+
+def _residual(x: np.ndarray, y: np.ndarray, axes: tuple) -> np.ndarray:
+    """How unlike x and y (..., 3, *axes) are, after the best per-channel gain in _GAIN and offset (and, for
+    images, saturation in _SATURATION): the residual energy over y's own contrast energy (floored), and for
+    images (two axes) at least _LOCAL times the worst 3 x 3 patch's residual over that patch's contrast, so
+    one small shape that moved counts even beside a large one that did not."""
+    x = x - x.mean(axes, keepdims=True)
+    y = y - y.mean(axes, keepdims=True)
+    size = np.prod([y.shape[a] for a in axes]) * y.shape[-len(axes) - 1]
+    chan = tuple(range(-len(axes) - 1, 0))
+    signal = np.maximum((y * y).sum(chan), _FLOOR ** 2 * size)
+    best = None
+    for sat in (_SATURATION if len(axes) == 2 else (1.0,)):
+        # saturation as PIL's ImageEnhance.Color: a blend with the luma (linear, so mean-free stays mean-free)
+        xs = x if sat == 1 else sat * x + (1 - sat) * np.einsum("c,...cij->...ij", _LUMA, x)[..., None, :, :]
+        g = np.clip((xs * y).sum(axes) / np.maximum((xs * xs).sum(axes), 1e-6), *_GAIN)
+        gx = g.reshape(g.shape + (1,) * len(axes)) * xs
+        err = (y - gx) ** 2
+        d = err.sum(chan) / signal
+        if len(axes) == 2:
+            e = _box3(err.sum(-3))
+            contrast = _box3((y * y + gx * gx).sum(-3))
+            d = np.maximum(d, _LOCAL * (e / np.maximum(contrast, _LOCAL_FLOOR ** 2 * 27)).max((-1, -2)))
+        best = d if best is None else np.minimum(best, d)
+    return best
+
+
+def _box3(e: np.ndarray) -> np.ndarray:
+    """Sums over 3 x 3 patches (zero-padded) of the last two axes."""
+    p = np.pad(e, [(0, 0)] * (e.ndim - 2) + [(1, 1), (1, 1)])
+    c = p[..., :-2] + p[..., 1:-1] + p[..., 2:]
+    return c[..., :-2, :] + c[..., 1:-1, :] + c[..., 2:, :]
+
+
+def _one_way(ta: np.ndarray, tb: np.ndarray) -> np.ndarray:
+    """Residual of b against the best box of a (b a crop of a): the centre crops, and the box that best
+    matches the row and column profiles, each side cut 0-10% on its own."""
+    y = _FULL @ tb @ _FULL.T                                                  # (p, 3, 12, 12)
+    pick = []
+    for axis in (-1, -2):  # rows' profile (mean over x) picks the y span, columns' the x span
+        pa, pb = ta.mean(axis), y.mean(axis)                                  # (p, 3, 16), (p, 3, 12)
+        xa = np.einsum("pcr,ksr->pkcs", pa, _SPAN_RESAMPLE)
+        pick.append(np.argmin(_residual(xa, pb[:, None], (-1,)), 1))
+    best = np.full(len(ta), np.inf, np.float32)
+    for ky, kx in [tuple(pick)] + [(np.full(len(ta), k), np.full(len(ta), k)) for k in _CENTRED]:
+        x = np.einsum("psr,pcrq,ptq->pcst", _SPAN_RESAMPLE[ky], ta, _SPAN_RESAMPLE[kx])
+        best = np.minimum(best, _residual(x, y, (-1, -2)))
+    return best
+
+
+def thumb_distance(ta: np.ndarray, tb: np.ndarray) -> np.ndarray:
+    """(p, 3, 16, 16) thumbnails (`thumbnails`) -> (p,) distance: 0 for the same pixels, about 0.01-0.06 for
+    a re-encode, resize, blur, colour or brightness edit or (aligned) crop of up to 10% a side, and about
+    0.2-1 for distinct Shapes World scenes (another layout, shape or size). The residual, after the best
+    per-channel gain and offset, over the image's own contrast (so a scene of one small shape is compared on
+    that shape), least over crop boxes of either image inside the other."""
+    ta, tb = np.asarray(ta, np.float32), np.asarray(tb, np.float32)
+    d = _residual(_FULL @ ta @ _FULL.T, _FULL @ tb @ _FULL.T, (-1, -2))
+    hard = np.flatnonzero(d > 0.5 * THUMB_TOLERANCE)  # most copies are not crops: skip the box search
+    if len(hard):
+        a, b = ta[hard], tb[hard]
+        d[hard] = np.minimum(d[hard], np.minimum(_one_way(a, b), _one_way(b, a)))
+    return d
+
+
+# --- clustering ----------------------------------------------------------------------------------------
+
+def _majority(m: int, a: np.ndarray, b: np.ndarray, order: np.ndarray, sample: int = 8) -> np.ndarray:
+    """Clusters grown from the links (a, b), taken in `order`: two clusters merge when more than half the
+    pairs between their first `sample` members (in the order they joined) are links. So a look-alike linked
+    to one copy of an image cannot chain it to another scene. -> (m,) labels."""
+    lo, hi = np.minimum(a, b), np.maximum(a, b)
+    keys = np.sort(lo * m + hi)
+    parent = np.arange(m)
+    members: dict[int, list[int]] = {}
+
+    def find(x):
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    for e in order:
+        ra, rb = find(int(a[e])), find(int(b[e]))
+        if ra == rb:
+            continue
+        ma, mb = members.get(ra, [ra]), members.get(rb, [rb])
+        if len(ma) > 1 or len(mb) > 1:
+            sa, sb = np.array(ma[:sample]), np.array(mb[:sample])
+            q = (np.minimum.outer(sa, sb) * m + np.maximum.outer(sa, sb)).ravel()
+            pos = np.minimum(np.searchsorted(keys, q), len(keys) - 1)
+            if 2 * int((keys[pos] == q).sum()) <= len(q):
+                continue
+        if len(mb) > len(ma) or (len(mb) == len(ma) and mb[0] < ma[0]):
+            ra, rb, ma, mb = rb, ra, mb, ma
+        parent[rb] = ra
+        members[ra] = ma + mb
+        members.pop(rb, None)
+    while True:  # flatten
+        up = parent[parent]
+        if np.array_equal(up, parent):
+            return parent
+        parent = up
+
+
 def hash_clusters(hashes: np.ndarray, max_distance: int | Sequence[int] = MAX_DISTANCE,
-                  views: np.ndarray | None = None, sample: int = 20000) -> np.ndarray:
-    """Connected components of "every column within its Hamming distance" links -> (n,) int64 cluster ids.
+                  views: np.ndarray | None = None, sample: int = 20000, thumb_tolerance: float = THUMB_TOLERANCE,
+                  linkage: str = "majority") -> np.ndarray:
+    """Clusters of "every column within its Hamming distance (and thumbnails alike)" links -> (n,) int64 ids.
 
     hashes: (n,) or (n, k) uint64; max_distance: one int for all columns or one per column. views: optional
-    (n, v) uint64 alternatives to column 0 (`hash_matrix`'s crop views): column 0's distance is the least of
-    full-vs-full and view-vs-full either way round.
+    (n, v) uint64. With len(VIEWS) columns (`hash_matrix`'s second array, what the pipeline passes) these are
+    the crop views' pHashes, then the THUMB words; otherwise all are crop views. Crop views are alternatives
+    to column 0: its distance is the least of full-vs-full and view-vs-full either way round. With
+    thumbnails, a pair within the distances links only when `thumb_distance` <= thumb_tolerance.
+    linkage: "majority" grows clusters from the links, most alike first (thumbnail distance, else the sum of
+    Hamming distances; ties by index), merging two only when most pairs between their first members are
+    links (`_majority`); "single" takes connected components (links chain).
 
     Exact, not O(n^2): split column c into max_distance[c] + 1 bands; a linked pair agrees exactly on at
     least one band of every column (pigeonhole), so bucketing on one band per column, for every combination
-    of bands, finds every link, and only bucket-mates are compared. Which columns to bucket on is chosen per
-    call by estimating bucket collisions on a sample (a column that is constant over the data, say the
-    colour hash of greyscale photos, is useless to bucket on); identical rows are merged first.
+    of bands, finds every pair within the distances, and only bucket-mates are compared (thumbnails only for
+    pairs within the distances, once each). Which columns to bucket on is chosen per call by estimating
+    bucket collisions on a sample (a column that is constant over the data, say the colour hash of
+    greyscale photos, is useless to bucket on); identical rows are merged first.
     """
+    if linkage not in ("majority", "single"):
+        raise ValueError(f"linkage must be 'majority' or 'single', not {linkage!r}")
     h = np.asarray(hashes, np.uint64)
     h = h[:, None] if h.ndim == 1 else h
     n, k = h.shape
     r = np.broadcast_to(np.asarray(max_distance, np.int64), (k,))
     v = np.zeros((n, 0), np.uint64) if views is None else np.asarray(views, np.uint64).reshape(n, -1)
+    thumbs = None
+    if v.shape[1] == len(VIEWS):
+        v, thumbs = v[:, :len(CROP_VIEWS)], v[:, len(CROP_VIEWS):]
     if n == 0:
         return np.zeros(0, np.int64)
-    # identical rows are linked for free; merging them keeps buckets small on real, duplicate-heavy data
-    uniq, inv = np.unique(np.concatenate([h, v], 1), axis=0, return_inverse=True)
-    inv = inv.ravel()
-    h, v = uniq[:, :k], uniq[:, k:]
+    # identical rows (thumbnails too) are linked for free; merging them keeps buckets small on real,
+    # duplicate-heavy data
+    key_cols = [h, v]
+    if thumbs is not None:
+        digest = np.zeros(n, np.uint64)
+        for c in range(thumbs.shape[1]):
+            digest = _mix(digest ^ (digest >> np.uint64(29)), thumbs[:, c])
+        key_cols.append(digest[:, None])
+    uniq, first, inv = np.unique(np.concatenate(key_cols, 1), axis=0, return_index=True, return_inverse=True)
+    by_first = np.argsort(first)  # unique rows numbered in order of first occurrence, so ties go by index
+    rank = np.empty_like(by_first)
+    rank[by_first] = np.arange(len(by_first))
+    uniq, first, inv = uniq[by_first], first[by_first], rank[inv.ravel()]
+    h, v = uniq[:, :k], uniq[:, k:k + v.shape[1]]
     m, nv = len(h), v.shape[1]
     words = np.concatenate([h[:, :1], v, h[:, 1:]], 1)  # column 0 and its views (by variant), then 1..k-1
     bands = [_bands(int(x)) for x in r]
@@ -292,14 +466,12 @@ def hash_clusters(hashes: np.ndarray, max_distance: int | Sequence[int] = MAX_DI
             key = _mix(key, (word >> np.uint64(shift)) & np.uint64(mask))
         return key
 
-    def verify(a, b):
+    def distance(a, b):
+        """Per-pair Hamming distances, column 0 the least over views: (k, p)."""
         d0 = _popcount_xor(h[a, 0], h[b, 0])
         for j in range(nv):
             d0 = np.minimum(d0, np.minimum(_popcount_xor(v[a, j], h[b, 0]), _popcount_xor(h[a, 0], v[b, j])))
-        ok = d0 <= r[0]
-        for c in range(1, k):
-            ok &= _popcount_xor(h[a, c], h[b, c]) <= r[c]
-        return ok
+        return np.stack([d0] + [_popcount_xor(h[a, c], h[b, c]) for c in range(1, k)])
 
     # plan: cost ~ rows sorted over all tables + candidate pairs, the latter estimated on a sample
     rng = np.random.default_rng(0)
@@ -316,16 +488,37 @@ def hash_clusters(hashes: np.ndarray, max_distance: int | Sequence[int] = MAX_DI
                 best = (cost, cols, tables)
     _, cols, tables = best
 
-    forest = _Forest(m)
+    # every pair within the distances, once (as lo * m + hi), compacted as tables report pairs again
+    found, count = [np.zeros(0, np.uint64)], 0
     rows = rows_of(np.arange(m), cols)
     for t in tables:
         for a, b in _bucket_pairs(keys(rows, cols, t)):
             a, b = rows[0][a], rows[0][b]
             keep = a != b
             a, b = a[keep], b[keep]
-            ok = verify(a, b)
-            forest.add(a[ok], b[ok])
-    return _ids(forest.labels()[inv])
+            ok = (distance(a, b) <= r[:, None]).all(0)
+            a, b = a[ok], b[ok]
+            found.append(np.minimum(a, b).astype(np.uint64) * np.uint64(m) + np.maximum(a, b).astype(np.uint64))
+            count += len(a)
+            if count > 1 << 22:
+                found, count = [np.unique(np.concatenate(found))], 0
+    pairs = np.unique(np.concatenate(found))
+    a, b = (pairs // np.uint64(m)).astype(np.int64), (pairs % np.uint64(m)).astype(np.int64)
+    if thumbs is not None:
+        dist = np.empty(len(a), np.float32)
+        for s in range(0, len(a), 4096):
+            fa, fb = first[a[s:s + 4096]], first[b[s:s + 4096]]  # rows of the input: no copy of all thumbnails
+            dist[s:s + 4096] = thumb_distance(thumbnails(thumbs[fa]), thumbnails(thumbs[fb]))
+        ok = dist <= thumb_tolerance
+        a, b, dist = a[ok], b[ok], dist[ok]
+    else:
+        dist = distance(a, b).sum(0).astype(np.float32) if len(a) else np.zeros(0, np.float32)
+    if linkage == "single":
+        g = coo_matrix((np.ones(len(a), np.int8), (a, b)), shape=(m, m))
+        labels = connected_components(g, directed=False)[1]
+    else:  # most alike first; ties by index (a < b already)
+        labels = _majority(m, a, b, np.lexsort((b, a, dist)))
+    return _ids(labels[inv])
 
 
 def embedding_clusters(emb: np.ndarray, threshold: float, nlist: int | None = None, nprobe: int = 4,
