@@ -7,7 +7,9 @@ letters), then checked by three layers configured in a policy file (policy.yaml 
 - combinations: categories made by two signals together (a sexual word + a minor -> `minors`);
 - semantic: cosine similarity, in the frozen text encoder's space, of the prompt to each category's
   description and examples minus its similarity to benign examples, so that a paraphrase with none
-  of the listed words is still caught.
+  of the listed words is still caught. A fast screen goes first (screen.py: a static token table
+  distilled from the encoder, ~0.3 ms): it allows the prompts that score far below every threshold
+  without running the encoder (~14 ms), and sends the rest to it; it never refuses by itself.
 
     from limner.safety import check_prompt, enforce
     check_prompt("three red circles and a blue square")   # Verdict(allowed=True, ...)
@@ -36,7 +38,8 @@ class Verdict:
     allowed: bool
     category: str | None = None   # the category that blocked; None when allowed
     score: float = 0.0            # 1.0 for a listed word, else the semantic score (allowed: the highest)
-    layer: str | None = None      # "lexical", "combination" or "semantic"
+    layer: str | None = None      # "lexical", "combination" or "semantic"; allowed: "screen" when the fast
+                                  # screen cleared it (score: the screen's highest), else None
     matched: str | None = None    # the words or the example that decided it (for tuning, not users)
 
     def to_dict(self) -> dict:
@@ -234,10 +237,11 @@ class SemanticLayer:
     """Mean-pooled, L2-normalised sentence embeddings from limner's frozen text encoder, compared
     with the policy's examples (embedded once, kept in memory)."""
 
-    def __init__(self, policy: dict):
+    def __init__(self, policy: dict, screen: bool = True):
         import torch
 
         from ..text.encoder import TextEncoder
+        from .screen import Screen, load_table
 
         cfg = policy["semantic"]
         self.encoder = TextEncoder(cfg.get("encoder", "minilm"), max_length=cfg.get("max_tokens", 64))
@@ -246,9 +250,18 @@ class SemanticLayer:
         self.categories = [c for c in policy["enabled"] if policy["categories"][c].get("examples")]
         specs = [policy["categories"][c] for c in self.categories]
         self.examples = [[spec["description"], *spec["examples"]] for spec in specs]   # per category
+        benign = [*policy.get("benign_examples", []), *policy.get("allow", [])]
         self.example_emb = [self.embed(texts) for texts in self.examples]
-        self.benign_emb = self.embed([*policy.get("benign_examples", []), *policy.get("allow", [])])
+        self.benign_emb = self.embed(benign)
         self.thresholds = torch.tensor([spec["threshold"] for spec in specs])
+        self.screen: Screen | None = None   # the fast screen in front of the encoder (screen.py)
+        screen_cfg = cfg.get("screen") or {}
+        if screen and screen_cfg.get("enabled", True) and self.categories:
+            table = load_table(self.encoder.tokenizer, self.encoder.model)
+            limits = (self.thresholds - screen_cfg.get("band", 0.12)).tolist()
+            self.screen = Screen(table, self.encoder.tokenizer, [e.numpy() for e in self.example_emb],
+                                 self.benign_emb.numpy(), limits, self.top_k, self.encoder.max_length,
+                                 fit_texts=[t for texts in self.examples for t in texts] + benign)
 
     def embed(self, texts: list[str]):
         import torch
@@ -270,9 +283,11 @@ class SemanticLayer:
         not averaged away; returns the embeddings and the text each sentence came from."""
         import torch
 
+        from .screen import sentences
+
         chunks, owner = [], []
         for i, text in enumerate(texts):
-            parts = [p for p in re.split(r"(?<=[.;!?])\s+|\n+", text) if p.strip()] or [text]
+            parts = sentences(text)
             chunks += parts
             owner += [i] * len(parts)
         order = sorted(range(len(chunks)), key=lambda j: len(chunks[j]))  # similar lengths: less padding
@@ -305,7 +320,10 @@ class SemanticLayer:
 
 
 class PromptFilter:
-    def __init__(self, policy: dict, semantic: bool = True):
+    """`semantic=False`: the word lists and combinations only. `screen=False`: no fast screen, every
+    prompt the lists let pass runs through the encoder (the reference the screen is measured against)."""
+
+    def __init__(self, policy: dict, semantic: bool = True, screen: bool = True):
         self.policy = policy
         self.enabled = list(policy["enabled"])
         cats = policy["categories"]
@@ -316,19 +334,20 @@ class PromptFilter:
         self.combinations = {c: rule for c, rule in policy.get("combinations", {}).items() if c in self.enabled}
         self.allow = compile_terms(policy.get("allow", []))
         self.use_semantic = semantic and policy.get("semantic", {}).get("enabled", True)
+        self.use_screen = screen
         self._semantic: SemanticLayer | None = None
         self._lock = threading.Lock()
         self._cache: dict[str, Verdict] = {}
 
     @classmethod
-    def from_policy(cls, path: str | Path | None = None, semantic: bool = True) -> "PromptFilter":
-        return cls(load_policy(path), semantic=semantic)
+    def from_policy(cls, path: str | Path | None = None, semantic: bool = True, screen: bool = True) -> "PromptFilter":
+        return cls(load_policy(path), semantic=semantic, screen=screen)
 
     @property
     def semantic(self) -> SemanticLayer:
         with self._lock:   # loaded on first use: lexical-only callers never pay for the encoder
             if self._semantic is None:
-                self._semantic = SemanticLayer(self.policy)
+                self._semantic = SemanticLayer(self.policy, screen=self.use_screen)
         return self._semantic
 
     # -- layers
@@ -387,18 +406,25 @@ class PromptFilter:
         return self.check_many([prompt])[0]
 
     def check_many(self, prompts: list[str]) -> list[Verdict]:
-        """Verdicts for many prompts; the semantic layer runs batched on those the lists let pass."""
+        """Verdicts for many prompts. Those the lists let pass go to the semantic layer: its fast screen
+        clears the ones far below every threshold, the encoder runs batched on the rest."""
         views = [_views(p) for p in prompts]
         verdicts: list[Verdict | None] = [self._lexical(v) for v in views]
         if not self.use_semantic:
             return [v or Verdict(True) for v in verdicts]
         todo = [i for i, v in enumerate(verdicts) if v is None and views[i][0] not in self._cache]
         if todo:
+            layer = self.semantic
             texts = [self._strip_allowed(views[i][0]) for i in todo]
-            for i, s in zip(todo, self.semantic.scores(texts)):
-                if len(self._cache) > 10_000:   # a bounded memo: servers see the same prompts again
-                    self._cache.clear()
-                self._cache[views[i][0]] = self._decide(views[i], s)
+            cleared = layer.screen.clears(texts) if layer.screen is not None else [None] * len(todo)
+            if len(self._cache) > 10_000:   # a bounded memo: servers see the same prompts again
+                self._cache.clear()
+            for i, score in zip(todo, cleared):
+                if score is not None:
+                    self._cache[views[i][0]] = Verdict(True, None, round(score, 4), "screen")
+            rest = [j for j, score in enumerate(cleared) if score is None]
+            for j, s in zip(rest, layer.scores([texts[j] for j in rest]) if rest else []):
+                self._cache[views[todo[j]][0]] = self._decide(views[todo[j]], s)
         return [v or self._cache[views[i][0]] for i, v in enumerate(verdicts)]
 
     def clear_cache(self) -> None:
