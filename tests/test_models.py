@@ -57,6 +57,25 @@ def test_long_skips_and_conv_mlp():
     tiny_dit().load_state_dict(tiny_dit().state_dict())
 
 
+def test_text_without_pooled_adaln_reaches_tokens_only_by_cross_attention():
+    m = tiny_dit(pooled_text=False)
+    assert m.pool is None and not any(k.startswith("pool.") for k in m.state_dict())
+    for p in m.parameters():
+        torch.nn.init.normal_(p, std=0.05)
+    x, t, s, mask = inputs()
+    assert not torch.allclose(m(x, t, s, mask), m(x, t, s.flip(0), mask), atol=1e-3)
+    for blk in m.blocks:  # cut the cross-attention: the prompt must stop mattering
+        torch.nn.init.zeros_(blk.cross.out.weight), torch.nn.init.zeros_(blk.cross.out.bias)
+    cut = (m(x, t, s, mask) - m(x, t, s.flip(0), mask)).abs().max()
+    with_pool = tiny_dit()
+    for p in with_pool.parameters():
+        torch.nn.init.normal_(p, std=0.05)
+    for blk in with_pool.blocks:  # with the pooled prompt in adaLN it still matters
+        torch.nn.init.zeros_(blk.cross.out.weight), torch.nn.init.zeros_(blk.cross.out.bias)
+    kept = (with_pool(x, t, s, mask) - with_pool(x, t, s.flip(0), mask)).abs().max()
+    assert cut < 1e-7 and kept > 1e-5
+
+
 def test_presets_scale():
     sizes = {}
     for name in ["tiny", "S", "M", "B"]:

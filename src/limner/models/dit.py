@@ -1,7 +1,7 @@
 """The denoiser: a diffusion transformer over latent patches that reads the prompt by cross-attention.
 
-DiT (Peebles & Xie) blocks with adaLN-zero conditioning on the timestep and the pooled prompt, plus
-a cross-attention layer per block over the text tokens (PixArt-alpha). A small trainable "refiner"
+DiT (Peebles & Xie) blocks with adaLN-zero conditioning on the timestep (and, optionally, the pooled
+prompt), plus a cross-attention layer per block over the text tokens (PixArt-alpha). A small trainable "refiner"
 re-contextualises the frozen encoder's token states first (as in Lumina/Sana), which lets a frozen
 sentence encoder carry counts and colour-shape bindings that it was never trained to separate.
 """
@@ -38,6 +38,9 @@ class DiTConfig:
     mlp_ratio: float = 4.0
     skip: bool = False  # U-ViT long skips: block i also feeds block depth-1-i
     conv_mlp: bool = False  # a 3x3 depthwise conv over the token grid inside every MLP (Sana's Mix-FFN)
+    # the pooled prompt in adaLN shifts every token alike, a shortcut that paints all objects the prompt's
+    # colours; False conditions adaLN on the timestep alone (PixArt-alpha) and leaves text to cross-attention
+    pooled_text: bool = True
 
     def __post_init__(self):
         if self.preset:
@@ -149,7 +152,7 @@ class DiT(nn.Module):
         self.t_embed = nn.Sequential(nn.Linear(256, d), nn.SiLU(), nn.Linear(d, d))
         self.text_in = nn.Sequential(nn.LayerNorm(cfg.text_dim), nn.Linear(cfg.text_dim, d))
         self.refiner = nn.ModuleList(RefinerBlock(d, cfg.heads, cfg.mlp_ratio) for _ in range(cfg.refiner_depth))
-        self.pool = nn.Sequential(nn.LayerNorm(d), nn.Linear(d, d))
+        self.pool = nn.Sequential(nn.LayerNorm(d), nn.Linear(d, d)) if cfg.pooled_text else None
         grid = self.grid if cfg.conv_mlp else 0
         self.blocks = nn.ModuleList(DiTBlock(d, cfg.heads, cfg.mlp_ratio, grid) for _ in range(cfg.depth))
         self.skips = nn.ModuleList(nn.Linear(2 * d, d) for _ in range(cfg.depth // 2)) if cfg.skip else None
@@ -173,6 +176,8 @@ class DiT(nn.Module):
         x = self.text_in(states)
         for blk in self.refiner:
             x = blk(x, mask)
+        if self.pool is None:
+            return x, None
         m = mask[..., None].to(x.dtype)
         pooled = self.pool((x * m).sum(1) / m.sum(1).clamp(min=1))
         return x, pooled
@@ -181,7 +186,8 @@ class DiT(nn.Module):
         """x: (B, C, H, W) noisy latents; t: (B,) in [0, 1]; states: (B, L, text_dim); mask: (B, L) bool."""
         b, ch, hh, ww = x.shape
         text, pooled = self.encode_text(states, mask)
-        c = self.t_embed(timestep_embedding(t, 256)) + pooled
+        c = self.t_embed(timestep_embedding(t, 256))
+        c = c if pooled is None else c + pooled
         h = self.patchify(x).flatten(2).transpose(1, 2) + self.pos
         saved, late = [], len(self.blocks) - len(self.skips or [])
         for i, blk in enumerate(self.blocks):
