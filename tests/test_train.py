@@ -36,10 +36,9 @@ def tiny(kind: str, tmp: Path, **over) -> TrainConfig:
 def trained(tmp_path_factory):
     """A tiny autoencoder and a tiny denoiser trained for real (a few hundred steps in all)."""
     tmp = tmp_path_factory.mktemp("train")
-    t0 = time.time()
     ae = run(tiny("autoencoder", tmp), quiet=True)
     dn = run(tiny("denoiser", tmp, autoencoder=str(ae)), quiet=True)
-    return tmp, ae, dn, time.time() - t0
+    return tmp, ae, dn  # its wall time is a benchmark (benchmarks/tiny_training.py), not an assertion
 
 
 def metrics(folder):
@@ -47,8 +46,7 @@ def metrics(folder):
 
 
 def test_tiny_training_runs_learns_and_exports(trained):
-    tmp, ae, dn, seconds = trained
-    assert seconds < 60
+    tmp, ae, dn = trained
     assert (ae / "config.json").exists() and (dn / "denoiser.safetensors").exists()
     losses = [m["loss"] for m in metrics(tmp / "denoiser") if "loss" in m]
     assert np.mean(losses[-3:]) < np.mean(losses[:2])
@@ -61,7 +59,7 @@ def test_tiny_training_runs_learns_and_exports(trained):
 def test_exported_model_generates_reproducibly(trained):
     from limner.generate import Pipeline
 
-    _, _, dn, _ = trained
+    _, _, dn = trained
     pipe = Pipeline.from_pretrained(str(dn))
     a = pipe("two red circles", seed=3, steps=3)[0]
     b = pipe(["a blue square", "two red circles"], seed=3, steps=3)[1]
@@ -72,7 +70,7 @@ def test_exported_model_generates_reproducibly(trained):
 
 
 def test_text_and_latents_are_cached_by_content(trained):
-    tmp, ae, _, _ = trained
+    tmp, ae, _ = trained
     cache = tmp / "cache"
     files = {p: p.stat().st_mtime for p in cache.rglob("*.pt")}
     assert any("text" in str(p) for p in files) and any("latents" in str(p) for p in files)
@@ -123,7 +121,7 @@ def train_cmd(tmp, out, ae, *extra):
 
 
 def test_resume_after_kill_continues_exactly(trained, tmp_path):
-    tmp, ae, _, _ = trained
+    tmp, ae, _ = trained
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     subprocess.run(train_cmd(tmp, tmp_path / "straight", ae), check=True, env=env, capture_output=True)
     killed = tmp_path / "killed"
@@ -163,7 +161,7 @@ def test_resume_after_kill_continues_exactly(trained, tmp_path):
 
 
 def test_distributed_two_processes_ddp_and_fsdp_agree(trained, tmp_path):
-    tmp, ae, _, _ = trained
+    tmp, ae, _ = trained
     losses = {}
     for mode in ("ddp", "fsdp"):
         out = tmp_path / mode
@@ -199,7 +197,7 @@ def write_shard(path: Path, n: int):
 
 
 def test_trains_from_webdataset_shards(trained, tmp_path):
-    _, ae, _, _ = trained
+    _, ae, _ = trained
     write_shard(tmp_path / "shard-000.tar", 12)
     write_shard(tmp_path / "shard-001.tar", 5)
     data = {"source": "webdataset", "shards": str(tmp_path / "shard-*.tar"), "resolution": 32,
