@@ -131,10 +131,12 @@ def test_load_backend_dispatches_and_explains(tiny_sd, tmp_path):
 
 def test_diffusers_backend_is_reproducible_and_guarded(sd_backend):
     a = sd_backend.generate(["two red circles", "a blue square"], [0, 1], steps=2, guidance=3.0, size=(64, 64))
-    # the same seed gives the same image whatever it is batched with
+    # the same seed gives the same image whatever it is batched with: the same noise, so equal up to
+    # float rounding (BLAS kernels may sum a batch of 2 in another order than a batch of 1 on some CPUs)
     b = sd_backend.generate(["a blue square"], [1], steps=2, guidance=3.0, size=(64, 64))
     assert a[0].size == (64, 64)
-    assert np.array_equal(np.asarray(a[1]), np.asarray(b[0]))
+    diff = np.abs(np.asarray(a[1], dtype=int) - np.asarray(b[0], dtype=int))
+    assert diff.max() <= 2 and diff.mean() < 0.05
     assert not np.array_equal(np.asarray(a[0]), np.asarray(a[1]))
     params = a[0].info["parameters"]
     assert params["prompt"] == "two red circles" and params["seed"] == 0 and params["steps"] == 2
