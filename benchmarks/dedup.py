@@ -339,10 +339,10 @@ def planted_hashes(n: int, rng: np.random.Generator):
         truth[members] = members[0]
         i += size
     # thumbnails: random words (noise images); cluster members share their base's, with a few bits flipped
-    T = rng.integers(0, 2**63, (n, len(D.THUMB)), dtype=np.int64).astype(np.uint64)
+    T = rng.integers(0, 2**63, (n, D.THUMB_WORDS), dtype=np.int64).astype(np.uint64)
     base = truth[:n // 10]
     T[:n // 10] = T[base]
-    off = rng.integers(0, len(D.THUMB), (n // 10, 4))
+    off = rng.integers(0, D.THUMB_WORDS, (n // 10, 4))
     T[np.arange(n // 10)[:, None], off] ^= np.uint64(1)
     V = np.concatenate([V, T], 1)
     perm = rng.permutation(n)  # clusters scattered over the index range

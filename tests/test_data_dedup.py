@@ -60,8 +60,9 @@ def _clusters(images):
 
 def test_hash_values():
     h = D.image_hashes(Image.new("RGBA", (700, 500), (10, 200, 30, 128)))
-    assert set(h) == set(D.KINDS + D.VIEWS + ("dhash",))
-    assert all(isinstance(v, int) and 0 <= v < 2**64 for v in h.values())
+    assert set(h) == set(D.KINDS + D.CROP_VIEWS + ("dhash", "thumb"))
+    assert all(isinstance(v, int) and 0 <= v < 2**64 for k, v in h.items() if k != "thumb")
+    assert isinstance(h["thumb"], bytes) and len(h["thumb"]) == D.THUMB_WORDS * 8
     assert D.image_hashes(Image.new("L", (20, 20), 128))["phash"] >= 0  # tiny and grey images work
 
 
@@ -130,10 +131,12 @@ DEMO_EDITS = {
 def test_thumbnail_words_round_trip():
     im = render(sample_scene(random.Random(3)), 256)
     h = D.image_hashes(im)
-    t = D.thumbnails(np.array([[h[k] for k in D.THUMB]], np.uint64))[0]
+    t = D.thumbnails(D.thumb_words([h["thumb"]]))[0]
     ref = np.asarray(im.resize((16, 16), Image.BOX), np.float32).transpose(2, 0, 1)
     assert t.shape == (3, 16, 16) and np.abs(t - ref).max() <= 255 / 63 / 2 + 1
     assert D.thumb_distance(t[None], t[None])[0] == 0
+    with pytest.raises(ValueError, match="576 bytes"):
+        D.thumb_words([h["thumb"][:-1]])
 
 
 def test_lookalikes_are_not_linked_but_their_copies_are():

@@ -246,3 +246,27 @@ def test_names_come_from_the_local_ner_model(tiny_ner):
     # the findings are what the pipeline says, spans and all
     assert [(e["start"], e["end"]) for e in s._ner("alice and carol in the park")] == \
         [(f.start, f.end) for f in s.find("alice and carol in the park")] == [(0, 5), (10, 15)]
+
+
+def test_a_name_past_the_model_window_is_still_found(tiny_ner):
+    # the tiny model reads 32 positions; a caption of ~60 tokens is read in overlapping windows, not cut
+    s = Scrubber(PIIConfig(ner_model=tiny_ner))
+    text = " ".join(["a red car near the house"] * 10) + " with bob jones"
+    out, findings = s.scrub(text)
+    assert [(f.kind, f.text) for f in findings] == [("person", "bob jones")]
+    assert out.endswith("with <PERSON>") and "bob" not in out
+
+
+def test_the_pipeline_config_names_the_ner_model(tiny_ner):
+    from limner.data.pipeline import PipelineConfig, _Captions
+
+    cfg = PipelineConfig.from_dict({"captions": {"pii": {"ner_model": tiny_ner}}})
+    assert cfg.captions.pii == PIIConfig(ner_model=tiny_ner)
+    [(text, kinds, unsafe)] = _Captions(cfg.captions).clean(["carol smith in the park, mail c@example.org"])
+    assert (text, kinds, unsafe) == ("<PERSON> in the park, mail <EMAIL>", ["email", "person"], None)
+    # off by default, and scrubbing as a whole can be turned off
+    assert PipelineConfig().captions.pii.ner_model is None
+    assert _Captions(PipelineConfig.from_dict({"captions": {"pii": None}}).captions).clean(["mail c@example.org"]) == \
+        [("mail c@example.org", [], None)]
+    with pytest.raises(ValueError, match=r"captions: pii: unknown keys \['ner'\]"):
+        PipelineConfig.from_dict({"captions": {"pii": {"ner": tiny_ner}}})

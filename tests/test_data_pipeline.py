@@ -16,7 +16,7 @@ import pytest
 from PIL import Image, ImageEnhance, ImageFilter, PngImagePlugin
 
 from limner.data import demo, stages as S
-from limner.data.pipeline import PipelineConfig, run
+from limner.data.pipeline import DedupConfig, PipelineConfig, run
 from limner.data.report import load, table, write
 from limner.world.scene import render, sample_scene
 
@@ -159,15 +159,29 @@ def test_safety_stage_runs_the_shared_classifier_interface(tmp_path):
     cfg = S.SafetyConfig({"classifier": "clip", "path": str(tmp_path / "clip"), "embeddings": str(tmp_path / "concepts.npz")})
     (sb, rb), (sg, rg) = S.safety([bad, good], cfg)
     assert rb == "safety:bad" and rg is None and sb["safety_bad"] > sg["safety_bad"]
-    assert S.safety([bad], S.SafetyConfig(None)) == [({}, None)]
+    assert S.safety([bad], S.SafetyConfig(None)) == [({}, None)] == S.safety([bad], S.SafetyConfig("none"))
+
+    # several classifiers by path, as a user configures their own: the demo's hand-set stand-in checker too
+    standin = str(demo.standin_checker(tmp_path / "standin"))
+    stamped = scene(6, 224)
+    stamped.paste(demo.STAMP, (0, 0, 64, 96))  # exactly 2 x 3 of its 32 px patches
+    both = S.SafetyConfig([cfg.classifier, f"clip:{standin}"])
+    (sb, rb), (sg, rg), (ss, rs) = S.safety([bad, good, stamped], both)
+    assert (rb, rg, rs) == ("safety:bad", None, "safety:standin")
+    assert set(sb) == set(sg) == set(ss) == {"safety_bad", "safety_standin"}
+    assert ss["safety_standin"] == pytest.approx(6 / 37 ** 0.5, abs=1e-4) and sg["safety_standin"] == 0
+    with pytest.raises(ValueError, match=r"share the labels \['standin'\]"):
+        S.safety([good], S.SafetyConfig([f"clip:{standin}", {"classifier": "clip", "path": standin}]))
+    with pytest.raises(ValueError, match="with a list, give each classifier its thresholds"):
+        S.SafetyConfig(["opennsfw", f"clip:{standin}"], {"standin": 0.9})
 
 
 # ------------------------------------------------------------------------------- the whole pipeline
 
 
 def demo_config(root: Path, **over) -> PipelineConfig:
-    cfg = PipelineConfig.load(ROOT / "src/limner/data/demo.yaml")
-    cfg.source.path, cfg.out_dir, cfg.source.shard_size, cfg.workers = str(root / "raw"), str(root / "curated"), 40, 1
+    cfg = demo.configure(PipelineConfig.load(ROOT / "src/limner/data/demo.yaml"), root)
+    cfg.source.shard_size, cfg.workers = 40, 1
     for k, v in over.items():
         setattr(cfg, k, v)
     return cfg
@@ -189,10 +203,18 @@ def test_demo_corpus_every_stage_finds_what_was_planted(curated):
     assert len(rows) == len(truth) and {r["key"] for r in rows} == {t["key"] for t in truth}
     scores = demo.evaluate(rows, truth)
     classes = {t["expected"] for t in truth}
-    assert {"decode:corrupt", "quality:blur", "ai_generated:c2pa", "caption:unsafe"} <= classes
+    assert {"decode:corrupt", "quality:blur", "ai_generated:c2pa", "caption:unsafe", "safety:standin"} <= classes
     for name, s in scores.items():
-        assert s["recall"] >= 0.98, (name, s)
+        assert s["recall"] is None or s["recall"] >= 0.98, (name, s)
         assert s["precision"] is None or s["precision"] >= 0.98, (name, s)
+    # open_nsfw scored every image that reached the safety stage, all of them benign, and flagged none
+    nsfw = scores[demo.NSFW_ROW]
+    assert nsfw["n"] == sum(r["safety_nsfw"] is not None for r in rows) >= 40 and nsfw["false_positive_rate"] == 0
+    # the stand-in class went through the stage with its score in the manifest
+    by_key = {r["key"]: r for r in rows}
+    standins = {t["key"] for t in truth if t["class"] == demo.STANDIN}
+    assert len(standins) == 2 and all(by_key[k]["safety_standin"] >= 0.7 for k in standins)
+    assert all(r["safety_standin"] == 0 for r in rows if r["safety_standin"] is not None and r["key"] not in standins)
 
 
 def test_manifest_and_shards_hold_fates_weights_and_captions(curated):
@@ -217,11 +239,50 @@ def test_manifest_and_shards_hold_fates_weights_and_captions(curated):
             assert json.loads(r["caption_sources"])["count"] == "oracle"
         meta = json.loads(members[f"{r['member']}.json"])
         assert meta["captions"] == caps and meta["weight"] == r["weight"] and meta["key"] == r["key"]
+    # nothing the safety stage dropped reaches a shard
+    in_shards = {json.loads(v)["key"] for k, v in members.items() if k.endswith(".json")}
+    unsafe = {r["key"] for r in rows if (r["reason"] or "").startswith("safety:")}
+    assert unsafe and not unsafe & in_shards
     # planted personal data never reaches a shard
     blob = b"".join(v for k, v in members.items() if k.endswith((".json", ".txt")))
     for t in truth:
         if "pii" in t:
             assert t["pii"].encode() not in blob
+
+
+def test_alt_text_is_scrubbed_once_and_captioners_see_it_scrubbed(tmp_path, monkeypatch):
+    from limner.data import captioners, pii
+
+    shown = []
+
+    class Recording:
+        kind, errors = "recording", []
+
+        def caption(self, images, alts, metas):
+            shown.extend(alts)
+            return [{"recaption": "a scene"} for _ in images]
+
+    scrubbed = []
+    scrub = pii.Scrubber.scrub
+    monkeypatch.setattr(pii.Scrubber, "scrub", lambda self, text: scrubbed.append(text) or scrub(self, text))
+    monkeypatch.setitem(captioners.CAPTIONERS, "recording", lambda: Recording())
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    alts = {"a": "two circles, mail jane.doe@example.com", "b": "gore and dismembered bodies", "c": "a square"}
+    for i, (key, alt) in enumerate(alts.items()):
+        (raw / f"{key}.png").write_bytes(png(scene(40 + i)))
+        (raw / f"{key}.txt").write_text(alt)
+    cfg = PipelineConfig.from_dict({"source": {"path": str(raw)}, "out_dir": str(tmp_path / "out"), "workers": 1,
+                                    "safety": {"classifier": None}, "dedup": {"near": False},
+                                    "captions": {"captioners": [{"type": "recording"}], "unsafe_alt": "drop_caption"}})
+    rows = {r["key"]: r for r in load(run(cfg, quiet=True))}
+    assert shown == ["two circles, mail <EMAIL>", None, "a square"]  # no PII, no unsafe alt-text
+    assert scrubbed == list(alts.values()) + ["a scene"] * 3  # each alt-text once (pass 1), each new caption once
+    assert json.loads(rows["a"]["captions"]) == {"alt": "two circles, mail <EMAIL>", "recaption": "a scene"}
+    assert json.loads(rows["b"]["captions"]) == {"recaption": "a scene"} and rows["b"]["fate"] == "kept"
+    assert rows["b"]["captions_dropped"].startswith("alt:unsafe_")
+    assert rows["a"]["alt_pii"] == "email" and isinstance(rows["a"]["thumb"], bytes)
+    assert not any(k.startswith("hash_thumb") for k in rows["a"])  # the thumbnail is one column
 
 
 def test_report_draws_what_each_stage_did(curated):
@@ -309,6 +370,10 @@ def test_bad_configuration_is_a_clear_error(tmp_path):
         PipelineConfig.from_dict({"quality": {"blurr": 1}})
     with pytest.raises(ValueError, match="executor"):
         PipelineConfig.from_dict({"executor": "spark"})
+    with pytest.raises(ValueError, match="captions: unsafe_alt must be drop_image or drop_caption"):
+        PipelineConfig.from_dict({"captions": {"unsafe_alt": "keep"}})
+    with pytest.raises(ValueError, match="action must be .downweight. or .drop."):
+        PipelineConfig(dedup=DedupConfig(action="merge"))
     with pytest.raises(FileNotFoundError, match="does not exist"):
         run(PipelineConfig.from_dict({"source": {"path": str(tmp_path / "nowhere")}, "out_dir": str(tmp_path / "o")}))
     r = subprocess.run(CLI + ["data", "run", str(tmp_path / "missing.yaml")], capture_output=True, text=True)

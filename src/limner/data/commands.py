@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import sys
+import textwrap
 from pathlib import Path
 
 
@@ -33,8 +34,7 @@ def cmd_demo(a) -> int:
     if not (root / "ground_truth.jsonl").exists():
         print(f"planting a messy corpus in {root / 'raw'} ...", file=sys.stderr)
         demo.build(root, n=a.n, per_defect=a.per_defect, seed=a.seed)
-    cfg = PipelineConfig.load(a.config or Path(__file__).with_name("demo.yaml"))
-    cfg.source.path, cfg.out_dir = str(root / "raw"), str(root / "curated")
+    cfg = demo.configure(PipelineConfig.load(a.config or Path(__file__).with_name("demo.yaml")), root)
     if a.executor:
         cfg.executor = a.executor
     manifest = run(cfg, quiet=a.quiet)
@@ -43,8 +43,13 @@ def cmd_demo(a) -> int:
     (root / "scores.json").write_text(json.dumps(scores, indent=2))
     print(f"{'planted defect':<34} {'n':>4} {'recall':>7} {'precision':>9}")
     for k, v in scores.items():
+        if "false_positive_rate" in v:
+            print(f"{k:<34} {v['n']:>4} false-positive rate {v['false_positive_rate']:.3f} "
+                  f"(scores: p99 {v['p99_score']:.3f}, max {v['max_score']:.3f})")
+            continue
         prec = "" if v.get("precision") is None else f"{v['precision']:.3f}"
         print(f"{k:<34} {v['n']:>4} {v['recall']:>7.3f} {prec:>9}")
+    print(textwrap.fill(demo.SAFETY_NOTE, 100))
     print(f"report: {write(manifest)}")
     print(f"shards: {Path(cfg.out_dir) / 'shards'}  (train on them: data.source webdataset, data.shards "
           f"\"{Path(cfg.out_dir) / 'shards' / '*.tar'}\")")

@@ -12,7 +12,7 @@ and they skew what the model learns towards whatever is popular on the web. Thre
   three hashes to agree: a windowed luminance pHash (layout), compared also against two zoomed views of the
   other image (crops), a colour hash (how much of each hue) and an edge-orientation hash (what shapes).
   Hashes of images with a few small shapes still agree by chance, so every candidate is then verified on a
-  16 px colour thumbnail (also in `image_hashes`, 72 words): the two thumbnails, aligned by the best of a
+  16 px colour thumbnail (also in `image_hashes`, 576 bytes): the two thumbnails, aligned by the best of a
   few crop boxes, must match up to per-channel gain and offset and a saturation change, overall and in
   every 3 x 3 patch (`thumb_distance`). Links then merge clusters only by majority (`hash_clusters`'s
   linkage), so a look-alike linked to one copy cannot chain two distinct images together.
@@ -39,8 +39,8 @@ from scipy.sparse.csgraph import connected_components
 KINDS = ("phash", "colour", "edges")      # the columns of `hash_matrix`, in the order hash_clusters links them
 CROP_VIEWS = ("phash_crop5", "phash_crop10")  # pHashes of the centre with 5% / 10% cut off each side
 THUMB_SIDE, THUMB_BITS = 16, 6            # the verification thumbnail: 16 x 16 RGB, 6 bits a channel
-THUMB = tuple(f"thumb{i:02d}" for i in range(THUMB_SIDE ** 2 * 3 * THUMB_BITS // 64))  # its 72 words
-VIEWS = CROP_VIEWS + THUMB                # the second array of `hash_matrix` (what hash_clusters' views takes)
+THUMB_WORDS = THUMB_SIDE ** 2 * 3 * THUMB_BITS // 64  # 72: the thumbnail as uint64 words, as hash_clusters takes it
+N_VIEWS = len(CROP_VIEWS) + THUMB_WORDS   # columns of `hash_matrix`'s second array (hash_clusters' views)
 # per KINDS column: candidates only, each verified on thumbnails within THUMB_TOLERANCE; both chosen in
 # benchmarks/dedup.py --sweep (seed 0)
 MAX_DISTANCE = (14, 3, 8)
@@ -73,7 +73,7 @@ def _tukey(n: int, alpha: float) -> np.ndarray:
 _D8 = _dct_matrix(32, 8)
 # fading the border out makes the hash depend less on what a crop removes (crop recall 0.31 -> 0.5 at <= 10)
 _WINDOW = _tukey(32, 0.5)
-_VIEW_CUTS = (0.0, 0.05, 0.10)  # the full image, then VIEWS
+_VIEW_CUTS = (0.0, 0.05, 0.10)  # the full image, then CROP_VIEWS
 _VIEW_RESAMPLE = np.stack([_box_matrix(32, 64 * c, 64 * (1 - c)) for c in _VIEW_CUTS])
 _R8, _R9 = _box_matrix(8, 0, 64), _box_matrix(9, 0, 64)
 
@@ -138,8 +138,9 @@ def _rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def image_hashes(img: Image.Image) -> dict[str, int]:
-    """64-bit perceptual hashes of one image: KINDS and VIEWS (what `hash_matrix` stacks) plus a plain dHash.
+def image_hashes(img: Image.Image) -> dict[str, int | bytes]:
+    """64-bit perceptual hashes of one image, KINDS, CROP_VIEWS and a plain dHash, and "thumb": the 16 px
+    verification thumbnail packed into bytes (`thumb_words` reads it). `hash_matrix` stacks them.
 
     All from one 64 px thumbnail (PIL `reduce` first, so a 512 px image costs little more than a 64 px one);
     callers decoding JPEGs may also `img.draft("RGB", (128, 128))` before loading.
@@ -155,7 +156,7 @@ def image_hashes(img: Image.Image) -> dict[str, int]:
     a32 = (a[:, ::2, ::2] + a[:, 1::2, ::2] + a[:, ::2, 1::2] + a[:, 1::2, 1::2]) / 4
     out = {"phash": full, "colour": _colour(a), "edges": _edges(a32)}
     out.update(zip(CROP_VIEWS, views))
-    out.update(zip(THUMB, _thumb_words(a)))
+    out["thumb"] = _thumb(a)
     out["dhash"] = _pack(g[:, 1:] > g[:, :-1])
     return out
 
@@ -163,17 +164,24 @@ def image_hashes(img: Image.Image) -> dict[str, int]:
 _THUMB_LEVELS = (1 << THUMB_BITS) - 1
 
 
-def _thumb_words(a: np.ndarray) -> list[int]:
+def _thumb(a: np.ndarray) -> bytes:
     """(3, 64, 64) float pixels -> the 16 px thumbnail, channel-planar, packed THUMB_BITS a value."""
     f = a.shape[-1] // THUMB_SIDE
     t = a.reshape(3, THUMB_SIDE, f, THUMB_SIDE, f).mean((2, 4))
     q = np.clip(np.rint(t * (_THUMB_LEVELS / 255)), 0, _THUMB_LEVELS).astype(np.uint8).ravel()
     bits = (q[:, None] >> np.arange(THUMB_BITS - 1, -1, -1, dtype=np.uint8)) & 1
-    return [int(w) for w in np.packbits(bits.ravel()).view(">u8")]
+    return np.packbits(bits.ravel()).tobytes()
+
+
+def thumb_words(thumbs: Sequence[bytes]) -> np.ndarray:
+    """Packed thumbnails (`image_hashes`' "thumb") -> (n, THUMB_WORDS) uint64, the same bits big-endian."""
+    if any(len(t) != THUMB_WORDS * 8 for t in thumbs):
+        raise ValueError(f"a packed thumbnail is {THUMB_WORDS * 8} bytes (image_hashes' 'thumb')")
+    return np.frombuffer(b"".join(thumbs), ">u8").astype(np.uint64).reshape(len(thumbs), THUMB_WORDS)
 
 
 def thumbnails(words: np.ndarray) -> np.ndarray:
-    """(n, len(THUMB)) uint64 words -> (n, 3, 16, 16) float32 pixels in [0, 255]."""
+    """(n, THUMB_WORDS) uint64 words -> (n, 3, 16, 16) float32 pixels in [0, 255]."""
     w = np.ascontiguousarray(np.asarray(words, np.uint64).astype(">u8"))
     bits = np.unpackbits(w.view(np.uint8), axis=1).reshape(len(w), -1, THUMB_BITS)
     q = bits @ (1 << np.arange(THUMB_BITS - 1, -1, -1)).astype(np.float32)
@@ -181,10 +189,10 @@ def thumbnails(words: np.ndarray) -> np.ndarray:
 
 
 def hash_matrix(hashes: Sequence[dict[str, int]]) -> tuple[np.ndarray, np.ndarray]:
-    """`image_hashes` results -> ((n, 3) uint64 KINDS columns, (n, 74) uint64 VIEWS: crop views, then the
-    thumbnail) for `hash_clusters`."""
-    cols = np.array([[h[k] for k in KINDS + VIEWS] for h in hashes], np.uint64).reshape(-1, len(KINDS + VIEWS))
-    return cols[:, :len(KINDS)], cols[:, len(KINDS):]
+    """`image_hashes` results -> ((n, 3) uint64 KINDS columns, (n, N_VIEWS) uint64 views: crop views, then
+    the thumbnail's words) for `hash_clusters`."""
+    cols = np.array([[h[k] for k in KINDS + CROP_VIEWS] for h in hashes], np.uint64).reshape(-1, len(KINDS + CROP_VIEWS))
+    return cols[:, :len(KINDS)], np.concatenate([cols[:, len(KINDS):], thumb_words([h["thumb"] for h in hashes])], 1)
 
 
 def exact_key(data: bytes | np.ndarray | Image.Image) -> str:
@@ -291,7 +299,7 @@ _CMP = 12  # thumbnails are compared at 12 px, resampled from 16 over the aligne
 _CUTS = np.linspace(0, 0.1, 5)  # a crop box cuts 0, 2.5 .. 10% off each side, independently
 _SPANS = np.array([(lo, 1 - hi) for lo in _CUTS for hi in _CUTS]) * THUMB_SIDE
 _SPAN_RESAMPLE = np.stack([_box_matrix(_CMP, lo, hi, THUMB_SIDE) for lo, hi in _SPANS])  # (25, 12, 16)
-_CENTRED = np.flatnonzero(np.isclose(_SPANS[:, 0], THUMB_SIDE - _SPANS[:, 1]))  # centre crops (as VIEWS)
+_CENTRED = np.flatnonzero(np.isclose(_SPANS[:, 0], THUMB_SIDE - _SPANS[:, 1]))  # centre crops (as CROP_VIEWS)
 _FULL = _SPAN_RESAMPLE[0]
 _GAIN = (0.6, 1.7)   # per-channel contrast a copy may gain or lose (brightness, white balance)
 _SATURATION = (1 / 1.15, 1.0, 1.15)  # saturation changes tried
@@ -409,8 +417,8 @@ def hash_clusters(hashes: np.ndarray, max_distance: int | Sequence[int] = MAX_DI
     """Clusters of "every column within its Hamming distance (and thumbnails alike)" links -> (n,) int64 ids.
 
     hashes: (n,) or (n, k) uint64; max_distance: one int for all columns or one per column. views: optional
-    (n, v) uint64. With len(VIEWS) columns (`hash_matrix`'s second array, what the pipeline passes) these are
-    the crop views' pHashes, then the THUMB words; otherwise all are crop views. Crop views are alternatives
+    (n, v) uint64. With N_VIEWS columns (`hash_matrix`'s second array, what the pipeline passes) these are
+    the crop views' pHashes, then the thumbnail's words; otherwise all are crop views. Crop views are alternatives
     to column 0: its distance is the least of full-vs-full and view-vs-full either way round. With
     thumbnails, a pair within the distances links only when `thumb_distance` <= thumb_tolerance.
     linkage: "majority" grows clusters from the links, most alike first (thumbnail distance, else the sum of
@@ -432,7 +440,7 @@ def hash_clusters(hashes: np.ndarray, max_distance: int | Sequence[int] = MAX_DI
     r = np.broadcast_to(np.asarray(max_distance, np.int64), (k,))
     v = np.zeros((n, 0), np.uint64) if views is None else np.asarray(views, np.uint64).reshape(n, -1)
     thumbs = None
-    if v.shape[1] == len(VIEWS):
+    if v.shape[1] == N_VIEWS:
         v, thumbs = v[:, :len(CROP_VIEWS)], v[:, len(CROP_VIEWS):]
     if n == 0:
         return np.zeros(0, np.int64)

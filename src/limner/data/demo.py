@@ -8,6 +8,15 @@ watermark (limner's, and invisible-watermark's dwtDct as SDXL embeds it), C2PA m
 metadata (A1111, ComfyUI, EXIF); exact and near duplicates (re-encoded, resized, cropped, colour
 shifted); and alt-texts with planted personal data and unsafe words. A few real photographs
 (scikit-image's samples) keep the quality thresholds honest.
+
+Unsafe images are the one class that is not planted: we neither ship nor make explicit content. The
+safety stage is measured in two honest halves instead. Precision: the default open_nsfw classifier runs on
+every image that reaches the stage, all of them benign, so every image it flags is a false positive.
+Plumbing: a stand-in "policy-violating" class, scenes stamped with a pure magenta square, caught by a
+classifier configured by path exactly as users configure their own (a CLIP checker folder, here with
+hand-set weights that detect the stamp; `standin_checker`), so the stage's wiring, thresholds, reasons
+and manifest scores are measured exactly. What this cannot measure is open_nsfw's recall on real unsafe
+images.
 """
 from __future__ import annotations
 
@@ -37,6 +46,14 @@ QUALITY = ("blur", "low_resolution", "overexposed", "underexposed", "jpeg_artifa
 DECODE = ("corrupt", "truncated", "tiny", "aspect", "animated")
 AI = ("limner_watermark", "invisible_watermark_sdxl", "c2pa", "a1111_parameters", "comfyui", "exif_software")
 NEAR = ("jpeg", "resize", "crop", "colour", "webp")
+NSFW_ROW = "safety:nsfw on benign images"  # evaluate's row for open_nsfw's false positives
+SAFETY_NOTE = ("safety: no unsafe image is planted, so open_nsfw's recall on real unsafe images is not measured "
+               "here; its row is its false-positive rate on every (benign) image it scored. safety:standin is a "
+               "stand-in class (a magenta stamp, caught by a hand-set checker configured by path): it measures "
+               "the stage's wiring, thresholds, reasons and scores, not any real classifier's accuracy.")
+STANDIN = "standin"  # the stand-in policy label: the safety reason is "safety:standin"
+STAMP = (255, 0, 255)  # its mark, a colour no Shapes World palette entry comes near
+STAMP_SIDE = 0.3  # of the image side: at the checker's 224 px, 67 px, so it covers at least one whole patch
 
 
 def _save(img: Image.Image, fmt: str, **kw) -> bytes:
@@ -217,8 +234,84 @@ def build(out: str | Path, n: int = 300, per_defect: int = 12, seed: int = 0, si
         put(f"unsafe_{i:03d}", _save(img, "PNG"), f"{rng.choice(UNSAFE)} {C.alt(scene, rng)}", "caption:unsafe",
             "unsafe_caption", scene, fmt="PNG")
 
+    # the stand-in policy class (see the module docstring), from an rng of its own so that adding it left
+    # every other planted file as it was
+    srng = random.Random(f"{seed}-{STANDIN}")
+    for i in range(per_defect):
+        scene = sample_scene(srng)
+        img = render(scene, srng.choice(sides))
+        side = round(img.width * STAMP_SIDE)
+        x, y = (srng.randint(img.width // 8, img.width - side - img.width // 8) for _ in range(2))
+        img.paste(STAMP, (x, y, x + side, y + side))
+        put(f"{STANDIN}_{i:03d}", _save(img, "PNG"), C.alt(scene, srng), f"safety:{STANDIN}", STANDIN, scene, fmt="PNG")
+    standin_checker(root / "standin-checker")
+
     (root / "ground_truth.jsonl").write_text("".join(json.dumps(t) + "\n" for t in truth))
     return root
+
+
+def configure(cfg, root: str | Path):
+    """Point demo.yaml's paths, written under demo/, at the corpus that `build` wrote in `root`."""
+    rebase = lambda p: str(Path(root) / Path(p).relative_to("demo")) if Path(p).parts[:1] == ("demo",) else p
+    cfg.source.path, cfg.out_dir = rebase(cfg.source.path), rebase(cfg.out_dir)
+    specs = cfg.safety.classifier if isinstance(cfg.safety.classifier, list) else [cfg.safety.classifier]
+    for spec in specs:
+        if isinstance(spec, dict) and "path" in spec:
+            spec["path"] = rebase(spec["path"])
+    return cfg
+
+
+def standin_checker(out: str | Path, patch: int = 32, threshold: float = 0.5) -> Path:
+    """A CLIP vision model with hand-set weights, saved with its concept file as a ClipSafetyChecker folder:
+    its one concept, STANDIN, scores n / sqrt(1 + n^2) for n patches of 32 px (of 49 at 224 px) that are
+    nearly pure magenta (mean R + B - 2G over the patch >= 1.6, on a 0-1 scale; magenta is 2, no palette
+    colour passes 0.9), so a STAMP square flags at any threshold below 0.7 and an image without one scores 0.
+
+    How: every token carries a constant +-C that dominates its norm, so each LayerNorm (weight C/2) is an
+    identity to ~1e-5; every feature comes in a (+f, -f) pair, so their mean is exactly 0. The patch
+    embedding computes R + B - 2G; layer 1's ReLU MLP turns it into a 0/1 "magenta patch" feature; layer 2's
+    attention, with zero queries and keys, averages that feature over all tokens into the class token; the
+    projection maps the class token to (1, 50 * share), whose angle to the concept (0, 1) is the score."""
+    import torch
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    from ..safety.image_filter import CLIP_MEAN, CLIP_STD
+
+    C, side, dims = 1000.0, 224, 8  # dims: (C, m, magenta, share) each with its negation: 0-1, 2-3, 4-5, 6-7
+    cfg = CLIPVisionConfig(hidden_size=dims, intermediate_size=2, num_hidden_layers=2, num_attention_heads=1,
+                           image_size=side, patch_size=patch, projection_dim=2, hidden_act="relu")
+    torch.manual_seed(0)
+    model = CLIPVisionModelWithProjection(cfg).eval()
+    pair = lambda v: torch.tensor([v, -v])  # noqa: E731
+    with torch.no_grad():
+        for prm in model.parameters():
+            prm.zero_()
+        emb, vm = model.vision_model.embeddings, model.vision_model
+        # patch mean of R + B - 2G in 0-1 units, from CLIP-normalised pixels: x * std + mean
+        a = torch.tensor([1.0, -2.0, 1.0])
+        w = a * torch.tensor(CLIP_STD) / patch ** 2
+        emb.patch_embedding.weight[2] = w[:, None, None]
+        emb.patch_embedding.weight[3] = -w[:, None, None]
+        emb.position_embedding.weight[:, 0:2] = pair(C)
+        emb.position_embedding.weight[1:, 2:4] = pair(float(a @ torch.tensor(CLIP_MEAN)))
+        emb.class_embedding[2:4] = pair(-10.0)  # the class token is never a magenta patch
+        for ln in [vm.pre_layrnorm, vm.post_layernorm] + [n for l in vm.encoder.layers for n in (l.layer_norm1, l.layer_norm2)]:
+            ln.weight.fill_(C / 2)
+        mlp, steep, cut = vm.encoder.layers[0].mlp, 20.0, 1.6
+        mlp.fc1.weight[:, 2] = steep  # relu(k (m - cut)) - relu(k (m - cut) - 1): 0 below the cut, 1 past it
+        mlp.fc1.bias[:] = torch.tensor([-steep * cut, -steep * cut - 1])
+        mlp.fc2.weight[4:6] = torch.tensor([[1.0, -1.0], [-1.0, 1.0]])
+        attn = vm.encoder.layers[1].self_attn  # zero queries and keys: every token attends to all alike
+        attn.v_proj.weight[6:8, 4] = pair(1.0)
+        attn.out_proj.weight[6, 6] = attn.out_proj.weight[7, 7] = 1.0
+        n_tokens = (side // patch) ** 2 + 1
+        model.visual_projection.weight[0, 0] = 1 / C
+        model.visual_projection.weight[1, 6] = float(n_tokens)  # share * tokens = n magenta patches
+    out = Path(out)
+    model.save_pretrained(out)
+    np.savez(out / "concepts.npz", embeddings=np.float32([[0, 1]]), thresholds=np.float32([threshold]),
+             names=np.array([STANDIN]))
+    return out
 
 
 def _dwtdct_sdxl(img: Image.Image) -> bytes | None:
@@ -273,6 +366,15 @@ def evaluate(manifest: list[dict], truth: list[dict]) -> dict[str, dict]:
         out[f"duplicate:{kind} (pairs)"] = {"n": len(planted), "recall": found / max(len(planted), 1)}
     out["duplicate:exact (pairs)"]["precision"] = None
     out["duplicate:near (pairs)"]["precision"] = sum(true_pair(a, b) for a, b in pairs) / len(pairs) if pairs else 1.0
+
+    # open_nsfw on every image that reached the safety stage: none is unsafe, so each flag is a false positive
+    scored = [r for r in manifest if r.get("safety_nsfw") is not None]
+    if scored:
+        nsfw = np.array([r["safety_nsfw"] for r in scored])
+        flagged = [r["key"] for r in scored if r["reason"] == "safety:nsfw"]
+        out[NSFW_ROW] = {"n": len(scored), "recall": None, "precision": None,
+                         "false_positive_rate": len(flagged) / len(scored), "max_score": float(nsfw.max()),
+                         "p99_score": float(np.percentile(nsfw, 99)), "flagged": flagged[:20]}
 
     # personal data: each planted value gone from the kept alt-text; clean alt-texts left alone
     pii = [t for t in truth if "pii" in t]

@@ -56,8 +56,8 @@ class PIIConfig:
 
     kinds: the kinds to find; "person" needs `ner_model` (and is implied by it).
     replacement: what a finding becomes; "{kind}" is filled with the upper-case kind ("<EMAIL>").
-    ner_model: folder of a saved transformers token-classification model whose PER/PERSON entities are
-      names; None finds no names. Never a hub name: nothing is downloaded.
+    ner_model: folder of a saved transformers token-classification model (with a fast tokenizer) whose
+      PER/PERSON entities are names; None finds no names. Never a hub name: nothing is downloaded.
     """
     kinds: tuple[str, ...] = tuple(k for k in KINDS if k != "person")
     replacement: str = "<{kind}>"
@@ -455,4 +455,14 @@ def _load_ner(path: str):
 
     model = AutoModelForTokenClassification.from_pretrained(path, local_files_only=True)
     tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-    return pipeline("token-classification", model=model, tokenizer=tokenizer, aggregation_strategy="simple")
+    # A caption longer than the model's window is read in overlapping windows, not cut: a name past the cut
+    # would be left in. Windowing needs a fast tokenizer (its offsets), which is also what word-level
+    # aggregation needs.
+    if not tokenizer.is_fast:
+        raise ValueError(f"ner_model={path!r} has no fast tokenizer (tokenizer.json), which PII scrubbing needs "
+                         "to read long captions whole and to tag whole words")
+    window = min(tokenizer.model_max_length, getattr(model.config, "max_position_embeddings", None) or 512)
+    tokenizer.model_max_length = window
+    # "first": a word is a name when its first sub-token is, as NER models are usually trained
+    return pipeline("token-classification", model=model, tokenizer=tokenizer, aggregation_strategy="first",
+                    stride=window // 4)

@@ -33,7 +33,8 @@ import yaml
 from PIL import Image
 
 from . import stages as S
-from .sources import Item, Shard, SourceConfig, read, shards
+from .pii import PIIConfig
+from .sources import Shard, SourceConfig, read, shards
 
 MANIFEST = "manifest.parquet"
 
@@ -48,6 +49,10 @@ class DedupConfig:
     action: str = "downweight"  # near-duplicates: "downweight" (keep all, weight ~ size^-alpha) or "drop"
     alpha: float = 1.0
 
+    def __post_init__(self):
+        if self.action not in ("downweight", "drop"):
+            raise ValueError(f"action must be 'downweight' or 'drop', not {self.action!r}")
+
 
 @dataclass
 class CaptionConfig:
@@ -55,7 +60,13 @@ class CaptionConfig:
     captioners: list = field(default_factory=list)  # build_captioner specs, e.g. [{"type": "oracle"}]
     safety: str = "lexical"  # the prompt filter on every caption: "lexical", "semantic" or "none"
     unsafe_alt: str = "drop_image"  # an unsafe alt-text: "drop_image" or "drop_caption"
-    pii: dict = field(default_factory=dict)  # PIIConfig fields; {"enabled": false} turns scrubbing off
+    pii: PIIConfig | None = field(default_factory=PIIConfig)  # None (YAML null) turns scrubbing off
+
+    def __post_init__(self):
+        if self.safety not in ("lexical", "semantic", "none"):
+            raise ValueError(f"safety must be lexical, semantic or none, not {self.safety!r}")
+        if self.unsafe_alt not in ("drop_image", "drop_caption"):
+            raise ValueError(f"unsafe_alt must be drop_image or drop_caption, not {self.unsafe_alt!r}")
 
 
 @dataclass
@@ -73,6 +84,12 @@ class PipelineConfig:
     dedup: DedupConfig = field(default_factory=DedupConfig)
     captions: CaptionConfig = field(default_factory=CaptionConfig)
 
+    def __post_init__(self):
+        if self.executor not in ("local", "ray"):
+            raise ValueError(f"executor must be 'local' or 'ray', not {self.executor!r}")
+        if self.image_format not in ("keep", "png", "jpeg"):
+            raise ValueError(f"image_format must be keep, png or jpeg, not {self.image_format!r}")
+
     @classmethod
     def load(cls, path: str | Path) -> "PipelineConfig":
         path = Path(path)
@@ -89,7 +106,11 @@ class PipelineConfig:
 
 
 def _build(cls, raw: dict, where: str):
-    """A typed config from nested dicts, naming any unknown key and the keys that are known."""
+    """A typed config from nested dicts, naming any unknown key and the keys that are known. Each config
+    class checks its own values (`__post_init__`), so one built in Python is checked the same way.
+
+    TrainConfig.from_dict (limner.train.train) parses its YAML with its own copy of this logic; both could
+    share this function, which would mean changing the train side."""
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = set(raw) - set(fields)
     if unknown:
@@ -101,17 +122,10 @@ def _build(cls, raw: dict, where: str):
             kw[k] = _build(sub, v, f"{where}: {k}")
         else:
             kw[k] = v
-    cfg = cls(**kw)
-    if cls is PipelineConfig:
-        if cfg.executor not in ("local", "ray"):
-            raise ValueError(f"{where}: executor must be 'local' or 'ray', not {cfg.executor!r}")
-        if cfg.dedup.action not in ("downweight", "drop"):
-            raise ValueError(f"{where}: dedup.action must be 'downweight' or 'drop', not {cfg.dedup.action!r}")
-        if cfg.captions.safety not in ("lexical", "semantic", "none"):
-            raise ValueError(f"{where}: captions.safety must be lexical, semantic or none")
-        if cfg.image_format not in ("keep", "png", "jpeg"):
-            raise ValueError(f"{where}: image_format must be keep, png or jpeg")
-    return cfg
+    try:
+        return cls(**kw)
+    except ValueError as e:
+        raise ValueError(f"{where}: {e}") from None
 
 
 # ------------------------------------------------------------------------------------------ small helpers
@@ -170,10 +184,9 @@ class _Captions:
     """PII scrubbing and the safety check of captions, built once per worker."""
 
     def __init__(self, cfg: CaptionConfig):
-        from .pii import PIIConfig, Scrubber
+        from .pii import Scrubber
 
-        pii = dict(cfg.pii)
-        self.scrubber = Scrubber(PIIConfig(**pii)) if pii.pop("enabled", True) else None
+        self.scrubber = Scrubber(cfg.pii) if cfg.pii is not None else None
         self.filter = None
         if cfg.safety != "none":
             from ..safety.prompt_filter import PromptFilter
@@ -219,8 +232,10 @@ def analyse_shard(cfg: PipelineConfig, shard: Shard, out: Path) -> int:
             row.update(ai)
         if reason is None:
             row["exact"] = exact_key(np.asarray(dec.image))
+            hashes = image_hashes(dec.image)
+            row["thumb"] = hashes.pop("thumb")  # one binary column of 576 bytes
             # 64-bit hashes stored as int64 (parquet has no uint64 that every reader takes), bits unchanged
-            row.update({f"hash_{k}": v - (1 << 64) if v >= 1 << 63 else v for k, v in image_hashes(dec.image).items()})
+            row.update({f"hash_{k}": v - (1 << 64) if v >= 1 << 63 else v for k, v in hashes.items()})
             images.append((len(rows), dec.image))
         row["reason"] = reason
         rows.append(row)
@@ -247,7 +262,8 @@ def analyse_shard(cfg: PipelineConfig, shard: Shard, out: Path) -> int:
 
 def deduplicate(cfg: PipelineConfig, rows: list[dict]) -> dict[str, dict]:
     """Pass 2 over every analysed row: {key: {"cluster", "cluster_size", "weight", "reason"}}."""
-    from .dedup import KINDS, MAX_DISTANCE, VIEWS, cluster_weights, embedding_clusters, hash_clusters, representatives
+    from .dedup import (CROP_VIEWS, KINDS, MAX_DISTANCE, cluster_weights, embedding_clusters, hash_clusters,
+                        representatives, thumb_words)
 
     live = [r for r in rows if r["reason"] is None]
     out = {r["key"]: {"cluster": None, "cluster_size": 1, "weight": 1.0, "reason": None} for r in live}
@@ -268,7 +284,8 @@ def deduplicate(cfg: PipelineConfig, rows: list[dict]) -> dict[str, dict]:
     ids = np.arange(len(live))
     if cfg.dedup.near and live:
         cols = lambda kinds: np.array([[r[f"hash_{k}"] for k in kinds] for r in live], np.int64).view(np.uint64)
-        ids = hash_clusters(cols(KINDS), cfg.dedup.max_distance or MAX_DISTANCE, views=cols(VIEWS))
+        views = np.concatenate([cols(CROP_VIEWS), thumb_words([r["thumb"] for r in live])], 1)
+        ids = hash_clusters(cols(KINDS), cfg.dedup.max_distance or MAX_DISTANCE, views=views)
     if cfg.dedup.embedder and live:
         ids = _union(ids, embedding_clusters(np.array([r["embedding"] for r in live], np.float32), cfg.dedup.threshold))
     sizes = np.bincount(ids, minlength=len(live))[ids]
@@ -302,7 +319,10 @@ def _union(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def write_shard(cfg: PipelineConfig, shard: Shard, decisions: dict[str, dict], out_tar: Path, out_rows: Path) -> int:
-    """Pass 3 on one shard: synthetic captions for its kept images, then its WebDataset tar."""
+    """Pass 3 on one shard: synthetic captions for its kept images, then its WebDataset tar.
+
+    The alt-text comes from `decisions`, as pass 1 scrubbed and checked it, not from the source again: it
+    is scrubbed once, and captioners are shown it without its personal data (or not at all if unsafe)."""
     from .captioners import build_captioner
 
     captions = _Captions(cfg.captions)
@@ -317,15 +337,23 @@ def write_shard(cfg: PipelineConfig, shard: Shard, decisions: dict[str, dict], o
     rows, members = [], []
     synthetic: list[dict] = [{} for _ in kept]  # kind -> (caption, the captioner that wrote it)
     failures: list[list[str]] = [[] for _ in kept]
+    alts = [decisions[it.key]["alt"] for _, it, _ in kept]
+    unsafe_alts = [decisions[it.key]["alt_unsafe"] for _, it, _ in kept]
     for cap in captioners:
-        got = cap.caption([dec.image for _, _, dec in kept], [it.alt for _, it, _ in kept], [it.meta for _, it, _ in kept])
+        shown = [None if unsafe else alt for alt, unsafe in zip(alts, unsafe_alts)]
+        got = cap.caption([dec.image for _, _, dec in kept], shown, [it.meta for _, it, _ in kept])
         for j, g in enumerate(got):
             synthetic[j].update({kind: (text, cap.kind) for kind, text in g.items()})
             if getattr(cap, "errors", None) and cap.errors[j]:
                 failures[j].append(f"{cap.kind}: {cap.errors[j]}")
-    for (i, item, dec), syn, failed in zip(kept, synthetic, failures):
+    for (i, item, dec), alt, alt_unsafe, syn, failed in zip(kept, alts, unsafe_alts, synthetic, failures):
         caps, sources, dropped = {}, {}, []
-        texts = ([("alt", (item.alt, "alt-text"))] if cfg.captions.keep_alt and item.alt else []) + list(syn.items())
+        if cfg.captions.keep_alt and alt:
+            if alt_unsafe:
+                dropped.append(f"alt:unsafe_{alt_unsafe}")
+            else:
+                caps["alt"], sources["alt"] = alt, "alt-text"
+        texts = list(syn.items())
         for (kind, (_, source)), (text, _, unsafe) in zip(texts, captions.clean([t for _, (t, _) in texts])):
             if unsafe:
                 dropped.append(f"{kind}:unsafe_{unsafe}")
@@ -428,6 +456,9 @@ def run(cfg: PipelineConfig, quiet: bool = False) -> Path:
     decisions_path = work / "decisions.json"
     if not decisions_path.exists():
         decisions = deduplicate(cfg, rows)
+        for r in rows:  # what pass 3 needs of pass 1: the scrubbed alt-text and its safety verdict
+            if r["key"] in decisions:
+                decisions[r["key"]].update(alt=r["alt"], alt_unsafe=r["alt_unsafe"])
         _atomic_write(decisions_path, lambda tmp: tmp.write_text(json.dumps(decisions)))
     decisions = json.loads(decisions_path.read_text())
 

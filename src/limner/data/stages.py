@@ -208,32 +208,51 @@ def quality(dec: Decoded, cfg: QualityConfig) -> tuple[dict, str | None]:
 
 @dataclass
 class SafetyConfig:
-    classifier: str | dict | None = "opennsfw"  # an ImageFilter spec (limner.safety.image_filter), or None
-    thresholds: dict | None = None  # per label; default: the classifier's own
+    # an ImageFilter spec (limner.safety.image_filter: "opennsfw", "clip:PATH", a dict), a list of them (an
+    # image goes when any one flags it), or None
+    classifier: str | dict | list | None = "opennsfw"
+    thresholds: dict | None = None  # per label, replacing the classifier's own; with a list, give each
+    # classifier's thresholds in its own spec ({"classifier": "clip", "path": ..., "thresholds": {...}})
+
+    def __post_init__(self):
+        if isinstance(self.classifier, list) and self.thresholds:
+            raise ValueError("thresholds go with one classifier: with a list, give each classifier its thresholds "
+                             "in its own spec")
 
 
 @lru_cache(maxsize=4)
-def _image_filter(spec: str, thresholds: str):
-    """Built once per worker; the spec is parsed by ImageFilter.from_spec, as generation parses it."""
+def _image_filters(specs: str, thresholds: str) -> list:
+    """Built once per worker; each spec is parsed by ImageFilter.from_spec, as generation parses it."""
     import json
 
     from ..safety.image_filter import ImageFilter
 
-    filt = ImageFilter.from_spec(json.loads(spec))
-    over = json.loads(thresholds)
-    return ImageFilter(filt.classifier, over, filt.action) if over else filt
+    specs, over = json.loads(specs), json.loads(thresholds)
+    filters = [f for f in map(ImageFilter.from_spec, specs if isinstance(specs, list) else [specs]) if f]
+    if over:
+        filters = [ImageFilter(f.classifier, over, f.action) for f in filters]
+    labels = [label for f in filters for label in f.classifier.labels]
+    shared = sorted({label for label in labels if labels.count(label) > 1})
+    if shared:
+        raise ValueError(f"safety classifiers share the labels {shared}: each label names one score column")
+    return filters
 
 
 def safety(images: list[Image.Image], cfg: SafetyConfig) -> list[tuple[dict, str | None]]:
-    """The same pluggable classifier interface that guards generation, run on a batch."""
+    """The same pluggable classifier interface that guards generation, run on a batch: every classifier's
+    scores, and the reason of the first classifier (in config order) that flags the image."""
     if not cfg.classifier or not images:
         return [({}, None)] * len(images)
     import json
 
-    filt = _image_filter(json.dumps(cfg.classifier, sort_keys=True), json.dumps(cfg.thresholds or {}, sort_keys=True))
+    filters = _image_filters(json.dumps(cfg.classifier, sort_keys=True), json.dumps(cfg.thresholds or {}, sort_keys=True))
+    if not filters:  # only "none"
+        return [({}, None)] * len(images)
     out = []
-    for v in filt.check(images):
-        out.append(({f"safety_{k}": float(s) for k, s in v.scores.items()}, None if v.allowed else f"safety:{v.label}"))
+    for verdicts in zip(*(f.check(images) for f in filters)):
+        scores = {f"safety_{k}": float(s) for v in verdicts for k, s in v.scores.items()}
+        flagged = next((v for v in verdicts if not v.allowed), None)
+        out.append((scores, f"safety:{flagged.label}" if flagged else None))
     return out
 
 
