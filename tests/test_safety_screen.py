@@ -26,13 +26,18 @@ def tiny_encoder(seed: int = 0, vocab=VOCAB):
     return tokenizer, BertModel(config).eval()
 
 
+def count_calls(monkeypatch, owner, name: str) -> list:
+    """`owner.name` wrapped to append 1 to the returned list at each call."""
+    calls = []
+    real = getattr(owner, name)
+    monkeypatch.setattr(owner, name, lambda *a, **k: calls.append(1) or real(*a, **k))
+    return calls
+
+
 @pytest.fixture
 def counted(monkeypatch):
     """Counts the distillations load_table runs (a cache hit runs none)."""
-    calls = []
-    real = S.distil
-    monkeypatch.setattr(S, "distil", lambda *a, **k: calls.append(1) or real(*a, **k))
-    return calls
+    return count_calls(monkeypatch, S, "distil")
 
 
 # ----------------------------------------------------------------------------- the table

@@ -6,7 +6,7 @@
 - a Shapes World suite name ("shapes-counting", "shapes-binding", "shapes-spatial", "shapes-detailed"),
   generated with exact constraints that `limner.world.scorer` checks;
 - a path to a benchmark file or folder, its format given (`fmt`) or recognised from its name or header;
-- an http(s) URL, downloaded once into ``~/.cache/limner/suites``.
+- an http(s) URL, downloaded once into ``suites/`` under `limner.cache_root()` (or ``$LIMNER_SUITE_CACHE``).
 
 Every format has one small parser in `FORMATS`; each returns `Prompt`s whose ids depend only on the
 file (the row or the upstream id), so the same file always yields the same ids and generations can be
@@ -25,9 +25,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
+from ..cache import cache_root
+
 # the repository's sibling folder shared/benchmarks (src/limner/eval/suites.py -> repo -> ..)
 DEFAULT_BENCHMARKS = Path(__file__).resolve().parents[3].parent / "shared" / "benchmarks"
-CACHE_DIR = Path.home() / ".cache" / "limner" / "suites"
 
 
 @dataclass
@@ -401,7 +402,7 @@ def _sniff_content(path: Path) -> str:
 
 def download(url: str, cache_dir: str | Path | None = None, timeout: float = 30) -> Path:
     """The file at `url`, fetched once into the cache (named by a hash of the URL, so re-runs are offline)."""
-    cache = Path(cache_dir or os.environ.get("LIMNER_SUITE_CACHE") or CACHE_DIR)
+    cache = Path(cache_dir or os.environ.get("LIMNER_SUITE_CACHE") or cache_root() / "suites")
     base = Path(url.split("?")[0].rstrip("/")).name or "suite"
     path = cache / f"{hashlib.sha256(url.encode()).hexdigest()[:12]}-{base}"
     if path.exists():

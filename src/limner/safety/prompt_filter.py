@@ -9,7 +9,9 @@ letters), then checked by three layers configured in a policy file (policy.yaml 
   description and examples minus its similarity to benign examples, so that a paraphrase with none
   of the listed words is still caught. A fast screen goes first (screen.py: a static token table
   distilled from the encoder, ~0.3 ms): it allows the prompts that score far below every threshold
-  without running the encoder (~14 ms), and sends the rest to it; it never refuses by itself.
+  without running the encoder, and sends the rest to it; it never refuses by itself. The encoder
+  runs through ONNX Runtime (text/onnx_runtime.py; the same weights, checked against PyTorch at
+  load), or in PyTorch where onnxruntime is missing or the export fails.
 
     from limner.safety import check_prompt, enforce
     check_prompt("three red circles and a blue square")   # Verdict(allowed=True, ...)
@@ -245,6 +247,17 @@ class SemanticLayer:
 
         cfg = policy["semantic"]
         self.encoder = TextEncoder(cfg.get("encoder", "minilm"), max_length=cfg.get("max_tokens", 64))
+        # the same encoder through ONNX Runtime (text/onnx_runtime.py: ~2x faster on one core), else PyTorch
+        self.runtime = cfg.get("runtime", "onnx")
+        if self.runtime not in ("onnx", "torch"):
+            raise ValueError(f"policy: semantic.runtime must be 'onnx' or 'torch', not {self.runtime!r}")
+        self.onnx = None
+        if self.runtime == "onnx":
+            from ..text.onnx_runtime import load_onnx
+
+            self.onnx = load_onnx(self.encoder.tokenizer, self.encoder.model, threads=cfg.get("onnx_threads", 1))
+            if self.onnx is None:
+                self.runtime = "torch"
         self.min_similarity = cfg.get("min_similarity", 0.0)
         self.top_k = cfg.get("top_k", 1)
         self.categories = [c for c in policy["enabled"] if policy["categories"][c].get("examples")]
@@ -269,8 +282,11 @@ class SemanticLayer:
         with torch.inference_mode():
             batch = self.encoder.tokenizer(texts, padding=True, truncation=True, return_tensors="pt",
                                            max_length=self.encoder.max_length)
-            states = self.encoder.model(input_ids=batch["input_ids"],
-                                        attention_mask=batch["attention_mask"]).last_hidden_state
+            if self.onnx is not None:
+                states = torch.from_numpy(self.onnx(batch["input_ids"].numpy(), batch["attention_mask"].numpy()))
+            else:
+                states = self.encoder.model(input_ids=batch["input_ids"],
+                                            attention_mask=batch["attention_mask"]).last_hidden_state
             mask = batch["attention_mask"].unsqueeze(-1).to(states.dtype)
             return torch.nn.functional.normalize((states * mask).sum(1) / mask.sum(1), dim=-1)
 

@@ -26,14 +26,13 @@ The table, built in `distil`:
 - the map folded into the rows, reduced by SVD to `dims` and stored as int8 with a scale per row.
 
 It is computed once per encoder (~1 minute on one idle core for MiniLM) and cached on disk under
-$LIMNER_CACHE, else $XDG_CACHE_HOME/limner, else ~/.cache/limner, as prompt_screen/<key>.npz (7 MB
-for MiniLM), the key a digest of the encoder's configuration, vocabulary and weights and of this
-recipe: another encoder, or other weights under the same name, get their own table, never a stale one.
+`limner.cache_root()` ($LIMNER_CACHE, else $XDG_CACHE_HOME/limner, else ~/.cache/limner) as
+prompt_screen/<key>.npz (7 MB for MiniLM), the key a digest of the encoder's configuration,
+vocabulary and weights (its weight files' digests, remembered by file stat) and of this recipe:
+another encoder, or other weights under the same name, get their own table, never a stale one.
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import math
 import os
@@ -43,6 +42,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from ..cache import cache_root
 
 log = logging.getLogger(__name__)
 
@@ -64,28 +65,15 @@ def sentences(text: str) -> list[str]:
 
 
 def cache_dir() -> Path:
-    if os.environ.get("LIMNER_CACHE"):
-        root = Path(os.environ["LIMNER_CACHE"])
-    elif os.environ.get("XDG_CACHE_HOME"):
-        root = Path(os.environ["XDG_CACHE_HOME"]) / "limner"
-    else:
-        root = Path.home() / ".cache" / "limner"
-    return root / "prompt_screen"
+    return cache_root() / "prompt_screen"
 
 
 def encoder_identity(tokenizer, model, **params) -> str:
-    """A digest of everything the table depends on: the encoder's configuration (less its path and
-    the transformers version), its vocabulary, every weight, the recipe and its parameters."""
-    import torch
+    """The cache key of a table: the encoder's identity (`limner.text.encoder.identity`: configuration,
+    vocabulary, weights) with this recipe and its parameters."""
+    from ..text.encoder import identity
 
-    h = hashlib.blake2b(digest_size=12)
-    config = {k: v for k, v in model.config.to_dict().items() if k not in ("_name_or_path", "transformers_version")}
-    h.update(json.dumps({"recipe": RECIPE, "params": params, "config": config}, sort_keys=True, default=str).encode())
-    h.update(json.dumps(sorted(tokenizer.get_vocab().items())).encode())
-    for name, t in sorted(model.state_dict().items()):
-        h.update(name.encode())
-        h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
-    return h.hexdigest()
+    return identity(tokenizer, model, recipe=RECIPE, **params)
 
 
 def _tokens(tokenizer) -> tuple[np.ndarray, np.ndarray, list[int]]:

@@ -7,10 +7,15 @@ encoder-decoders use their encoder only.
 from __future__ import annotations
 
 import functools
+import hashlib
+import json
 import logging
 import warnings
+from pathlib import Path
 
 import torch
+
+from ..cache import file_digest
 
 log = logging.getLogger(__name__)
 DEFAULT = "minilm"
@@ -46,6 +51,43 @@ def load(path: str, device: str = "cpu"):
         if getattr(config, "is_encoder_decoder", False):
             model = model.get_encoder()
     return tokenizer, model.eval().requires_grad_(False).to(device), config
+
+
+WEIGHT_FILES = ("*.safetensors", "*.safetensors.index.json", "pytorch_model*.bin", "pytorch_model*.bin.index.json")
+
+
+def weight_files(model) -> list[Path]:
+    """The weight files in the local folder the model was loaded from (all of them: whichever
+    transformers picked); [] for a model built in memory or loaded by hub name."""
+    folder = Path(getattr(model.config, "_name_or_path", "") or "")
+    if not str(folder) or not folder.is_dir():
+        return []
+    return sorted({f for pattern in WEIGHT_FILES for f in folder.glob(pattern) if f.is_file()})
+
+
+def identity(tokenizer, model, **params) -> str:
+    """A digest of the encoder for keying what is derived from it (the prompt screen's table, the ONNX
+    graph): its configuration (less its path and the transformers version), its vocabulary, its
+    weights and `params`.
+
+    The weights of a model loaded from a local folder count by the digests of its weight files, each
+    computed once and remembered by the file's stat (`limner.cache.file_digest`): a changed file is
+    hashed again, and an unchanged one costs a stat. A model without such files (built in memory, or
+    from the hub) is hashed tensor by tensor. So a model whose weights are edited in memory after
+    loading from a folder must not be given here with that folder as its `_name_or_path`: limner's
+    encoders are frozen as loaded (`load`)."""
+    h = hashlib.blake2b(digest_size=12)
+    config = {k: v for k, v in model.config.to_dict().items() if k not in ("_name_or_path", "transformers_version")}
+    h.update(json.dumps({"params": params, "config": config}, sort_keys=True, default=str).encode())
+    h.update(json.dumps(sorted(tokenizer.get_vocab().items())).encode())
+    files = weight_files(model)
+    for f in files:
+        h.update(f"{f.name}:{file_digest(f)}".encode())
+    if not files:
+        for name, t in sorted(model.state_dict().items()):
+            h.update(name.encode())
+            h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
+    return h.hexdigest()
 
 
 class TextEncoder:

@@ -1,0 +1,194 @@
+"""The semantic layer's encoder through ONNX Runtime: the same embeddings and verdicts as PyTorch, the
+fallback to PyTorch, the exported graph's cache, and the cheap encoder identity that keys it."""
+import copy
+import os
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+import limner
+from limner import cache as C
+from limner.safety import redteam
+from limner.safety.prompt_filter import PromptFilter, load_policy
+from limner.text import encoder as E
+from limner.text import onnx_runtime as O
+
+from test_safety_screen import count_calls, tiny_encoder
+
+PROMPTS = ["three red circles and a blue square", "a bicycle leaning against a brick wall",
+           "an oil painting of a fox in the snow at dusk. Highly detailed, warm light from the left.",
+           "a woman lying on a sofa with no clothing at all", "a pile of human bodies with their limbs torn off", "x"]
+
+
+@pytest.fixture
+def counted_exports(monkeypatch):
+    """Counts the exports load_onnx runs (a cache hit runs none)."""
+    return count_calls(monkeypatch, O, "export")
+
+
+def saved_encoder(folder, seed=0):
+    """A tiny encoder saved to and loaded from `folder`, as limner loads its real one."""
+    tok, model = tiny_encoder(seed)
+    tok.save_pretrained(folder)
+    model.save_pretrained(folder)
+    return E.load.__wrapped__(str(folder))[:2]
+
+
+# ----------------------------------------------------------------------------- the real encoder
+
+
+def filter_with(runtime: str) -> PromptFilter:
+    policy = copy.deepcopy(load_policy())
+    policy["semantic"]["runtime"] = runtime
+    return PromptFilter(policy, screen=False)
+
+
+@pytest.fixture(scope="module")
+def both():
+    return filter_with("torch"), filter_with("onnx")
+
+
+def test_onnx_embeddings_match_pytorch_on_real_prompts(both):
+    pt, ox = both
+    assert pt.semantic.runtime == "torch" and pt.semantic.onnx is None
+    assert ox.semantic.runtime == "onnx" and ox.semantic.onnx is not None
+    rt = redteam.load_redteam()
+    prompts = PROMPTS + [p for ps in rt["paraphrase"].values() for p in ps]
+    a, b = pt.semantic.embed(prompts), ox.semantic.embed(prompts)
+    assert a.shape == b.shape == (len(prompts), 384)
+    assert (a - b).abs().max() < 1e-5                                   # one padded batch of mixed lengths
+    for x, y in zip(pt.check_many(prompts), ox.check_many(prompts)):
+        assert x.allowed == y.allowed and x.category == y.category and abs(x.score - y.score) <= 1e-4
+
+
+def test_export_leaves_the_shared_model_as_it_was(both):
+    model = both[1].semantic.encoder.model
+    assert not model.training and not any(p.requires_grad for p in model.parameters())
+
+
+# ----------------------------------------------------------------------------- fallback to PyTorch
+
+
+def test_falls_back_when_onnxruntime_is_missing(monkeypatch, tmp_path, caplog):
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)               # `import onnxruntime` raises ImportError
+    tok, model = tiny_encoder()
+    with caplog.at_level("INFO"):
+        assert O.load_onnx(tok, model, cache=tmp_path) is None
+    assert "onnxruntime is not installed" in caplog.text and not list(tmp_path.iterdir())
+    policy = copy.deepcopy(load_policy())
+    policy["semantic"]["screen"]["enabled"] = False
+    filt = PromptFilter(policy)
+    assert filt.semantic.runtime == "torch" and filt.semantic.onnx is None
+    v = filt.check("a woman lying on a sofa with no clothing at all")
+    assert (v.allowed, v.category, v.layer) == (False, "sexual", "semantic")
+
+
+def test_falls_back_when_the_export_fails(monkeypatch, tmp_path, caplog):
+    def broken(*a, **k):
+        raise RuntimeError("unsupported operator")
+
+    monkeypatch.setattr(O, "export", broken)
+    assert O.load_onnx(*tiny_encoder(), cache=tmp_path) is None
+    assert "ONNX export failed (RuntimeError: unsupported operator)" in caplog.text
+
+
+def test_unknown_runtime_is_a_clear_error():
+    policy = copy.deepcopy(load_policy())
+    policy["semantic"]["runtime"] = "tensorrt"
+    with pytest.raises(ValueError, match="semantic.runtime must be 'onnx' or 'torch'"):
+        PromptFilter(policy).check("a red square")
+
+
+# ----------------------------------------------------------------------------- the cached graph
+
+
+def test_graph_is_exported_once_and_matches(tmp_path, counted_exports):
+    tok, model = tiny_encoder()
+    first = O.load_onnx(tok, model, cache=tmp_path)
+    again = O.load_onnx(tok, model, cache=tmp_path)
+    assert len(counted_exports) == 1 and first.path == again.path and first.path.parent == tmp_path
+    assert [p.suffix for p in tmp_path.iterdir()] == [".onnx"]          # no temporary file left
+    batch = tok(["a red circle and a blue square", "dog"], padding=True, return_tensors="pt")   # other shapes
+    with torch.inference_mode():
+        ref = model(**{k: batch[k] for k in ("input_ids", "attention_mask")}).last_hidden_state.numpy()
+    out = again(batch["input_ids"].numpy(), batch["attention_mask"].numpy())
+    real = batch["attention_mask"].numpy().astype(bool)
+    assert np.abs(out[real] - ref[real]).max() < 1e-5
+
+
+def test_damaged_or_stale_graph_is_exported_again(tmp_path, counted_exports):
+    tok, model = tiny_encoder()
+    path = O.load_onnx(tok, model, cache=tmp_path).path
+    path.write_bytes(b"not a graph")
+    assert O.load_onnx(tok, model, cache=tmp_path) is not None and len(counted_exports) == 2
+    other = O.load_onnx(*tiny_encoder(seed=1), cache=tmp_path / "other").path
+    os.replace(other, path)                                             # a graph of other weights under this key
+    assert O.load_onnx(tok, model, cache=tmp_path) is not None and len(counted_exports) == 4
+    assert O.max_difference(O.OnnxEncoder(path), tok, model) < O.TOLERANCE
+
+
+def test_graph_that_differs_from_pytorch_is_not_used(tmp_path, monkeypatch, caplog):
+    monkeypatch.setattr(O, "TOLERANCE", -1.0)                            # nothing can match
+    assert O.load_onnx(*tiny_encoder(), cache=tmp_path) is None
+    assert "differs from PyTorch" in caplog.text and not list(tmp_path.glob("*.onnx"))
+
+
+# ----------------------------------------------------------------------------- the encoder's identity
+
+
+def test_identity_changes_when_the_weight_files_change(tmp_path):
+    tok, model = saved_encoder(tmp_path / "enc")
+    assert E.weight_files(model) == [tmp_path / "enc" / "model.safetensors"]
+    key = E.identity(tok, model)
+    assert E.identity(tok, model) == key and E.identity(tok, model, recipe=2) != key
+    # other weights saved over the same file, its modification time put back as `cp -p` would
+    st = (tmp_path / "enc" / "model.safetensors").stat()
+    _, other = tiny_encoder(seed=1)
+    other.save_pretrained(tmp_path / "enc")
+    os.utime(tmp_path / "enc" / "model.safetensors", ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert E.identity(tok, E.load.__wrapped__(str(tmp_path / "enc"))[1]) != key
+    # the same weights in another folder: the same key (the path is not part of it)
+    assert E.identity(*saved_encoder(tmp_path / "copy")) == key
+
+
+def test_identity_of_files_is_memoised_by_stat(tmp_path, monkeypatch):
+    monkeypatch.setenv("LIMNER_CACHE", str(tmp_path / "cache"))
+    tok, model = saved_encoder(tmp_path / "enc")
+    hashed = count_calls(monkeypatch, C, "_hash_file")
+    key = E.identity(tok, model)
+    assert E.identity(tok, model) == key and len(hashed) == 1            # the second costs a stat
+    assert len(list((tmp_path / "cache" / "digests").glob("*.json"))) == 1
+    (tmp_path / "enc" / "model.safetensors").touch()
+    assert E.identity(tok, model) == key and len(hashed) == 2            # changed stat: hashed again, same bytes
+
+
+def test_model_without_files_is_hashed_by_its_tensors():
+    tok, model = tiny_encoder()
+    assert E.weight_files(model) == []
+    other = copy.deepcopy(model)
+    with torch.no_grad():
+        other.encoder.layer[0].output.dense.weight[0, 0] += 1e-3
+    assert E.identity(tok, model) != E.identity(tok, other)
+
+
+# ----------------------------------------------------------------------------- one cache root
+
+
+def test_one_cache_root(monkeypatch, tmp_path):
+    from limner.eval import suites
+    from limner.safety import screen
+
+    monkeypatch.delenv("LIMNER_CACHE", raising=False)
+    monkeypatch.delenv("LIMNER_SUITE_CACHE", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert limner.cache_root() == tmp_path / "xdg" / "limner"
+    monkeypatch.setenv("LIMNER_CACHE", str(tmp_path / "mine"))
+    assert limner.cache_root() == tmp_path / "mine"
+    assert screen.cache_dir() == tmp_path / "mine" / "prompt_screen"
+    assert O.cache_dir() == tmp_path / "mine" / "text_onnx"
+    source = tmp_path / "prompts.txt"
+    source.write_text("a red square\n")
+    got = suites.download(source.as_uri())                              # file:// : no network
+    assert got.parent == tmp_path / "mine" / "suites" and got.read_text() == "a red square\n"
