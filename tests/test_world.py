@@ -97,6 +97,21 @@ def test_count_caption_parses_back_to_the_scene():
         assert counts == {k: len(v) for k, v in s.groups().items()}
 
 
+def test_complete_spatial_caption_names_every_group_and_true_relations():
+    rng, partial = random.Random(4), 0
+    for s in scenes(200, seed=5):
+        truth = {k: len(v) for k, v in s.groups().items()}
+        cons = parse_prompt(C.spatial(s, rng, complete=True))
+        named = {}
+        for g in cons.groups:  # a group in two relations is named twice, with its number each time
+            assert named.setdefault((g["colour"], g["shape"]), g["count"]) == g["count"]
+        assert named == truth
+        held = {(tuple(a), r, tuple(b)) for a, r, b in C.relations(s)}
+        assert all((tuple(r["a"]), r["rel"], tuple(r["b"])) in held for r in cons.relations)
+        partial += len({(g["colour"], g["shape"]) for g in parse_prompt(C.spatial(s, rng)).groups}) < len(truth)
+    assert partial > 0  # the plain spatial caption does leave groups out, which is what `complete` fixes
+
+
 def test_parse_spatial_prompt():
     c = parse_prompt("a yellow triangle to the left of two green circles")
     assert c.groups == [{"colour": "yellow", "shape": "triangle", "count": 1},

@@ -38,6 +38,9 @@ class DataConfig:
     resolution: int = 64
     seed: int = 0
     detailed_fraction: float = 0.25  # shapes: share of scenes that also get a long caption
+    # shapes: spatial captions also name the groups their relations leave out, so every caption but the
+    # alt-text describes the whole scene (a partial caption teaches the model to add unasked objects)
+    complete_spatial: bool = False
     # how often each caption kind is picked when an image has it (alt-text vs synthetic kinds)
     caption_weights: dict = field(default_factory=lambda: {"alt": 0.1, "count": 0.4, "spatial": 0.25, "detailed": 0.25})
     cache_dir: str = ".cache/limner"
@@ -74,7 +77,8 @@ def shapes_records(cfg: DataConfig) -> list[Record]:
     for i in range(cfg.scenes):
         scene = sample_scene(rng)
         kinds = ["alt", "count", "spatial"] + (["detailed"] if rng.random() < cfg.detailed_fraction else [])
-        caps = {k: v for k, v in C.captions(scene, rng, kinds).items() if normalise(v) not in held}
+        caps = {k: v for k, v in C.captions(scene, rng, kinds, cfg.complete_spatial).items()
+                if normalise(v) not in held}
         out.append(Record(caps, scene=scene.to_dict()))
     return out
 

@@ -110,8 +110,11 @@ def count(scene: Scene, rng: random.Random) -> str:
     return text
 
 
-def spatial(scene: Scene, rng: random.Random) -> str:
-    """Relations between groups: 'a yellow triangle to the left of two green circles'."""
+def spatial(scene: Scene, rng: random.Random, complete: bool = False) -> str:
+    """Relations between groups: 'a yellow triangle to the left of two green circles'.
+
+    complete: also name, with their numbers, the groups that no relation mentions ('..., and three blue
+    squares'), so that the caption leaves nothing in the scene unsaid."""
     g = scene.groups()
     rels = relations(scene)
     if not rels:
@@ -121,7 +124,11 @@ def spatial(scene: Scene, rng: random.Random) -> str:
         f"{group_phrase(*a, g[a], rng, 0.3)} {rng.choice(RELATIONS[r])} {group_phrase(*b, g[b], rng, 0.3)}"
         for a, r, b in picked
     ]
-    return join(clauses, rng)
+    text = join(clauses, rng)
+    rest = [k for k in g if complete and k not in {k for a, _, b in picked for k in (a, b)}]
+    if rest:   # set apart from the relation, so that "left of X and Y" is not read as left of both
+        text += rng.choice([", and also ", ", plus ", "; also "]) + join([group_phrase(*k, g[k], rng, 0.3) for k in rest], rng)
+    return text
 
 
 def detailed(scene: Scene, rng: random.Random) -> str:
@@ -169,5 +176,6 @@ def detailed(scene: Scene, rng: random.Random) -> str:
 WRITERS = {"alt": alt, "count": count, "spatial": spatial, "detailed": detailed}
 
 
-def captions(scene: Scene, rng: random.Random, kinds=KINDS) -> dict[str, str]:
-    return {k: WRITERS[k](scene, rng) for k in kinds}
+def captions(scene: Scene, rng: random.Random, kinds=KINDS, complete_spatial: bool = False) -> dict[str, str]:
+    return {k: spatial(scene, rng, True) if k == "spatial" and complete_spatial else WRITERS[k](scene, rng)
+            for k in kinds}
