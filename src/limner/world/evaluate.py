@@ -34,5 +34,7 @@ def run_suites(pipe, per_cell: int = 25, suites=SUITES, seed: int = 0, steps=Non
                 cells[str(it["tags"][CELL[suite]])].append(r[key])
             details[suite] = {"headline": summary[suite], "metric": key, "n": len(results),
                               "whole_scene": sum(r["correct"] for _, r in results) / len(results),
+                              # objects drawn outside the asked groups, per image: what a prompt did not ask for
+                              "extras": sum(r["extras"] for _, r in results) / len(results),
                               "cells": {k: sum(v) / len(v) for k, v in cells.items()}}
     return summary
