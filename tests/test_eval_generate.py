@@ -136,7 +136,7 @@ def test_diffusers_backend_is_reproducible_and_guarded(sd_backend):
     b = sd_backend.generate(["a blue square"], [1], steps=2, guidance=3.0, size=(64, 64))
     assert a[0].size == (64, 64)
     diff = np.abs(np.asarray(a[1], dtype=int) - np.asarray(b[0], dtype=int))
-    assert diff.max() <= 2 and diff.mean() < 0.05
+    assert diff.max() <= 4 and diff.mean() < 0.5   # another seed differs by tens of levels
     assert not np.array_equal(np.asarray(a[0]), np.asarray(a[1]))
     params = a[0].info["parameters"]
     assert params["prompt"] == "two red circles" and params["seed"] == 0 and params["steps"] == 2
