@@ -9,7 +9,7 @@ of benchmarks/prompt_filter.py: the largest difference of the unit sentence embe
 |score difference|, and the verdicts that differ; and milliseconds per prompt, warm, memo cleared,
 one at a time (median, p95, mean, wall and thread CPU time).
 
-    python benchmarks/prompt_filter_runtime.py [--benchmarks ../shared/benchmarks] [--n-single 400]
+    python benchmarks/prompt_filter_runtime.py [--benchmarks ../shared/benchmarks] [--n-single 400] [--latency-only]
 """
 from __future__ import annotations
 
@@ -31,9 +31,10 @@ ALL_BENIGN = ["partiprompts", "drawbench", "genai_bench", "shapes_world", "gecko
               "dalle3_eval"]
 
 
-def make_filter(runtime: str, screen: bool, level: str = "all") -> PromptFilter:
+def make_filter(runtime: str, screen: bool, level: str = "all", threads: int = 1) -> PromptFilter:
     policy = copy.deepcopy(load_policy())
     policy["semantic"]["runtime"] = "torch" if runtime == "int8" else runtime
+    policy["semantic"]["onnx_threads"] = threads
     filt = PromptFilter(policy, screen=screen)
     layer = filt.semantic
     if runtime == "onnx":
@@ -86,12 +87,24 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--benchmarks", default=str(redteam.DEFAULT_BENCHMARKS))
     ap.add_argument("--n-single", type=int, default=400, help="prompts timed one at a time, per filter")
+    ap.add_argument("--latency-only", action="store_true",
+                    help="only time the cascade (PyTorch; ONNX Runtime on 1 and 2 threads), no verdict comparison")
     args = ap.parse_args()
     torch.set_num_threads(1)
 
     sets = redteam.prompt_sets(args.benchmarks, ALL_BENIGN)
     mix = [p for name in ALL_BENIGN for p in sets[name]] + sets["unsafe"]
     mix = random.Random(0).sample(mix, len(mix))      # the mix and order `limner safety eval` times
+    if args.latency_only:
+        print("| cascade, encoder in | median | p95 | mean |\n|---|---:|---:|---:|")
+        for label, runtime, threads in (("PyTorch", "torch", 1), ("ONNX Runtime, 1 thread", "onnx", 1),
+                                        ("ONNX Runtime, 2 threads", "onnx", 2)):
+            filt = make_filter(runtime, True, threads=threads)
+            filt.check("load the encoder")
+            t = redteam.time_filter(filt, mix, n_single=args.n_single, batched=False)
+            print(f"| {label} | {t['single_ms_median']} | {t['single_ms_p95']} | {t['single_ms_mean']} |", flush=True)
+        print(f"load average at the end {os.getloadavg()[0]:.2f}")
+        return
     rows, loads = {}, {}
     for label, runtime, screen, level in (("full path, PyTorch", "torch", False, "all"),
                                           ("full path, ONNX Runtime", "onnx", False, "all"),

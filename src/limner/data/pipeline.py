@@ -32,6 +32,7 @@ import numpy as np
 import yaml
 from PIL import Image
 
+from ..config import build
 from . import stages as S
 from .pii import PIIConfig
 from .sources import Shard, SourceConfig, read, shards
@@ -99,33 +100,10 @@ class PipelineConfig:
 
     @classmethod
     def from_dict(cls, raw: dict, where: str = "pipeline config") -> "PipelineConfig":
-        return _build(cls, raw, where)
+        return build(cls, raw, where)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
-
-
-def _build(cls, raw: dict, where: str):
-    """A typed config from nested dicts, naming any unknown key and the keys that are known. Each config
-    class checks its own values (`__post_init__`), so one built in Python is checked the same way.
-
-    TrainConfig.from_dict (limner.train.train) parses its YAML with its own copy of this logic; both could
-    share this function, which would mean changing the train side."""
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = set(raw) - set(fields)
-    if unknown:
-        raise ValueError(f"{where}: unknown keys {sorted(unknown)}; known: {sorted(fields)}")
-    kw = {}
-    for k, v in raw.items():
-        sub = fields[k].default_factory if fields[k].default_factory is not dataclasses.MISSING else None
-        if sub is not None and dataclasses.is_dataclass(sub) and isinstance(v, dict):
-            kw[k] = _build(sub, v, f"{where}: {k}")
-        else:
-            kw[k] = v
-    try:
-        return cls(**kw)
-    except ValueError as e:
-        raise ValueError(f"{where}: {e}") from None
 
 
 # ------------------------------------------------------------------------------------------ small helpers

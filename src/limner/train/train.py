@@ -23,6 +23,7 @@ import torch
 import torch.distributed as dist
 import yaml
 
+from ..config import build
 from ..diffusion import flow
 from ..models import autoencoder as AE
 from ..models.dit import DiT, DiTConfig
@@ -75,20 +76,15 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, raw: dict, where: str = "config") -> "TrainConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(raw) - known
-        if unknown:
-            raise ValueError(f"{where}: unknown keys {sorted(unknown)}; known keys: {sorted(known)}")
-        data = raw.pop("data", {}) or {}
-        dknown = {f.name for f in dataclasses.fields(DataConfig)}
-        if set(data) - dknown:
-            raise ValueError(f"{where}: unknown data keys {sorted(set(data) - dknown)}; known: {sorted(dknown)}")
-        cfg = cls(data=DataConfig(**data), **raw)
-        if cfg.kind not in ("autoencoder", "denoiser"):
-            raise ValueError(f"{where}: kind must be 'autoencoder' or 'denoiser', not {cfg.kind!r}")
-        if cfg.kind == "denoiser" and not cfg.autoencoder:
-            raise ValueError(f"{where}: a denoiser needs `autoencoder:` (the folder a trained autoencoder was exported to)")
-        return cfg
+        if "data" in raw and raw["data"] is None:   # `data:` left empty in YAML: the defaults
+            raw = {**raw, "data": {}}
+        return build(cls, raw, where)
+
+    def __post_init__(self):
+        if self.kind not in ("autoencoder", "denoiser"):
+            raise ValueError(f"kind must be 'autoencoder' or 'denoiser', not {self.kind!r}")
+        if self.kind == "denoiser" and not self.autoencoder:
+            raise ValueError("a denoiser needs `autoencoder:` (the folder a trained autoencoder was exported to)")
 
 
 def lr_at(cfg: TrainConfig, step: int) -> float:

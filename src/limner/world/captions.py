@@ -6,6 +6,7 @@ scorer share.
 """
 from __future__ import annotations
 
+import functools
 import random
 
 from .scene import Obj, Scene
@@ -125,7 +126,8 @@ def spatial(scene: Scene, rng: random.Random, complete: bool = False) -> str:
         for a, r, b in picked
     ]
     text = join(clauses, rng)
-    rest = [k for k in g if complete and k not in {k for a, _, b in picked for k in (a, b)}]
+    named = {key for a, _, b in picked for key in (a, b)}
+    rest = [k for k in g if k not in named] if complete else []
     if rest:   # set apart from the relation, so that "left of X and Y" is not read as left of both
         text += rng.choice([", and also ", ", plus ", "; also "]) + join([group_phrase(*k, g[k], rng, 0.3) for k in rest], rng)
     return text
@@ -177,5 +179,5 @@ WRITERS = {"alt": alt, "count": count, "spatial": spatial, "detailed": detailed}
 
 
 def captions(scene: Scene, rng: random.Random, kinds=KINDS, complete_spatial: bool = False) -> dict[str, str]:
-    return {k: spatial(scene, rng, True) if k == "spatial" and complete_spatial else WRITERS[k](scene, rng)
-            for k in kinds}
+    writers = {**WRITERS, "spatial": functools.partial(spatial, complete=True)} if complete_spatial else WRITERS
+    return {k: writers[k](scene, rng) for k in kinds}
