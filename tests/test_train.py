@@ -212,3 +212,72 @@ def test_trains_from_webdataset_shards(trained, tmp_path):
     assert (run(cfg, quiet=True) / "denoiser.safetensors").exists()
     with pytest.raises(FileNotFoundError, match="no WebDataset shards"):
         load_records(DataConfig(source="webdataset", shards=str(tmp_path / "nothing-*.tar")))
+
+
+# --- post-training against the Shapes World scorer (kind: reward) ---
+from limner.train import reward as R  # noqa: E402
+
+
+def test_reward_prompts_are_exact_reproducible_and_never_held_out():
+    cfg = R.RewardConfig(prompts_per_round=40)
+    held = held_out_prompts()
+    a, b = R.prompts_for_round(cfg, 3, held), R.prompts_for_round(cfg, 3, held)
+    assert [p for p, _ in a] == [p for p, _ in b] and len(a) == 40
+    assert [p for p, _ in a] != [p for p, _ in R.prompts_for_round(cfg, 4, held)]
+    assert not {normalise(p) for p, _ in a} & held
+    assert {c.category for _, c in a} == {"count", "spatial", "detailed"}
+    for _, c in a:
+        if c.category == "count":
+            assert not c.relations and all("size" not in g for g in c.groups)
+    # a held-out prompt that the sampler would draw is dropped
+    first = R.prompts_for_round(cfg, 3, set())[0][0]
+    assert first not in [p for p, _ in R.prompts_for_round(cfg, 3, {normalise(first)})]
+
+
+def test_dpo_loss_starts_at_log2_and_a_step_prefers_the_winner(trained):
+    from limner.generate import Pipeline
+
+    torch.manual_seed(0)
+    policy = Pipeline.from_pretrained(str(trained[2])).denoiser
+    ref = R.copy.deepcopy(policy).requires_grad_(False)
+    cfg = R.RewardConfig(sft_weight=0.0, beta=50.0)
+    ch, n = policy.cfg.in_channels, policy.cfg.latent_size
+    xw, xl = torch.randn(4, ch, n, n), torch.randn(4, ch, n, n)
+    states, mask = torch.randn(4, 5, policy.cfg.text_dim), torch.ones(4, 5, dtype=torch.bool)
+    loss, _ = R.dpo_loss(policy, ref, xw, xl, states, mask, cfg, torch.Generator().manual_seed(1))
+    assert abs(loss.item() - np.log(2)) < 1e-5  # policy == reference
+    opt = torch.optim.SGD(policy.parameters(), lr=1e-3)
+    for _ in range(20):
+        loss, _ = R.dpo_loss(policy, ref, xw, xl, states, mask, cfg, torch.Generator().manual_seed(1))
+        opt.zero_grad(), loss.backward(), opt.step()
+    after, acc = R.dpo_loss(policy, ref, xw, xl, states, mask, cfg, torch.Generator().manual_seed(1))
+    assert after.item() < np.log(2) - 0.01 and acc > 0.5
+
+
+def test_reward_run_exports_resumes_and_refuses_to_overwrite(trained, tmp_path):
+    from limner.generate import Pipeline
+
+    small = dict(init=str(trained[2]), out_dir=str(tmp_path / "r"), prompts_per_round=3, samples_per_prompt=2,
+                 rollout_steps=2, updates_per_round=1, threads=1)
+    R.run(R.RewardConfig(rounds=1, **small), quiet=True)
+    with pytest.raises(FileExistsError, match="--resume"):
+        R.run(R.RewardConfig(rounds=2, **small), quiet=True)
+    model = R.run(R.RewardConfig(rounds=2, **small), resume=True, quiet=True)
+    assert [m["round"] for m in metrics(tmp_path / "r")] == [1, 2]
+    meta = json.loads((model / "limner.json").read_text())
+    assert meta["post_training"]["rounds"] == 2
+    from limner.safety.guard import SafetyConfig
+
+    img = Pipeline.from_pretrained(str(model), safety=SafetyConfig.off())("one red circle", seed=0, steps=2)[0]
+    assert img.size == (meta["resolution"],) * 2
+
+
+def test_reward_config_errors_are_clear(tmp_path):
+    with pytest.raises(ValueError, match="at least 2"):
+        R.RewardConfig(samples_per_prompt=1)
+    with pytest.raises(ValueError, match="unknown kinds.*alt"):
+        R.RewardConfig(caption_weights={"alt": 1.0})
+    bad = tmp_path / "r.yaml"
+    bad.write_text("kind: reward\nroundz: 3\n")
+    with pytest.raises(ValueError, match="unknown keys.*roundz"):
+        R.RewardConfig.load(bad)

@@ -47,6 +47,11 @@ def cmd_train(a) -> int:
 
     from .train.train import TrainConfig, run
 
+    if Path(a.config).exists() and (yaml.safe_load(Path(a.config).read_text()) or {}).get("kind") == "reward":
+        from .train import reward  # post-training of an exported model against the Shapes World scorer
+
+        print(reward.run(reward.RewardConfig.load(a.config), resume=a.resume))
+        return 0
     cfg = TrainConfig.load(a.config)
     if a.set:
         raw = dataclasses.asdict(cfg)
