@@ -1,6 +1,6 @@
 """Shapes World suite scores of a model over guidance scales, samplers and step counts.
 
-    python benchmarks/sweep.py --model shapes-default --per-cell 8 --guidance 2 3 4 5 --steps 20 --sampler euler
+    python benchmarks/sweep.py --model shapes-default --per-cell 8 --guidance 2 3 4 5 --steps 20 --sampler euler [--best-of 1 4]
 """
 import argparse
 import json
@@ -17,6 +17,7 @@ ap.add_argument("--per-cell", type=int, default=8)
 ap.add_argument("--guidance", type=float, nargs="+", default=[3.0])
 ap.add_argument("--steps", type=int, nargs="+", default=[20])
 ap.add_argument("--sampler", nargs="+", default=["euler"])
+ap.add_argument("--best-of", type=int, nargs="+", default=[1], help="verifier search candidates per image")
 ap.add_argument("--threads", type=int, default=2)
 ap.add_argument("--seed", type=int, default=0, help="first noise seed (pick settings on one, report on another)")
 a = ap.parse_args()
@@ -25,7 +26,8 @@ pipe = Pipeline.from_pretrained(a.model)
 for sampler in a.sampler:
     for steps in a.steps:
         for g in a.guidance:
-            t = time.time()
-            summary = run_suites(pipe, a.per_cell, seed=a.seed, steps=steps, guidance=g, sampler=sampler)
-            print(json.dumps({"sampler": sampler, "steps": steps, "guidance": g, **summary,
-                              "seconds": round(time.time() - t, 1)}), flush=True)
+            for n in a.best_of:
+                t = time.time()
+                summary = run_suites(pipe, a.per_cell, seed=a.seed, steps=steps, guidance=g, sampler=sampler, best_of=n)
+                print(json.dumps({"sampler": sampler, "steps": steps, "guidance": g, "best_of": n, **summary,
+                                  "seconds": round(time.time() - t, 1)}), flush=True)

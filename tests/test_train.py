@@ -69,6 +69,32 @@ def test_exported_model_generates_reproducibly(trained):
     assert not np.array_equal(np.asarray(a), np.asarray(c))
 
 
+def test_best_of_keeps_the_candidate_the_scorer_rates_best(trained):
+    from limner.generate import CANDIDATE_STRIDE, Pipeline
+    from limner.safety.guard import SafetyConfig
+    from limner.world.parse import parse_prompt
+    from limner.world.scorer import detect, reward, score
+
+    pipe = Pipeline.from_pretrained(str(trained[2]), safety=SafetyConfig.off())
+    prompt, cons = "two red circles and a blue square", parse_prompt("two red circles and a blue square")
+    plain = pipe(prompt, seed=3, steps=3)[0]
+    assert "best_of" not in plain.info["parameters"]
+    assert np.array_equal(np.asarray(pipe(prompt, seed=3, steps=3, best_of=1)[0]), np.asarray(plain))
+    best = pipe(prompt, seed=3, steps=3, best_of=5)[0]
+    p = best.info["parameters"]
+    assert p["best_of"] == 5 and p["seed"] == 3 and 0 <= p["candidate"] < 5
+    candidates = [pipe(prompt, seed=3 + c * CANDIDATE_STRIDE, steps=3)[0] for c in range(5)]
+    values = [reward(score(detect(im), cons), cons) for im in candidates]
+    assert np.array_equal(np.asarray(best), np.asarray(candidates[p["candidate"]]))
+    assert values[p["candidate"]] == max(values) and values.index(max(values)) == p["candidate"]
+    # a prompt the world's parser cannot read is drawn once
+    other = pipe("a watercolour of a lighthouse", seed=3, steps=3, best_of=5)[0]
+    assert "best_of" not in other.info["parameters"]
+    for bad in (0, 65):
+        with pytest.raises(ValueError, match="best-of must be between 1 and 64"):
+            pipe(prompt, best_of=bad)
+
+
 def test_text_and_latents_are_cached_by_content(trained):
     tmp, ae, _ = trained
     cache = tmp / "cache"

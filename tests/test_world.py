@@ -132,3 +132,16 @@ def test_suites_are_deterministic_and_satisfiable():
         assert score(detect(render(scene, 64)), Constraints.from_dict(it["constraints"]))["correct"]
     with pytest.raises(ValueError, match="unknown suite"):
         build("nope")
+
+
+def test_parse_reads_the_summary_of_a_detailed_caption():
+    from limner.world.parse import parse_prompt
+
+    text = ("On a plain pale blue canvas there are six shapes with crisp edges. There are 5 yellow circles. "
+            "A small yellow circle sits on the right. One small yellow circle is placed on the left of the image. "
+            "There is a orange square. One small orange square is placed in the centre. Nothing else appears.")
+    c = parse_prompt(text)
+    assert sorted((g["colour"], g["shape"], g["count"]) for g in c.groups) == [("orange", "square", 1),
+                                                                              ("yellow", "circle", 5)]
+    # short prompts are read whole
+    assert len(parse_prompt("there are two red circles. a blue square").groups) == 2

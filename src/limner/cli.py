@@ -20,9 +20,10 @@ def cmd_generate(a) -> int:
     backend = load_backend(a.model, SafetyConfig(watermark=not a.no_watermark))
     if isinstance(backend, LimnerBackend):
         images = backend.pipe(a.prompt, negative_prompt=a.negative_prompt, seed=a.seed, steps=a.steps,
-                              guidance=a.guidance, sampler=a.sampler, num_images=a.n)
-    elif a.sampler:
-        raise ValueError("--sampler applies to limner models only; diffusers pipelines use their own scheduler")
+                              guidance=a.guidance, sampler=a.sampler, num_images=a.n, best_of=a.best_of)
+    elif a.sampler or a.best_of:
+        raise ValueError("--sampler and --best-of apply to limner models only; diffusers pipelines and servers "
+                         "use their own sampling")
     else:  # a diffusers folder or an OpenAI-style server: same seeds as a limner model's -n
         images = backend.generate([a.prompt] * a.n, [a.seed + i for i in range(a.n)], a.negative_prompt,
                                   a.steps, a.guidance)
@@ -171,7 +172,7 @@ def cmd_world_eval(a) -> int:
 
     pipe = Pipeline.from_pretrained(a.model)
     details: dict = {}
-    run_suites(pipe, a.per_cell, a.suite or None, a.seed, a.steps, a.guidance, a.sampler, details)
+    run_suites(pipe, a.per_cell, a.suite or None, a.seed, a.steps, a.guidance, a.sampler, details, best_of=a.best_of)
     print(json.dumps(details, indent=2))
     return 0
 
@@ -232,6 +233,8 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--sampler", default=None, help="euler, heun or midpoint")
     g.add_argument("-n", type=int, default=1, help="number of images")
     g.add_argument("--negative-prompt", default=None)
+    g.add_argument("--best-of", type=int, default=None,
+                   help="draw N candidates per image, keep the one the Shapes World scorer rates best [model default]")
     g.add_argument("--model", default="shapes-default",
                    help="a shipped name, a limner or diffusers model folder, or an OpenAI images API URL[#model]")
     g.add_argument("--scale", type=int, default=1, help="nearest-neighbour enlargement for viewing")
@@ -274,6 +277,7 @@ def parser() -> argparse.ArgumentParser:
     ev.add_argument("--steps", type=int)
     ev.add_argument("--guidance", type=float)
     ev.add_argument("--sampler")
+    ev.add_argument("--best-of", type=int, help="verifier search: N candidates per image [model default]")
     ev.set_defaults(fn=cmd_world_eval)
 
     from .data.commands import add_data_parser

@@ -25,6 +25,7 @@ from .text.encoder import TextEncoder, pad
 log = logging.getLogger(__name__)
 SHIPPED = {"shapes-default": "shapes-default"}
 MAX_BATCH = 64
+CANDIDATE_STRIDE = 1_000_003  # seed offset between best-of candidates, far from the seed + i of -n images
 WORLD_WORDS = None
 
 
@@ -85,8 +86,12 @@ class Pipeline:
     @torch.no_grad()
     def __call__(self, prompt: str | list[str], negative_prompt: str | None = None, seed: int | list[int] = 0,
                  steps: int | None = None, guidance: float | None = None, sampler: str | None = None,
-                 num_images: int = 1) -> list[Image.Image]:
-        """`seed`: one for every prompt, or one per prompt; image i of a prompt uses its seed + i."""
+                 num_images: int = 1, best_of: int | None = None) -> list[Image.Image]:
+        """`seed`: one for every prompt, or one per prompt; image i of a prompt uses its seed + i.
+
+        `best_of` N > 1 (Shapes World models): draw N candidates per image and keep the one the world's
+        scorer finds closest to what the prompt asks (verifier search at inference time); prompts it
+        cannot read are drawn once."""
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         seeds = [int(s) for s in seed] if isinstance(seed, (list, tuple)) else [int(seed)] * len(prompts)
         if len(seeds) != len(prompts):
@@ -94,7 +99,8 @@ class Pipeline:
         steps = int(steps or self.defaults.get("steps", 20))
         guidance = float(self.defaults.get("guidance", 3.0) if guidance is None else guidance)
         sampler = sampler or self.defaults.get("sampler", "euler")
-        validate(prompts, steps, guidance, sampler, num_images)
+        best_of = int(self.defaults.get("best_of", 1) if best_of is None else best_of)
+        validate(prompts, steps, guidance, sampler, num_images, best_of)
         for p in dict.fromkeys(prompts):
             self.guard.check_prompt(p)
         if self.meta.get("world") == "shapes":
@@ -105,15 +111,37 @@ class Pipeline:
                                   f"green, blue, yellow, purple, orange; counts, sizes, positions): it has never "
                                   f"seen {', '.join(sorted(set(unknown))[:8])!r}", stacklevel=2)
         jobs = [(p, s + i) for p, s in zip(prompts, seeds) for i in range(num_images)]
-        images = []
-        for i in range(0, len(jobs), MAX_BATCH):
-            chunk = jobs[i : i + MAX_BATCH]
-            images += self._sample([p for p, _ in chunk], [s for _, s in chunk], negative_prompt or "",
-                                   steps, guidance, sampler)
+        verifiers = {p: self._verifier(p) if best_of > 1 else None for p in prompts}
+        # candidate c of seed s starts from seed s + c * CANDIDATE_STRIDE; candidate 0 is the plain image
+        draws = [(j, p, s + c * CANDIDATE_STRIDE) for j, (p, s) in enumerate(jobs)
+                 for c in range(best_of if verifiers[p] else 1)]
+        drawn = []
+        for i in range(0, len(draws), MAX_BATCH):
+            chunk = draws[i : i + MAX_BATCH]
+            drawn += self._sample([p for _, p, _ in chunk], [s for *_, s in chunk], negative_prompt or "",
+                                  steps, guidance, sampler)
+        best: dict[int, tuple] = {}
+        for (j, p, s), img in zip(draws, drawn):
+            value = verifiers[p](img) if verifiers[p] else 0.0
+            if j not in best or value > best[j][0]:  # ties keep the earlier candidate
+                best[j] = (value, img, s)
         params = [{"prompt": p, "negative_prompt": negative_prompt or "", "seed": s, "steps": steps,
                    "guidance": guidance, "sampler": sampler, "model": self.name, "limner_version": __version__}
                   for p, s in jobs]
-        return self.guard.finish(images, params, f"{self.name}@{__version__}")
+        for j, p in enumerate(params):
+            if verifiers[p["prompt"]]:
+                p["best_of"], p["candidate"] = best_of, (best[j][2] - p["seed"]) // CANDIDATE_STRIDE
+        return self.guard.finish([best[j][1] for j in range(len(jobs))], params, f"{self.name}@{__version__}")
+
+    def _verifier(self, prompt: str):
+        """The prompt's exact constraints as a score of an image, or None outside Shapes World."""
+        if self.meta.get("world") != "shapes":
+            return None
+        from .world.parse import parse_prompt
+        from .world.scorer import detect, reward, score
+
+        cons = parse_prompt(prompt)
+        return None if cons is None else (lambda img: reward(score(detect(img), cons), cons))
 
     def _sample(self, prompts, seeds, negative, steps, guidance, sampler):
         states = self.encoder.encode(prompts + [negative])
@@ -132,7 +160,7 @@ class Pipeline:
         return [Image.fromarray(a) for a in arr]
 
 
-def validate(prompts, steps, guidance, sampler, num_images):
+def validate(prompts, steps, guidance, sampler, num_images, best_of=1):
     if not prompts or any(not isinstance(p, str) or not p.strip() for p in prompts):
         raise ValueError("the prompt is empty: describe the image you want, e.g. 'three red circles'")
     if not 1 <= steps <= 1000:
@@ -143,6 +171,8 @@ def validate(prompts, steps, guidance, sampler, num_images):
         raise ValueError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
     if not 1 <= num_images <= 256:
         raise ValueError(f"-n must be between 1 and 256, not {num_images}")
+    if not 1 <= best_of <= 64:
+        raise ValueError(f"--best-of must be between 1 and 64, not {best_of}")
 
 
 def save_png(img: Image.Image, path: str | Path, metadata: bool = True) -> Path:

@@ -32,7 +32,7 @@ from ..models import autoencoder as AE
 from ..world import captions as C
 from ..world.parse import parse_prompt
 from ..world.scene import sample_scene
-from ..world.scorer import Constraints, detect, score
+from ..world.scorer import Constraints, detect, reward, score
 from ..world.suites import held_out_prompts, normalise
 from .data import atomic_save
 
@@ -90,12 +90,6 @@ def prompts_for_round(cfg: RewardConfig, rnd: int, held_out: set[str]) -> list[t
         if normalise(text) not in held_out:
             out.append((text, cons))
     return out
-
-
-def reward_of(r: dict, cons: Constraints) -> float:
-    """The scorer's verdict as a number: the whole scene first, partial credit to break ties."""
-    groups = sum(r["per_group"]) / max(len(r["per_group"]), 1) if "per_group" in r else float(r["count_ok"])
-    return 2.0 * r["correct"] + groups + float(r["relations_ok"]) * bool(cons.relations) - 0.1 * min(r["extras"], 5)
 
 
 @torch.no_grad()
@@ -177,7 +171,7 @@ def run(cfg: RewardConfig, resume: bool = False, quiet: bool = False) -> Path:
             zs.append(z)
             for img, c in zip(imgs, cons[i : i + 64]):
                 r = score(detect(img), c)
-                rewards.append(reward_of(r, c))
+                rewards.append(reward(r, c))
                 correct.append(r["correct"])
         z = torch.cat(zs)
         rew = np.array(rewards).reshape(-1, k)

@@ -12,7 +12,7 @@ CELL = {"counting": "count", "binding": "pairs", "spatial": "relation", "detaile
 
 
 def run_suites(pipe, per_cell: int = 25, suites=SUITES, seed: int = 0, steps=None, guidance=None,
-               sampler=None, details: dict | None = None, batch: int = 64) -> dict[str, float]:
+               sampler=None, details: dict | None = None, batch: int = 64, best_of: int | None = None) -> dict[str, float]:
     """Headline accuracy per suite; with `details` (a dict) also per cell and per image results."""
     summary = {}
     for suite in suites or SUITES:
@@ -22,7 +22,7 @@ def run_suites(pipe, per_cell: int = 25, suites=SUITES, seed: int = 0, steps=Non
             part = items[i : i + batch]
             # every item its own starting noise, so that one unlucky draw does not repeat across a suite
             imgs = pipe([it["prompt"] for it in part], seed=[seed + i + j for j in range(len(part))], steps=steps,
-                        guidance=guidance, sampler=sampler)
+                        guidance=guidance, sampler=sampler, best_of=best_of)
             for it, img in zip(part, imgs):
                 r = score(detect(img), Constraints.from_dict(it["constraints"]))
                 results.append((it, r))

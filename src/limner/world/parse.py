@@ -29,6 +29,12 @@ _REL_RE = re.compile(r"\s(" + "|".join(sorted(map(re.escape, _REL), key=len, rev
 
 def parse_prompt(text: str) -> Constraints | None:
     t = " ".join(text.lower().replace(",", " ").replace(";", " ").split())
+    sentences = [x for x in re.split(r"(?<=[.!?])\s+", t) if x]
+    summary = [x for x in sentences if x.startswith(("there are ", "there is ")) and _GROUP.search(x)]
+    if len(sentences) > 2 and summary:
+        # a detailed caption names each group once ("There are 5 yellow circles.") and then every object
+        # again ("A small yellow circle sits on the right."): count the summary sentences only
+        t = " ".join(summary)
     groups, spans = [], []
     for m in _GROUP.finditer(t):
         n = int(m["num"]) if m["num"].isdigit() else _NUM[m["num"]]

@@ -147,3 +147,10 @@ def score(found: list[Found], c: Constraints) -> dict:
         "correct": count_ok and rel_ok and (extras == 0 or not c.exact),
         "n_found": len(found),
     }
+
+
+def reward(r: dict, c: Constraints) -> float:
+    """A `score` result as one number: the whole scene first, then partial credit (groups right, relations
+    right, few extras) to rank the near misses."""
+    groups = sum(r["per_group"]) / max(len(r["per_group"]), 1)
+    return 2.0 * r["correct"] + groups + float(r["relations_ok"]) * bool(c.relations) - 0.1 * min(r["extras"], 5)
