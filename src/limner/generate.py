@@ -144,9 +144,11 @@ class Pipeline:
         return None if cons is None else (lambda img: reward(score(detect(img), cons), cons))
 
     def _sample(self, prompts, seeds, negative, steps, guidance, sampler):
-        states = self.encoder.encode(prompts + [negative])
+        unique = list(dict.fromkeys(prompts))  # -n images and best-of candidates repeat a prompt: encode it once
+        encoded = dict(zip(unique, self.encoder.encode(unique)))
+        negative_states = self.encoder.encode([negative])[0]
         n = len(prompts)
-        cond = pad(states[:n] + [states[n]])  # pad together so both branches share one length
+        cond = pad([encoded[p] for p in prompts] + [negative_states])  # pad together: both branches share one length
         c_states, c_mask = cond[0][:n], cond[1][:n]
         u_states, u_mask = cond[0][n:].expand(n, -1, -1), cond[1][n:].expand(n, -1)
         lat = self.resolution // AE.factor(self.vae)
