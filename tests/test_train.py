@@ -298,6 +298,17 @@ def test_reward_run_exports_resumes_and_refuses_to_overwrite(trained, tmp_path):
     assert img.size == (meta["resolution"],) * 2
 
 
+def test_cli_trains_a_reward_config_with_overrides(trained, tmp_path):
+    cfg = tmp_path / "r.yaml"
+    cfg.write_text(f"kind: reward\ninit: {trained[2]}\nout_dir: {tmp_path / 'r'}\nrounds: 5\n")
+    r = subprocess.run(CLI + ["train", str(cfg), "--set", "rounds=1", "--set", "prompts_per_round=2",
+                              "--set", "samples_per_prompt=2", "--set", "rollout_steps=2", "--set", "threads=1"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip().endswith(str(tmp_path / "r" / "model"))
+    assert [m["round"] for m in metrics(tmp_path / "r")] == [1]
+
+
 def test_reward_config_errors_are_clear(tmp_path):
     with pytest.raises(ValueError, match="at least 2"):
         R.RewardConfig(samples_per_prompt=1)

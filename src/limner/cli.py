@@ -46,14 +46,15 @@ def cmd_train(a) -> int:
 
     import yaml
 
+    from .config import build
     from .train.train import TrainConfig, run
 
+    Config = TrainConfig
     if Path(a.config).exists() and (yaml.safe_load(Path(a.config).read_text()) or {}).get("kind") == "reward":
         from .train import reward  # post-training of an exported model against the Shapes World scorer
 
-        print(reward.run(reward.RewardConfig.load(a.config), resume=a.resume))
-        return 0
-    cfg = TrainConfig.load(a.config)
+        Config, run = reward.RewardConfig, reward.run
+    cfg = Config.load(a.config)
     if a.set:
         raw = dataclasses.asdict(cfg)
         for kv in a.set:
@@ -63,7 +64,7 @@ def cmd_train(a) -> int:
             for p in parents:
                 node = node[p]
             node[leaf] = yaml.safe_load(value)
-        cfg = TrainConfig.from_dict(raw, a.config)
+        cfg = build(Config, raw, a.config)
     path = run(cfg, resume=a.resume)
     if os.environ.get("RANK", "0") == "0":
         print(path)

@@ -113,24 +113,24 @@ class Pipeline:
         jobs = [(p, s + i) for p, s in zip(prompts, seeds) for i in range(num_images)]
         verifiers = {p: self._verifier(p) if best_of > 1 else None for p in prompts}
         # candidate c of seed s starts from seed s + c * CANDIDATE_STRIDE; candidate 0 is the plain image
-        draws = [(j, p, s + c * CANDIDATE_STRIDE) for j, (p, s) in enumerate(jobs)
-                 for c in range(best_of if verifiers[p] else 1)]
+        draws = [(j, c) for j, (p, _) in enumerate(jobs) for c in range(best_of if verifiers[p] else 1)]
         drawn = []
         for i in range(0, len(draws), MAX_BATCH):
             chunk = draws[i : i + MAX_BATCH]
-            drawn += self._sample([p for _, p, _ in chunk], [s for *_, s in chunk], negative_prompt or "",
-                                  steps, guidance, sampler)
-        best: dict[int, tuple] = {}
-        for (j, p, s), img in zip(draws, drawn):
-            value = verifiers[p](img) if verifiers[p] else 0.0
+            drawn += self._sample([jobs[j][0] for j, _ in chunk], [jobs[j][1] + c * CANDIDATE_STRIDE for j, c in chunk],
+                                  negative_prompt or "", steps, guidance, sampler)
+        best: dict[int, tuple] = {}  # job -> (verifier value, image, candidate)
+        for (j, c), img in zip(draws, drawn):
+            verify = verifiers[jobs[j][0]]
+            value = verify(img) if verify else 0.0
             if j not in best or value > best[j][0]:  # ties keep the earlier candidate
-                best[j] = (value, img, s)
+                best[j] = (value, img, c)
         params = [{"prompt": p, "negative_prompt": negative_prompt or "", "seed": s, "steps": steps,
                    "guidance": guidance, "sampler": sampler, "model": self.name, "limner_version": __version__}
                   for p, s in jobs]
         for j, p in enumerate(params):
             if verifiers[p["prompt"]]:
-                p["best_of"], p["candidate"] = best_of, (best[j][2] - p["seed"]) // CANDIDATE_STRIDE
+                p["best_of"], p["candidate"] = best_of, best[j][2]
         return self.guard.finish([best[j][1] for j in range(len(jobs))], params, f"{self.name}@{__version__}")
 
     def _verifier(self, prompt: str):
@@ -151,15 +151,22 @@ class Pipeline:
         cond = pad([encoded[p] for p in prompts] + [negative_states])  # pad together: both branches share one length
         c_states, c_mask = cond[0][:n], cond[1][:n]
         u_states, u_mask = cond[0][n:].expand(n, -1, -1), cond[1][n:].expand(n, -1)
+        z = self.sample_latents((c_states, c_mask), (u_states, u_mask), seeds, steps, guidance, sampler)
+        return [Image.fromarray(a) for a in self.decode(z)]
+
+    def sample_latents(self, cond, uncond, seeds, steps, guidance, sampler="euler") -> torch.Tensor:
+        """Latents from (states, mask) text conditions, one noise generator per seed: an image depends on its
+        own seed, not on what it was batched with."""
         lat = self.resolution // AE.factor(self.vae)
         ch = self.vae.config.latent_channels
-        # one generator per image: an image depends on its own seed, not on what it was batched with
         x = torch.stack([torch.randn(ch, lat, lat, generator=torch.Generator().manual_seed(s)) for s in seeds])
-        v = guided(self.denoiser, (c_states, c_mask), (u_states, u_mask), guidance)
-        z = SAMPLERS[sampler](v, x, timesteps(steps))
+        v = guided(self.denoiser, cond, uncond, guidance)
+        return SAMPLERS[sampler](v, x, timesteps(steps))
+
+    def decode(self, z: torch.Tensor):
+        """Latents to uint8 images, (B, H, W, 3)."""
         imgs = AE.to_image(self.vae, z)
-        arr = ((imgs + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
-        return [Image.fromarray(a) for a in arr]
+        return ((imgs + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
 
 
 def validate(prompts, steps, guidance, sampler, num_images, best_of=1):

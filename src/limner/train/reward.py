@@ -27,8 +27,6 @@ from safetensors.torch import save_file
 
 from ..config import build
 from ..diffusion import flow
-from ..diffusion.sampling import euler, guided, timesteps
-from ..models import autoencoder as AE
 from ..world import captions as C
 from ..world.parse import parse_prompt
 from ..world.scene import sample_scene
@@ -93,19 +91,14 @@ def prompts_for_round(cfg: RewardConfig, rnd: int, held_out: set[str]) -> list[t
 
 
 @torch.no_grad()
-def rollout(policy, vae, states, mask, empty, seeds, cfg: RewardConfig):
-    """Latents sampled with guidance, and their decoded images."""
-    ch, lat = policy.cfg.in_channels, policy.cfg.latent_size
-    x = torch.stack([torch.randn(ch, lat, lat, generator=torch.Generator().manual_seed(s)) for s in seeds])
-    n = len(seeds)
+def rollout(pipe, states, mask, empty, seeds, cfg: RewardConfig):
+    """Latents the pipeline's model samples with guidance, and their decoded images."""
     n_tok = int(mask.sum(1).max())
     states, mask = states[:, :n_tok], mask[:, :n_tok]
     u_states, u_mask = torch.zeros_like(states), torch.zeros_like(mask)  # "" padded to the prompts' length
     u_states[:, : empty.shape[0]], u_mask[:, : empty.shape[0]] = empty, True
-    v = guided(policy, (states, mask), (u_states, u_mask), cfg.guidance)
-    z = euler(v, x, timesteps(cfg.rollout_steps))
-    imgs = ((AE.to_image(vae, z) + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
-    return z, imgs
+    z = pipe.sample_latents((states, mask), (u_states, u_mask), seeds, cfg.rollout_steps, cfg.guidance)
+    return z, pipe.decode(z)
 
 
 def per_sample_error(model, x0, states, mask, t, noise):
@@ -144,7 +137,7 @@ def run(cfg: RewardConfig, resume: bool = False, quiet: bool = False) -> Path:
         raise FileExistsError(f"{ckpt_path} exists: pass --resume to continue it, or choose another out_dir")
     (out / "config.yaml").write_text(yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False))
     pipe = Pipeline.from_pretrained(cfg.init, safety=SafetyConfig.off())
-    policy, vae, encoder = pipe.denoiser, pipe.vae, pipe.encoder
+    policy, encoder = pipe.denoiser, pipe.encoder  # rollouts sample pipe.denoiser, the policy itself
     ref = copy.deepcopy(policy).requires_grad_(False).eval()
     opt = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, weight_decay=0.0, betas=(0.9, 0.99))
     start = 0
@@ -167,7 +160,7 @@ def run(cfg: RewardConfig, resume: bool = False, quiet: bool = False) -> Path:
         policy.eval()
         zs, rewards, correct = [], [], []
         for i in range(0, len(cons), 64):
-            z, imgs = rollout(policy, vae, states[i : i + 64], mask[i : i + 64], empty, seeds[i : i + 64], cfg)
+            z, imgs = rollout(pipe, states[i : i + 64], mask[i : i + 64], empty, seeds[i : i + 64], cfg)
             zs.append(z)
             for img, c in zip(imgs, cons[i : i + 64]):
                 r = score(detect(img), c)
