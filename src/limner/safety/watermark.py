@@ -139,14 +139,42 @@ def embed(image: Image.Image, payload: int = 0, key: int = KEY, strength: float 
 
 # --- detect --------------------------------------------------------------------------------------------
 
+def clipped_cells(y: np.ndarray, shape: tuple[int, int]) -> np.ndarray | None:
+    """Canonical cells that an edit clipped to white (brightening a light background), in blocks of
+    3 x 3 cells or more and grown by one cell; None when there are none. A clipped pixel carries no mark,
+    and the steps where such regions meet the rest (objects on a saturated background) would otherwise
+    swamp the mark that the rest still carries. Isolated white cells are kept: where the image was white
+    before marking, the mark's negative chips survive between them. Black is left alone: rotation and
+    padding fills are black, and the detector already does well there."""
+    if y.max() < 254.95:  # luma reaches 255 only where all three channels do
+        return None
+    frac = cv2.resize((y > 254.95).astype(np.float32), (shape[1], shape[0]), interpolation=cv2.INTER_AREA)
+    k = np.ones((3, 3), np.uint8)
+    dead = cv2.morphologyEx((frac > 0.99).astype(np.uint8), cv2.MORPH_OPEN, k)
+    return cv2.dilate(dead, k).astype(bool) if dead.any() else None
+
+
 def whiten(image: Image.Image) -> np.ndarray:
     rgb = np.asarray(image.convert("RGB"), dtype=np.float32)
     h, w = rgb.shape[:2]
     ch, cw = canonical_shape(h, w)
-    y = cv2.resize(luma(rgb), (cw, ch), interpolation=cv2.INTER_AREA)
-    d = y - cv2.GaussianBlur(y, (0, 0), 0.7)  # chips are one cell: keep the finest detail, drop the rest
-    d /= np.sqrt(cv2.GaussianBlur(d * d, (0, 0), 2.0)) + 1.0   # busy regions must not outvote flat ones
-    return np.clip(d, -3, 3) - np.clip(d, -3, 3).mean()
+    yf = luma(rgb)
+    y = cv2.resize(yf, (cw, ch), interpolation=cv2.INTER_AREA)
+    dead = clipped_cells(yf, (ch, cw))
+    if dead is None:
+        d = y - cv2.GaussianBlur(y, (0, 0), 0.7)  # chips are one cell: keep the finest detail, drop the rest
+        d /= np.sqrt(cv2.GaussianBlur(d * d, (0, 0), 2.0)) + 1.0   # busy regions must not outvote flat ones
+        return np.clip(d, -3, 3) - np.clip(d, -3, 3).mean()
+    # the same, with the clipped cells left out of every local average (normalised convolution) and zeroed
+    live = (~dead).astype(np.float32)
+    if not live.any():
+        return np.zeros_like(y)
+    blur = lambda a, sigma: cv2.GaussianBlur(a, (0, 0), sigma)
+    d = (y - blur(y * live, 0.7) / np.maximum(blur(live, 0.7), 1e-3)) * live
+    d[np.abs(d) < 1e-3] = 0  # rounding error on a flat object: far below one grey level in one pixel of a cell
+    d /= np.sqrt(blur(d * d, 2.0) / np.maximum(blur(live, 2.0), 1e-3)) + 1.0
+    d = np.clip(d, -3, 3)
+    return (d - d[live > 0].mean()) * live
 
 
 def lattice_candidates(d: np.ndarray, top: int = 6) -> list[tuple[float, float]]:
