@@ -145,3 +145,32 @@ def test_parse_reads_the_summary_of_a_detailed_caption():
                                                                               ("yellow", "circle", 5)]
     # short prompts are read whole
     assert len(parse_prompt("there are two red circles. a blue square").groups) == 2
+
+
+def test_detailed_caption_parses_back_to_the_scene():
+    """Sizes and places from the object sentences, the stated relations: the constraints the suite grades."""
+    rng, relations = random.Random(6), 0
+    for s in scenes(300, seed=7):
+        cons = parse_prompt(C.detailed(s, rng))
+        truth = Constraints.from_scene(s, "detailed")
+        key = lambda groups: sorted((g["colour"], g["shape"], g["size"], g["count"]) for g in groups)
+        assert key(cons.groups) == key(truth.groups)
+        assert sorted((o.colour, o.shape, o.size, C.position(o)) for o in s.objects) == sorted(
+            (o["colour"], o["shape"], o["size"], C.position(Obj(o["shape"], o["colour"], o["size"], (o["cell"][1] + 0.5) / 3,
+                                                               (o["cell"][0] + 0.5) / 3))) for o in cons.objects)
+        held = {(tuple(a), r, tuple(b)) for a, r, b in C.relations(s)}
+        assert all((tuple(r["a"]), r["rel"], tuple(r["b"])) in held for r in cons.relations)
+        relations += len(cons.relations)
+    assert relations > 100
+
+
+def test_positions_score_where_described_objects_stand():
+    scene = Scene("ivory", [Obj("circle", "red", "large", 0.2, 0.2), Obj("square", "blue", "large", 0.8, 0.8)])
+    img = render(scene, 64)
+    upper_left = {"colour": "red", "shape": "circle", "size": "large", "cell": [0, 0]}
+    lower_right = {"colour": "blue", "shape": "square", "size": "large", "cell": [2, 2]}
+    groups = [{"colour": "red", "shape": "circle", "count": 1}, {"colour": "blue", "shape": "square", "count": 1}]
+    assert score(detect(img), Constraints(groups, objects=[upper_left, lower_right]))["positions"] == 1.0
+    swapped = [dict(upper_left, cell=[2, 2]), dict(lower_right, cell=[0, 0])]
+    assert score(detect(img), Constraints(groups, objects=swapped))["positions"] == 0.0
+    assert score(detect(img), Constraints(groups))["positions"] == 1.0  # nothing described, nothing to miss

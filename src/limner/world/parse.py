@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 
 from . import captions as C
-from .scene import COLOURS, SIZES
+from .scene import COLOURS, SIZES, Obj
 from .scorer import Constraints
 
 _NUM = {w: i for i, w in enumerate(C.NUMBER_WORDS)} | {"a": 1, "an": 1}
@@ -25,6 +25,17 @@ _GROUP = re.compile(
 )
 _REL = {phrase: rel for rel, phrases in C.RELATIONS.items() for phrase in phrases}
 _REL_RE = re.compile(r"\s(" + "|".join(sorted(map(re.escape, _REL), key=len, reverse=True)) + r")\s")
+# a detailed caption's sentences about one object ("A small red circle sits in the upper left.") and
+# between groups named without numbers ("The red circles are to the left of the blue square.")
+_CELLS = {C.position(Obj("circle", "red", "small", (col + 0.5) / 3, (row + 0.5) / 3)): [row, col]
+          for row in range(3) for col in range(3)}
+_WHERE = "|".join(sorted(map(re.escape, _CELLS), key=len, reverse=True))
+_WHAT = r"(?P<size>" + "|".join(SIZES) + r")\s+(?P<colour>" + "|".join(COLOURS) + r")\s+(?P<noun>\w+)"
+_OBJECT = re.compile(r"^(?:(?:a|an|one)\s+" + _WHAT + r"\s+(?:sits|is placed)\s+(?P<where>" + _WHERE + r")"
+                     r"|(?P<where2>" + _WHERE + r")\s+there is an?\s+" + _WHAT.replace("?P<", "?P<x_") + r")\b")
+_BETWEEN = re.compile(r"^the\s+(?P<ac>" + "|".join(COLOURS) + r")\s+(?P<an>\w+)\s+(?:is|are)\s+(?P<rel>"
+                      + "|".join(sorted(map(re.escape, _REL), key=len, reverse=True)) + r")\s+the\s+(?P<bc>"
+                      + "|".join(COLOURS) + r")\s+(?P<bn>\w+)")
 
 
 def parse_prompt(text: str) -> Constraints | None:
@@ -33,8 +44,14 @@ def parse_prompt(text: str) -> Constraints | None:
     summary = [x for x in sentences if x.startswith(("there are ", "there is ")) and _GROUP.search(x)]
     if len(sentences) > 2 and summary:
         # a detailed caption names each group once ("There are 5 yellow circles.") and then every object
-        # again ("A small yellow circle sits on the right."): count the summary sentences only
-        t = " ".join(summary)
+        # again ("A small yellow circle sits on the right."): count the summary sentences, read the rest
+        # for each object's size and place and the relations it states
+        return _detailed(_phrases(" ".join(summary)), sentences)
+    return _phrases(t)
+
+
+def _phrases(t: str) -> Constraints | None:
+    """Groups with numbers ("three red circles") and the relations written between them."""
     groups, spans = [], []
     for m in _GROUP.finditer(t):
         n = int(m["num"]) if m["num"].isdigit() else _NUM[m["num"]]
@@ -54,3 +71,30 @@ def parse_prompt(text: str) -> Constraints | None:
             rels.append({"a": [a["colour"], a["shape"]], "rel": _REL[r[1]], "b": [b["colour"], b["shape"]]})
     # the same (colour, shape) named twice with different sizes stays two groups; merge exact repeats
     return Constraints(groups, rels, True, "spatial" if rels else "count")
+
+
+def _detailed(summary: Constraints | None, sentences: list[str]) -> Constraints | None:
+    if summary is None:
+        return None
+    objects, rels = [], []
+    for x in sentences:
+        if m := _OBJECT.match(x):
+            size, colour, word = (m["size"], m["colour"], m["noun"]) if m["size"] else (m["x_size"], m["x_colour"], m["x_noun"])
+            if word in _NOUNS:
+                objects.append({"colour": colour, "shape": _NOUNS[word], "size": size,
+                                "cell": _CELLS[m["where"] or m["where2"]]})
+        elif (m := _BETWEEN.match(x)) and m["an"] in _NOUNS and m["bn"] in _NOUNS:
+            rels.append({"a": [m["ac"], _NOUNS[m["an"]]], "rel": _REL[m["rel"]], "b": [m["bc"], _NOUNS[m["bn"]]]})
+    groups = summary.groups
+    described = {}
+    for o in objects:
+        described.setdefault((o["colour"], o["shape"]), {}).setdefault(o["size"], 0)
+        described[(o["colour"], o["shape"])][o["size"]] += 1
+    # the objects' sentences agree with the summary: split its groups by the sizes they give
+    if all(sum(described.get((g["colour"], g["shape"]), {}).values()) == g["count"] for g in groups) \
+            and len(described) == len(groups):
+        groups = [{"colour": c, "shape": s, "count": n, "size": z} for (c, s), sizes in described.items()
+                  for z, n in sizes.items()]
+    else:
+        objects = []
+    return Constraints(groups, rels, True, "detailed", objects)

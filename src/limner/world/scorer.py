@@ -7,6 +7,7 @@ and where its mass sits (a triangle is bottom-heavy).
 """
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -38,6 +39,7 @@ class Constraints:
     relations: list[dict] = field(default_factory=list)  # {"a": [colour, shape], "rel", "b": [...]}
     exact: bool = True
     category: str = "count"
+    objects: list[dict] = field(default_factory=list)  # where a prompt puts each object: {..., "cell": [row, col]}
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -137,6 +139,10 @@ def score(found: list[Found], c: Constraints) -> dict:
         per_rel.append(bool(a and b) and r["rel"] in relation(a, b))
     count_ok = all(per_group)
     rel_ok = all(per_rel)
+    # described objects standing in their described cell of the 3x3 grid (one found object per description)
+    placed = Counter(_place(o["colour"], o["shape"], o["size"], o["cell"]) for o in c.objects)
+    there = Counter(_place(f.colour, f.shape, f.size, _cell(f)) for f in found)
+    positions = sum((placed & there).values()) / len(c.objects) if c.objects else 1.0
     return {
         "category": c.category,
         "per_group": per_group,
@@ -145,12 +151,22 @@ def score(found: list[Found], c: Constraints) -> dict:
         "relations_ok": rel_ok,
         "extras": extras,
         "correct": count_ok and rel_ok and (extras == 0 or not c.exact),
+        "positions": positions,
         "n_found": len(found),
     }
 
 
+def _place(colour, shape, size, cell) -> tuple:
+    return colour, shape, size, tuple(cell)
+
+
+def _cell(f: Found) -> list[int]:
+    return [min(int(f.y * 3), 2), min(int(f.x * 3), 2)]  # as captions.position reads a place
+
+
 def reward(r: dict, c: Constraints) -> float:
     """A `score` result as one number: the whole scene first, then partial credit (groups right, relations
-    right, few extras) to rank the near misses."""
+    right, objects where a detailed prompt puts them, few extras) to rank the near misses."""
     groups = sum(r["per_group"]) / max(len(r["per_group"]), 1)
-    return 2.0 * r["correct"] + groups + float(r["relations_ok"]) * bool(c.relations) - 0.1 * min(r["extras"], 5)
+    return (2.0 * r["correct"] + groups + float(r["relations_ok"]) * bool(c.relations) + 0.5 * r.get("positions", 1.0)
+            - 0.1 * min(r["extras"], 5))
