@@ -1,12 +1,14 @@
-"""Read the constraints back out of a Shapes World count or spatial prompt.
+"""Read the constraints back out of a Shapes World count, spatial or detailed prompt.
 
 "three red circles and a large blue square" -> two groups; "a yellow triangle to the left of two green
-circles" -> two groups and a relation. Lets `limner world score` check any image whose prompt is in
+circles" -> two groups and a relation; a detailed caption -> its groups split by size, where it puts each
+object, and the relations it states. Lets `limner world score` check any image whose prompt is in
 the world's language, even without a sidecar file.
 """
 from __future__ import annotations
 
 import re
+from collections import Counter
 
 from . import captions as C
 from .scene import COLOURS, SIZES, Obj
@@ -86,15 +88,10 @@ def _detailed(summary: Constraints | None, sentences: list[str]) -> Constraints 
         elif (m := _BETWEEN.match(x)) and m["an"] in _NOUNS and m["bn"] in _NOUNS:
             rels.append({"a": [m["ac"], _NOUNS[m["an"]]], "rel": _REL[m["rel"]], "b": [m["bc"], _NOUNS[m["bn"]]]})
     groups = summary.groups
-    described = {}
-    for o in objects:
-        described.setdefault((o["colour"], o["shape"]), {}).setdefault(o["size"], 0)
-        described[(o["colour"], o["shape"])][o["size"]] += 1
-    # the objects' sentences agree with the summary: split its groups by the sizes they give
-    if all(sum(described.get((g["colour"], g["shape"]), {}).values()) == g["count"] for g in groups) \
-            and len(described) == len(groups):
-        groups = [{"colour": c, "shape": s, "count": n, "size": z} for (c, s), sizes in described.items()
-                  for z, n in sizes.items()]
+    # the objects' sentences agree with the summary's numbers: split its groups by the sizes they give
+    if Counter((o["colour"], o["shape"]) for o in objects) == Counter({(g["colour"], g["shape"]): g["count"] for g in groups}):
+        sizes = Counter((o["colour"], o["shape"], o["size"]) for o in objects)
+        groups = [{"colour": c, "shape": sh, "count": n, "size": z} for (c, sh, z), n in sizes.items()]
     else:
         objects = []
     return Constraints(groups, rels, True, "detailed", objects)
