@@ -23,7 +23,6 @@ import torch
 
 from limner.diffusion.sampling import guided, timesteps
 from limner.generate import CANDIDATE_STRIDE, Pipeline
-from limner.models import autoencoder as AE
 from limner.safety.guard import SafetyConfig
 from limner.text.encoder import pad
 from limner.world.evaluate import HEADLINE
@@ -36,7 +35,7 @@ def draw(a):
     torch.set_num_threads(a.threads)
     pipe = Pipeline.from_pretrained(a.model, safety=SafetyConfig.off())
     g = pipe.meta["defaults"]["guidance"] if a.guidance is None else a.guidance
-    lat, ch, n = pipe.resolution // AE.factor(pipe.vae), pipe.vae.config.latent_channels, a.candidates
+    n = a.candidates
     out, t0 = [], time.time()
     for suite in SUITES:
         items = build(suite, a.per_cell)
@@ -45,8 +44,7 @@ def draw(a):
             st, mask = pad(pipe.encoder.encode([it["prompt"], ""]))
             v = guided(pipe.denoiser, (st[:1].expand(n, -1, -1), mask[:1].expand(n, -1)),
                        (st[1:].expand(n, -1, -1), mask[1:].expand(n, -1)), g)
-            x = torch.stack([torch.randn(ch, lat, lat, generator=torch.Generator().manual_seed(s + c * CANDIDATE_STRIDE))
-                             for c in range(n)])
+            x = pipe.noise([s + c * CANDIDATE_STRIDE for c in range(n)])
             ts, early = timesteps(a.steps), []
             with torch.no_grad():
                 for t, t_next in zip(ts[:-1], ts[1:]):

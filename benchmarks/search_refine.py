@@ -13,7 +13,6 @@ from limner.generate import Pipeline, CANDIDATE_STRIDE
 from limner.safety.guard import SafetyConfig
 from limner.text.encoder import pad
 from limner.diffusion.sampling import guided, timesteps, euler
-from limner.models import autoencoder as AE
 from limner.world.suites import build
 from limner.world.scorer import detect, score, reward, Constraints
 from limner.world.parse import parse_prompt
@@ -25,38 +24,39 @@ suites = sys.argv[3].split(",")
 configs = [tuple(float(x) if "." in x else int(x) for x in c.split(":")) for c in sys.argv[4:]]  # N1:rounds:B:t0:m
 pipe = Pipeline.from_pretrained("shapes-default", safety=SafetyConfig.off())
 g = pipe.meta["defaults"]["guidance"]
-lat, ch = pipe.resolution // AE.factor(pipe.vae), pipe.vae.config.latent_channels
 res = defaultdict(lambda: defaultdict(list))
 t0_ = time.time()
 for suite in suites:
     for i, it in enumerate(build(suite, PER_CELL)):
         s = SEED + i
         cons, truth = parse_prompt(it["prompt"]), Constraints.from_dict(it["constraints"])
-        verify = lambda a: reward(score(detect(a), cons), cons)
+        def verify(a):  # (reward, whether the verifier finds the scene right)
+            r = score(detect(a), cons)
+            return reward(r, cons), r["correct"]
         st = pad(pipe.encoder.encode([it["prompt"], ""]))
         def V(n):
             return guided(pipe.denoiser, (st[0][:1].expand(n, -1, -1), st[1][:1].expand(n, -1)),
                           (st[0][1:].expand(n, -1, -1), st[1][1:].expand(n, -1)), g)
         Nmax = max(c[0] for c in configs)
-        x = torch.stack([torch.randn(ch, lat, lat, generator=torch.Generator().manual_seed(s + k * CANDIDATE_STRIDE)) for k in range(Nmax)])
+        x = pipe.noise([s + k * CANDIDATE_STRIDE for k in range(Nmax)])
         z = euler(V(Nmax), x, timesteps(10))
         imgs = pipe.decode(z)
         vals = [verify(a) for a in imgs]
         for cfg in configs:
             N1, rounds, B, t0, m = cfg
-            b = max(range(N1), key=lambda k: (vals[k], -k))
+            b = max(range(N1), key=lambda k: (vals[k][0], -k))
             best_z, best_v, best_img = z[b], vals[b], imgs[b]
             gen = torch.Generator().manual_seed(s + 7)
             for r in range(rounds):
-                if best_v >= 2.0 + 1 + bool(cons.relations):  # verifier says all right: stop
+                if best_v[1]:  # the verifier finds the scene right: stop
                     break
-                noise = torch.randn(B, ch, lat, lat, generator=gen)
+                noise = torch.randn((B, *best_z.shape), generator=gen)
                 xt = (1 - t0) * best_z + t0 * noise
                 zz = euler(V(B), xt, torch.linspace(t0, 0, m + 1))
                 ii = pipe.decode(zz)
                 for k in range(B):
                     vk = verify(ii[k])
-                    if vk > best_v:
+                    if vk[0] > best_v[0]:
                         best_z, best_v, best_img = zz[k], vk, ii[k]
             res[cfg][suite].append(score(detect(best_img), truth)[HEADLINE[suite]])
     print(suite, f"{time.time()-t0_:.0f}s", flush=True)

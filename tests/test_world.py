@@ -155,9 +155,8 @@ def test_detailed_caption_parses_back_to_the_scene():
         truth = Constraints.from_scene(s, "detailed")
         key = lambda groups: sorted((g["colour"], g["shape"], g["size"], g["count"]) for g in groups)
         assert key(cons.groups) == key(truth.groups)
-        assert sorted((o.colour, o.shape, o.size, C.position(o)) for o in s.objects) == sorted(
-            (o["colour"], o["shape"], o["size"], C.position(Obj(o["shape"], o["colour"], o["size"], (o["cell"][1] + 0.5) / 3,
-                                                               (o["cell"][0] + 0.5) / 3))) for o in cons.objects)
+        assert sorted((o.colour, o.shape, o.size, C.cell(o.x, o.y)) for o in s.objects) == sorted(
+            (o["colour"], o["shape"], o["size"], tuple(o["cell"])) for o in cons.objects)
         held = {(tuple(a), r, tuple(b)) for a, r, b in C.relations(s)}
         assert all((tuple(r["a"]), r["rel"], tuple(r["b"])) in held for r in cons.relations)
         relations += len(cons.relations)

@@ -155,13 +155,15 @@ class Pipeline:
         return [Image.fromarray(a) for a in self.decode(z)]
 
     def sample_latents(self, cond, uncond, seeds, steps, guidance, sampler="euler") -> torch.Tensor:
-        """Latents from (states, mask) text conditions, one noise generator per seed: an image depends on its
-        own seed, not on what it was batched with."""
+        """Latents from (states, mask) text conditions, starting from each seed's noise."""
+        v = guided(self.denoiser, cond, uncond, guidance)
+        return SAMPLERS[sampler](v, self.noise(seeds), timesteps(steps))
+
+    def noise(self, seeds) -> torch.Tensor:
+        """Starting latents, one generator per seed: an image depends on its own seed, not on its batch."""
         lat = self.resolution // AE.factor(self.vae)
         ch = self.vae.config.latent_channels
-        x = torch.stack([torch.randn(ch, lat, lat, generator=torch.Generator().manual_seed(s)) for s in seeds])
-        v = guided(self.denoiser, cond, uncond, guidance)
-        return SAMPLERS[sampler](v, x, timesteps(steps))
+        return torch.stack([torch.randn(ch, lat, lat, generator=torch.Generator().manual_seed(s)) for s in seeds])
 
     def decode(self, z: torch.Tensor):
         """Latents to uint8 images, (B, H, W, 3)."""

@@ -74,14 +74,21 @@ def relations(scene: Scene) -> list[tuple[tuple[str, str], str, tuple[str, str]]
     return [(ka, r, kb) for ka in keys for kb in keys if ka != kb for r in relation(g[ka], g[kb])]
 
 
+PLACES = [
+    ["in the upper left", "at the top", "in the upper right"],
+    ["on the left", "in the centre", "on the right"],
+    ["in the lower left", "at the bottom", "in the lower right"],
+]
+
+
+def cell(x: float, y: float) -> tuple[int, int]:
+    """(row, col) of a point in the 3 x 3 grid that detailed captions name places by."""
+    return (0 if y < 1 / 3 else (1 if y < 2 / 3 else 2)), (0 if x < 1 / 3 else (1 if x < 2 / 3 else 2))
+
+
 def position(o: Obj) -> str:
-    col = 0 if o.x < 1 / 3 else (1 if o.x < 2 / 3 else 2)
-    row = 0 if o.y < 1 / 3 else (1 if o.y < 2 / 3 else 2)
-    return [
-        ["in the upper left", "at the top", "in the upper right"],
-        ["on the left", "in the centre", "on the right"],
-        ["in the lower left", "at the bottom", "in the lower right"],
-    ][row][col]
+    row, col = cell(o.x, o.y)
+    return PLACES[row][col]
 
 
 def alt(scene: Scene, rng: random.Random) -> str:

@@ -11,7 +11,7 @@ import re
 from collections import Counter
 
 from . import captions as C
-from .scene import COLOURS, SIZES, Obj
+from .scene import COLOURS, SIZES
 from .scorer import Constraints
 
 _NUM = {w: i for i, w in enumerate(C.NUMBER_WORDS)} | {"a": 1, "an": 1}
@@ -29,12 +29,11 @@ _REL = {phrase: rel for rel, phrases in C.RELATIONS.items() for phrase in phrase
 _REL_RE = re.compile(r"\s(" + "|".join(sorted(map(re.escape, _REL), key=len, reverse=True)) + r")\s")
 # a detailed caption's sentences about one object ("A small red circle sits in the upper left.") and
 # between groups named without numbers ("The red circles are to the left of the blue square.")
-_CELLS = {C.position(Obj("circle", "red", "small", (col + 0.5) / 3, (row + 0.5) / 3)): [row, col]
-          for row in range(3) for col in range(3)}
-_WHERE = "|".join(sorted(map(re.escape, _CELLS), key=len, reverse=True))
+_CELLS = {place: [row, col] for row, places in enumerate(C.PLACES) for col, place in enumerate(places)}
+_WHERE = r"(?P<where>" + "|".join(sorted(map(re.escape, _CELLS), key=len, reverse=True)) + r")"
 _WHAT = r"(?P<size>" + "|".join(SIZES) + r")\s+(?P<colour>" + "|".join(COLOURS) + r")\s+(?P<noun>\w+)"
-_OBJECT = re.compile(r"^(?:(?:a|an|one)\s+" + _WHAT + r"\s+(?:sits|is placed)\s+(?P<where>" + _WHERE + r")"
-                     r"|(?P<where2>" + _WHERE + r")\s+there is an?\s+" + _WHAT.replace("?P<", "?P<x_") + r")\b")
+_OBJECT = [re.compile(r"^(?:a|an|one)\s+" + _WHAT + r"\s+(?:sits|is placed)\s+" + _WHERE + r"\b"),
+           re.compile(r"^" + _WHERE + r"\s+there is an?\s+" + _WHAT + r"\b")]
 _BETWEEN = re.compile(r"^the\s+(?P<ac>" + "|".join(COLOURS) + r")\s+(?P<an>\w+)\s+(?:is|are)\s+(?P<rel>"
                       + "|".join(sorted(map(re.escape, _REL), key=len, reverse=True)) + r")\s+the\s+(?P<bc>"
                       + "|".join(COLOURS) + r")\s+(?P<bn>\w+)")
@@ -80,11 +79,10 @@ def _detailed(summary: Constraints | None, sentences: list[str]) -> Constraints 
         return None
     objects, rels = [], []
     for x in sentences:
-        if m := _OBJECT.match(x):
-            size, colour, word = (m["size"], m["colour"], m["noun"]) if m["size"] else (m["x_size"], m["x_colour"], m["x_noun"])
-            if word in _NOUNS:
-                objects.append({"colour": colour, "shape": _NOUNS[word], "size": size,
-                                "cell": _CELLS[m["where"] or m["where2"]]})
+        if m := next((m for pattern in _OBJECT if (m := pattern.match(x))), None):
+            if m["noun"] in _NOUNS:
+                objects.append({"colour": m["colour"], "shape": _NOUNS[m["noun"]], "size": m["size"],
+                                "cell": _CELLS[m["where"]]})
         elif (m := _BETWEEN.match(x)) and m["an"] in _NOUNS and m["bn"] in _NOUNS:
             rels.append({"a": [m["ac"], _NOUNS[m["an"]]], "rel": _REL[m["rel"]], "b": [m["bc"], _NOUNS[m["bn"]]]})
     groups = summary.groups

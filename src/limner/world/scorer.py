@@ -15,7 +15,7 @@ from PIL import Image
 from scipy import ndimage
 
 from .scene import COLOURS, SHAPES, TRI_H, Obj, _sdf
-from .captions import relation
+from .captions import cell, relation
 
 _NAMES = list(COLOURS)
 _RGB = np.array([COLOURS[c] for c in _NAMES], np.float32)
@@ -140,8 +140,8 @@ def score(found: list[Found], c: Constraints) -> dict:
     count_ok = all(per_group)
     rel_ok = all(per_rel)
     # described objects standing in their described cell of the 3x3 grid (one found object per description)
-    placed = Counter(_place(o["colour"], o["shape"], o["size"], o["cell"]) for o in c.objects)
-    there = Counter(_place(f.colour, f.shape, f.size, _cell(f)) for f in found)
+    placed = Counter((o["colour"], o["shape"], o["size"], tuple(o["cell"])) for o in c.objects)
+    there = Counter((f.colour, f.shape, f.size, cell(f.x, f.y)) for f in found)
     positions = sum((placed & there).values()) / len(c.objects) if c.objects else 1.0
     return {
         "category": c.category,
@@ -156,17 +156,9 @@ def score(found: list[Found], c: Constraints) -> dict:
     }
 
 
-def _place(colour, shape, size, cell) -> tuple:
-    return colour, shape, size, tuple(cell)
-
-
-def _cell(f: Found) -> list[int]:
-    return [min(int(f.y * 3), 2), min(int(f.x * 3), 2)]  # as captions.position reads a place
-
-
 def reward(r: dict, c: Constraints) -> float:
     """A `score` result as one number: the whole scene first, then partial credit (groups right, relations
     right, objects where a detailed prompt puts them, few extras) to rank the near misses."""
     groups = sum(r["per_group"]) / max(len(r["per_group"]), 1)
-    return (2.0 * r["correct"] + groups + float(r["relations_ok"]) * bool(c.relations) + 0.5 * r.get("positions", 1.0)
+    return (2.0 * r["correct"] + groups + float(r["relations_ok"]) * bool(c.relations) + 0.5 * r["positions"]
             - 0.1 * min(r["extras"], 5))
