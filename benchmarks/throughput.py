@@ -4,7 +4,8 @@ Ours is the shipped configuration (`model:` of configs/shapes-default.yaml). Pee
 `PixArtTransformer2DModel` (a DiT with cross-attention, the closest published design), as many layers as
 bring it nearest our parameter count, and `UNet2DConditionModel`, all on the same latents and 384-d MiniLM
 token states. Also reports each as a fraction of this CPU's measured fp32 matmul peak (FLOPs from torch's
-FlopCounterMode), and the bf16 peak for reference.
+FlopCounterMode, with its weight-gradient count of grouped convolutions corrected: torch 2.13 counts a
+depthwise conv's weight gradient as a dense one, `groups` times too many), and the bf16 peak for reference.
 
     python benchmarks/throughput.py [--threads 2] [--batch 128] [--repeats 5]
 """
@@ -18,7 +19,7 @@ from pathlib import Path
 
 import torch
 import yaml
-from torch.utils.flop_counter import FlopCounterMode
+from torch.utils.flop_counter import FlopCounterMode, conv_backward_flop
 
 from limner.diffusion.flow import loss as flow_loss
 from limner.models.dit import DiT, DiTConfig
@@ -74,13 +75,26 @@ def peers(target: int, ch: int, width=192, heads=4):
             "diffusers UNet2DConditionModel": Adapter(unet, "unet")}
 
 
+def grouped_conv_backward_flop(grad_out, x, w, bias, stride, padding, dilation, transposed, output_padding, groups,
+                               output_mask, out_shape=None, **kw) -> int:
+    """torch's formula, with the weight gradient divided by `groups` (its transposed shapes lose the group
+    split); the input gradient is already right."""
+    args = (grad_out, x, w, bias, stride, padding, dilation, transposed, output_padding, groups)
+    grad_input = conv_backward_flop(*args, [output_mask[0], False, False], out_val=out_shape)
+    grad_weight = conv_backward_flop(*args, [False, output_mask[1], False], out_val=out_shape)
+    return grad_input + grad_weight // groups
+
+
+FLOPS = {torch.ops.aten.convolution_backward: grouped_conv_backward_flop}
+
+
 def train_rate(model, batch, repeats, ch, text_len=24):
     x, s = torch.randn(batch, ch, 16, 16), torch.randn(batch, text_len, 384)
     mask = torch.ones(batch, text_len, dtype=torch.bool)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     step = lambda: (opt.zero_grad(), flow_loss(model, x, s, mask).backward(), opt.step())
     step()
-    with FlopCounterMode(display=False) as fc:
+    with FlopCounterMode(display=False, custom_mapping=FLOPS) as fc:
         flow_loss(model, x, s, mask).backward()
     t = time.perf_counter()
     for _ in range(repeats):
