@@ -41,6 +41,16 @@ def trained(tmp_path_factory):
     return tmp, ae, dn  # its wall time is a benchmark (benchmarks/tiny_training.py), not an assertion
 
 
+def test_a_run_gives_the_caller_its_thread_count_back(tmp_path):
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        run(tiny("autoencoder", tmp_path, steps=2, full_res_steps=0), quiet=True)  # cfg.threads = 1 inside
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
 def metrics(folder):
     return [json.loads(line) for line in (Path(folder) / "metrics.jsonl").read_text().splitlines()]
 

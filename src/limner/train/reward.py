@@ -33,6 +33,7 @@ from ..world.scene import sample_scene
 from ..world.scorer import Constraints, detect, reward, score
 from ..world.suites import held_out_prompts, normalise
 from .data import atomic_save
+from .train import own_threads
 
 
 @dataclass
@@ -123,13 +124,12 @@ def dpo_loss(policy, ref, xw, xl, states, mask, cfg: RewardConfig, gen):
     return loss, (inside > 0).float().mean().item()
 
 
+@own_threads
 def run(cfg: RewardConfig, resume: bool = False, quiet: bool = False) -> Path:
     from ..generate import Pipeline
     from ..safety.guard import SafetyConfig
     from ..text.encoder import pad
 
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
     out = Path(cfg.out_dir)
     ckpt_path = out / "checkpoint.pt"
     out.mkdir(parents=True, exist_ok=True)

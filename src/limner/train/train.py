@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import json
 import logging
 import math
@@ -165,10 +166,24 @@ def autocast(cfg: TrainConfig, device):
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=on)
 
 
+def own_threads(run):
+    """Run `run(cfg, ...)` on `cfg.threads` torch threads (0: leave them) and give the caller back its own
+    count afterwards: the count is process-wide, and a training run is a library call too."""
+    @functools.wraps(run)
+    def wrapped(cfg, *args, **kwargs):
+        before = torch.get_num_threads()
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        try:
+            return run(cfg, *args, **kwargs)
+        finally:
+            torch.set_num_threads(before)
+    return wrapped
+
+
+@own_threads
 def run(cfg: TrainConfig, resume: bool = False, quiet: bool = False) -> Path:
     rank, world, device = setup_distributed()
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
     out = Path(cfg.out_dir)
     ckpt_path = out / "checkpoint.pt"
     if rank == 0:
