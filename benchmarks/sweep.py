@@ -19,6 +19,7 @@ ap.add_argument("--steps", type=int, nargs="+", default=[20])
 ap.add_argument("--sampler", nargs="+", default=["euler"])
 ap.add_argument("--best-of", type=int, nargs="+", default=[1], help="verifier search candidates per image")
 ap.add_argument("--cells", action="store_true", help="also print per-cell accuracy, whole-scene rate and extras")
+ap.add_argument("--suites", nargs="+", default=None, help="a subset of counting binding spatial detailed")
 ap.add_argument("--threads", type=int, default=2)
 ap.add_argument("--seed", type=int, default=0, help="first noise seed (pick settings on one, report on another)")
 a = ap.parse_args()
@@ -30,7 +31,7 @@ for sampler in a.sampler:
             for n in a.best_of:
                 t = time.time()
                 details = {} if a.cells else None
-                summary = run_suites(pipe, a.per_cell, seed=a.seed, steps=steps, guidance=g, sampler=sampler,
+                summary = run_suites(pipe, a.per_cell, a.suites, seed=a.seed, steps=steps, guidance=g, sampler=sampler,
                                      details=details, best_of=n)
                 print(json.dumps({"sampler": sampler, "steps": steps, "guidance": g, "best_of": n, **summary,
                                   "seconds": round(time.time() - t, 1), **({"details": details} if a.cells else {})}),

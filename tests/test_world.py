@@ -173,3 +173,39 @@ def test_positions_score_where_described_objects_stand():
     swapped = [dict(upper_left, cell=[2, 2]), dict(lower_right, cell=[0, 0])]
     assert score(detect(img), Constraints(groups, objects=swapped))["positions"] == 0.0
     assert score(detect(img), Constraints(groups))["positions"] == 1.0  # nothing described, nothing to miss
+
+
+def test_the_whole_scene_of_a_detailed_prompt_includes_where_it_puts_each_object():
+    scene = Scene("ivory", [Obj("circle", "red", "large", 0.2, 0.2), Obj("square", "blue", "large", 0.8, 0.8)])
+    groups = [{"colour": "red", "shape": "circle", "count": 1, "size": "large"},
+              {"colour": "blue", "shape": "square", "count": 1, "size": "large"}]
+    placed = [{"colour": "red", "shape": "circle", "size": "large", "cell": [0, 0]},
+              {"colour": "blue", "shape": "square", "size": "large", "cell": [2, 2]}]
+    right = score(detect(render(scene, 64)), Constraints(groups, objects=placed))
+    assert right["correct"] and right["content_ok"]
+    scene.objects[0].x = 0.5   # the red circle drawn at the top instead of the upper left
+    moved = score(detect(render(scene, 64)), Constraints(groups, objects=placed))
+    assert moved["content_ok"] and moved["positions"] == 0.5 and not moved["correct"]
+
+
+def test_an_object_of_an_asked_kind_but_an_unasked_size_is_an_extra():
+    scene = Scene("ivory", [Obj("square", "purple", "large", 0.2, 0.2), Obj("square", "purple", "small", 0.8, 0.8)])
+    one_large = [{"colour": "purple", "shape": "square", "count": 1, "size": "large"}]
+    r = score(detect(render(scene, 64)), Constraints(one_large))
+    assert r["count_ok"] and r["extras"] == 1 and not r["correct"]
+
+
+def test_the_detailed_suite_grades_what_each_prompt_states():
+    """The relations a detailed prompt names (read back by the parser, which the verifier uses) and the place
+    of every object of its scene; the scene's other relations are not checked."""
+    unstated = stated = 0
+    for it in build("detailed", 5):
+        cons, said = Constraints.from_dict(it["constraints"]), parse_prompt(it["prompt"])
+        key = lambda rels: sorted((tuple(r["a"]), r["rel"], tuple(r["b"])) for r in rels)
+        assert key(cons.relations) == key(said.relations)
+        stated += len(cons.relations)
+        cells = lambda objs: sorted((o["colour"], o["shape"], o["size"], tuple(o["cell"])) for o in objs)
+        scene = Scene.from_dict(it["tags"]["scene"])
+        assert cells(cons.objects) == cells(said.objects) and len(cons.objects) == len(scene.objects)
+        unstated += len(C.relations(scene)) > len(cons.relations)
+    assert unstated > 0 and stated > 10

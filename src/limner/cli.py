@@ -142,12 +142,14 @@ def cmd_world_score(a) -> int:
         by_cat.setdefault(r["category"], []).append(r)
     summary = {cat: {"n": len(rs), "count_ok": sum(r["count_ok"] for r in rs) / len(rs),
                      "relations_ok": sum(r["relations_ok"] for r in rs) / len(rs),
+                     "placed": sum(r["positions"] for r in rs) / len(rs),
                      "correct": sum(r["correct"] for r in rs) / len(rs)} for cat, rs in by_cat.items()}
     if a.json:
         print(json.dumps({"summary": summary, "images": rows, "skipped": skipped}, indent=2))
     else:
         for cat, s in summary.items():
-            print(f"{cat:10s} n={s['n']:5d}  counts {s['count_ok']:.3f}  relations {s['relations_ok']:.3f}  "
+            placed = f"  placed {s['placed']:.3f}" if cat == "detailed" else ""
+            print(f"{cat:10s} n={s['n']:5d}  counts {s['count_ok']:.3f}  relations {s['relations_ok']:.3f}{placed}  "
                   f"whole image {s['correct']:.3f}")
         if skipped:
             print(f"skipped {len(skipped)} images with no constraints (no sidecar .json and no parsable prompt)")

@@ -142,6 +142,11 @@ def spatial(scene: Scene, rng: random.Random, complete: bool = False) -> str:
 
 def detailed(scene: Scene, rng: random.Random) -> str:
     """A long DOCCI-style description: background, every object with size, colour and place, relations."""
+    return described(scene, rng)[0]
+
+
+def described(scene: Scene, rng: random.Random) -> tuple[str, list[tuple]]:
+    """`detailed`'s caption and the relations it states, (group, relation, group) as `relations` gives them."""
     g = scene.groups()
     n = len(scene.objects)
     bg = scene.background
@@ -164,7 +169,8 @@ def detailed(scene: Scene, rng: random.Random) -> str:
             ]).replace("in the centre of the image", "in the centre"))
     rels = relations(scene)
     rng.shuffle(rels)
-    for a, r, b in rels[: rng.randint(1, 3)]:
+    stated = rels[: rng.randint(1, 3)]
+    for a, r, b in stated:
         sents.append(f"The {a[0]} {PLURALS[a[1]] if len(g[a]) > 1 else a[1]} {'are' if len(g[a]) > 1 else 'is'} "
                      f"{RELATIONS[r][0]} the {b[0]} {PLURALS[b[1]] if len(g[b]) > 1 else b[1]}.")
     sents.append(rng.choice([
@@ -179,7 +185,7 @@ def detailed(scene: Scene, rng: random.Random) -> str:
             f"The {bg} background is evenly lit and has no pattern.",
             "The edges of every shape are sharp and clearly visible against the background.",
         ])
-    return text
+    return text, stated
 
 
 WRITERS = {"alt": alt, "count": count, "spatial": spatial, "detailed": detailed}

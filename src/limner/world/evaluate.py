@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 
+from .scene import Scene
 from .scorer import Constraints, detect, score
 from .suites import SUITES, build
 
@@ -24,7 +25,10 @@ def run_suites(pipe, per_cell: int = 25, suites=SUITES, seed: int = 0, steps=Non
             imgs = pipe([it["prompt"] for it in part], seed=[seed + i + j for j in range(len(part))], steps=steps,
                         guidance=guidance, sampler=sampler, best_of=best_of)
             for it, img in zip(part, imgs):
-                r = score(detect(img), Constraints.from_dict(it["constraints"]))
+                found = detect(img)
+                r = score(found, Constraints.from_dict(it["constraints"]))
+                if suite == "detailed":   # the figure before places were checked: every relation of the scene
+                    r["by_relations"] = score(found, Constraints.from_scene(Scene.from_dict(it["tags"]["scene"])))["correct"]
                 results.append((it, r))
         key = HEADLINE[suite]
         summary[suite] = sum(r[key] for _, r in results) / len(results)
@@ -37,4 +41,9 @@ def run_suites(pipe, per_cell: int = 25, suites=SUITES, seed: int = 0, steps=Non
                               # objects drawn outside the asked groups, per image: what a prompt did not ask for
                               "extras": sum(r["extras"] for _, r in results) / len(results),
                               "cells": {k: sum(v) / len(v) for k, v in cells.items()}}
+            if suite == "detailed":
+                n = len(results)
+                details[suite] |= {"content": sum(r["content_ok"] for _, r in results) / n,   # all but places
+                                   "placed": sum(r["positions"] for _, r in results) / n,      # objects in their cell
+                                   "layout_by_relations": sum(r["by_relations"] for _, r in results) / n}
     return summary

@@ -123,15 +123,18 @@ def score(found: list[Found], c: Constraints) -> dict:
     """Exact checks of a prompt's constraints on detected objects.
 
     count_ok: every asked (colour, shape[, size]) group has exactly its number;
-    relations_ok: every asked relation holds; extras: objects outside the asked groups;
-    correct: all of these (extras only matter when the prompt is exact).
+    relations_ok: every asked relation holds; extras: objects that no asked group (with its size) takes;
+    content_ok: all of these (extras only matter when the prompt is exact);
+    positions: the share of objects a detailed prompt places that stand in their cell of the 3 x 3 grid;
+    correct: content_ok and every placed object in its cell: everything the prompt states.
     """
     def matches(f: Found, g: dict) -> bool:
         return f.colour == g["colour"] and f.shape == g["shape"] and ("size" not in g or f.size == g["size"])
 
     per_group = [sum(matches(f, g) for f in found) == g["count"] for g in c.groups]
-    asked = {(g["colour"], g["shape"]) for g in c.groups}
-    extras = sum((f.colour, f.shape) not in asked for f in found)
+    # an object of an asked colour and shape but of a size no group asks for is an extra too: "three large
+    # purple squares" and a fourth, small one is four squares
+    extras = sum(not any(matches(f, g) for g in c.groups) for f in found)
     per_rel = []
     for r in c.relations:
         a = [Obj(f.shape, f.colour, f.size, f.x, f.y) for f in found if [f.colour, f.shape] == list(r["a"])]
@@ -143,6 +146,7 @@ def score(found: list[Found], c: Constraints) -> dict:
     placed = Counter((o["colour"], o["shape"], o["size"], tuple(o["cell"])) for o in c.objects)
     there = Counter((f.colour, f.shape, f.size, cell(f.x, f.y)) for f in found)
     positions = sum((placed & there).values()) / len(c.objects) if c.objects else 1.0
+    content_ok = count_ok and rel_ok and (extras == 0 or not c.exact)
     return {
         "category": c.category,
         "per_group": per_group,
@@ -150,15 +154,16 @@ def score(found: list[Found], c: Constraints) -> dict:
         "count_ok": count_ok,
         "relations_ok": rel_ok,
         "extras": extras,
-        "correct": count_ok and rel_ok and (extras == 0 or not c.exact),
+        "content_ok": content_ok,
         "positions": positions,
+        "correct": content_ok and positions == 1.0,
         "n_found": len(found),
     }
 
 
 def reward(r: dict, c: Constraints) -> float:
-    """A `score` result as one number: the whole scene first, then partial credit (groups right, relations
-    right, objects where a detailed prompt puts them, few extras) to rank the near misses."""
+    """A `score` result as one number: the right objects and relations first, then partial credit (groups
+    right, relations right, objects where a detailed prompt puts them, few extras) to rank the near misses."""
     groups = sum(r["per_group"]) / max(len(r["per_group"]), 1)
-    return (2.0 * r["correct"] + groups + float(r["relations_ok"]) * bool(c.relations) + 0.5 * r["positions"]
+    return (2.0 * r["content_ok"] + groups + float(r["relations_ok"]) * bool(c.relations) + 0.5 * r["positions"]
             - 0.1 * min(r["extras"], 5))

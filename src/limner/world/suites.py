@@ -55,10 +55,14 @@ def spatial(rng: random.Random, rel: str) -> tuple[str, Constraints, dict]:
 
 
 def detailed(rng: random.Random, n: int) -> tuple[str, Constraints, dict]:
+    """Everything the description states: each group by size, each object's place in the 3 x 3 grid, and the
+    relations it names. The scene it was written from stays in the tags (for `layout_by_relations`)."""
     scene = sample_scene(rng, n_objects=n)
-    text = C.detailed(scene, rng)
+    text, stated = C.described(scene, rng)
     cons = Constraints.from_scene(scene, "detailed")
-    # a detailed prompt states only some relations; check the ones it could have stated
+    cons.relations = [{"a": list(a), "rel": r, "b": list(b)} for a, r, b in stated]
+    cons.objects = [{"colour": o.colour, "shape": o.shape, "size": o.size, "cell": list(C.cell(o.x, o.y))}
+                    for o in scene.objects]
     return text, cons, {"objects": n, "words": len(text.split()), "scene": scene.to_dict()}
 
 
