@@ -199,3 +199,30 @@ def test_default_text_encoder_is_offline_minilm():
     a, b = enc.encode(["three red circles", "two blue squares"])
     assert a.shape[1] == 384
     assert not torch.allclose(a.mean(0), b.mean(0))
+
+
+def test_grounding_starts_as_the_base_model_and_reads_boxes():
+    base, grounded = tiny_dit(), tiny_dit(grounding=True)
+    for p in base.parameters():
+        torch.nn.init.normal_(p, std=0.05)
+    missing, unexpected = grounded.load_state_dict(base.state_dict(), strict=False)
+    assert not unexpected and all(k.startswith("ground_in.") or k.endswith(".ground.weight") for k in missing)
+    x, t, s, mask = inputs()
+    torch.manual_seed(1)
+    phrases, boxes = torch.randn(3, 2, 32), torch.tensor([[0.1, 0.1, 0.3, 0.3], [0.6, 0.6, 0.8, 0.8]]).expand(3, 2, 4)
+    gmask = torch.tensor([[True, True], [True, False], [False, False]])
+    ground = (phrases, boxes, gmask)
+    ref = base(x, t, s, mask)
+    assert torch.allclose(grounded(x, t, s, mask, ground), ref, atol=1e-6)  # zero projections: the base model
+    for blk in grounded.blocks:
+        torch.nn.init.normal_(blk.ground.weight, std=0.05)
+    out = grounded(x, t, s, mask, ground)
+    assert torch.allclose(grounded(x, t, s, mask), ref, atol=1e-6)  # no layout: the base model
+    assert torch.allclose(out[2], ref[2], atol=1e-6)  # an image without objects in a grounded batch too
+    assert not torch.allclose(out[:2], ref[:2], atol=1e-4)
+    moved = (phrases, boxes.flip(1), gmask)  # the objects' boxes swapped: a different image
+    assert not torch.allclose(grounded(x, t, s, mask, moved)[0], out[0], atol=1e-4)
+    # a masked (padding) object token does not matter, whatever it holds
+    noisy = (phrases.clone(), boxes.clone(), gmask)
+    noisy[0][1, 1], noisy[1][1, 1] = 100.0, 0.5
+    assert torch.allclose(grounded(x, t, s, mask, noisy)[1], out[1], atol=1e-5)

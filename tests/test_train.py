@@ -328,3 +328,44 @@ def test_reward_config_errors_are_clear(tmp_path):
     bad.write_text("kind: reward\nroundz: 3\n")
     with pytest.raises(ValueError, match="unknown keys.*roundz"):
         R.RewardConfig.load(bad)
+
+
+def test_grounding_adapter_trains_only_its_own_weights(trained, tmp_path):
+    """`init` + `train_new_only`: the base model stays as it was, the new grounding weights train, and the
+    exported model draws ungrounded prompts exactly as its base and plans a layout for detailed ones."""
+    from safetensors.torch import load_file
+
+    from limner.generate import Pipeline
+    from limner.safety.guard import SafetyConfig
+    from limner.world.suites import build
+
+    tmp, ae, base = trained
+    model_cfg = {**TrainConfig.load(ROOT / "configs/denoiser-tiny.yaml").model, "grounding": True}
+    cfg = tiny("denoiser", tmp, autoencoder=str(ae), init=str(base), train_new_only=True, model=model_cfg,
+               out_dir=str(tmp_path / "g"), steps=30, ckpt_every=30, sample_every=30)
+    model = run(cfg, quiet=True)
+    before, after = load_file(base / "denoiser.safetensors"), load_file(model / "denoiser.safetensors")
+    new = set(after) - set(before)
+    assert new and all(k.startswith("ground_in.") or k.endswith(".ground.weight") for k in new)
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert all(after[k].abs().sum() > 0 for k in new if k.endswith(".ground.weight"))  # zero-initialised, trained
+    assert json.loads((model / "limner.json").read_text())["denoiser"]["grounding"] is True
+
+    off = SafetyConfig.off()
+    g, b = Pipeline.from_pretrained(str(model), safety=off), Pipeline.from_pretrained(str(base), safety=off)
+    assert np.array_equal(np.asarray(g("two red circles", seed=1, steps=2)[0]),
+                          np.asarray(b("two red circles", seed=1, steps=2)[0]))
+    detailed = build("detailed", 1)[0]["prompt"]
+    gmask = g.layouts([detailed, "two red circles"], [0, 0])[2]  # a plan for the prompt that places objects
+    assert gmask[0].all() and not gmask[1].any() and b.layouts([detailed], [0]) is None
+    assert not np.array_equal(np.asarray(g(detailed, seed=1, steps=2)[0]), np.asarray(b(detailed, seed=1, steps=2)[0]))
+
+
+def test_adapter_config_errors_are_clear(trained, tmp_path):
+    with pytest.raises(ValueError, match="train_new_only needs `init:`"):
+        TrainConfig.from_dict({"kind": "denoiser", "autoencoder": "x", "train_new_only": True})
+    tmp, ae, base = trained
+    small = {**TrainConfig.load(ROOT / "configs/denoiser-tiny.yaml").model, "refiner_depth": 0}
+    cfg = tiny("denoiser", tmp, autoencoder=str(ae), init=str(base), model=small, out_dir=str(tmp_path / "bad"))
+    with pytest.raises(ValueError, match="has weights this model does not"):
+        run(cfg, quiet=True)

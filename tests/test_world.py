@@ -209,3 +209,24 @@ def test_the_detailed_suite_grades_what_each_prompt_states():
         assert cells(cons.objects) == cells(said.objects) and len(cons.objects) == len(scene.objects)
         unstated += len(C.relations(scene)) > len(cons.relations)
     assert unstated > 0 and stated > 10
+
+
+def test_layout_plan_puts_every_object_in_its_stated_cell():
+    from limner.world import layout
+
+    for it in build("detailed", 6):
+        objects = parse_prompt(it["prompt"]).objects
+        plan = layout.plan(objects, random.Random(7))
+        assert plan is not None and len(plan) == len(objects)
+        assert plan == layout.plan(objects, random.Random(7))  # a seed fixes the plan
+        assert plan != layout.plan(objects, random.Random(8))
+        wanted = sorted((f"{o['size']} {o['colour']} {o['shape']}", tuple(o["cell"])) for o in objects)
+        assert sorted((p, C.cell((b[0] + b[2]) / 2, (b[1] + b[3]) / 2)) for p, b in plan) == wanted
+        assert all(0 < b[0] < b[2] < 1 and 0 < b[1] < b[3] < 1 for _, b in plan)
+        assert all(box_gap(a, b) >= 0.05 for i, (_, a) in enumerate(plan) for _, b in plan[i + 1:])
+        # drawn as a scene, the plan is what the scorer reads back: every object in its cell
+        size = {p: p.split()[0] for p, _ in plan}
+        objs = [Obj(p.split()[2], p.split()[1], size[p], (b[0] + b[2]) / 2, (b[1] + b[3]) / 2) for p, b in plan]
+        assert score(detect(render(Scene("ivory", objs), 128)), parse_prompt(it["prompt"]))["positions"] == 1.0
+    crowded = [{"colour": "red", "shape": "square", "size": "large", "cell": [0, 0]}] * 4
+    assert layout.plan(crowded, random.Random(0)) is None  # four large squares do not fit in one cell

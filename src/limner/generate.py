@@ -151,13 +151,34 @@ class Pipeline:
         cond = pad([encoded[p] for p in prompts] + [negative_states])  # pad together: both branches share one length
         c_states, c_mask = cond[0][:n], cond[1][:n]
         u_states, u_mask = cond[0][n:].expand(n, -1, -1), cond[1][n:].expand(n, -1)
-        z = self.sample_latents((c_states, c_mask), (u_states, u_mask), seeds, steps, guidance, sampler)
+        z = self.sample_latents((c_states, c_mask), (u_states, u_mask), seeds, steps, guidance, sampler,
+                                self.layouts(prompts, seeds))
         return [Image.fromarray(a) for a in self.decode(z)]
 
-    def sample_latents(self, cond, uncond, seeds, steps, guidance, sampler="euler") -> torch.Tensor:
+    def sample_latents(self, cond, uncond, seeds, steps, guidance, sampler="euler", ground=None) -> torch.Tensor:
         """Latents from (states, mask) text conditions, starting from each seed's noise."""
-        v = guided(self.denoiser, cond, uncond, guidance)
+        v = guided(self.denoiser, cond, uncond, guidance, ground)
         return SAMPLERS[sampler](v, self.noise(seeds), timesteps(steps))
+
+    def layouts(self, prompts, seeds):
+        """A grounded denoiser's layout tensors: each prompt that places its objects (a detailed Shapes World
+        prompt) gets a plan drawn from its seed; None when the model is not grounded or no prompt places any."""
+        if not self.denoiser.cfg.grounding or self.meta.get("world") != "shapes":
+            return None
+        import random
+
+        from .world import layout
+        from .world.parse import parse_prompt
+
+        plans = []
+        for p, s in zip(prompts, seeds):
+            cons = parse_prompt(p)
+            plans.append(layout.plan(cons.objects, random.Random(s)) if cons and cons.objects else None)
+        if not any(plans):
+            return None
+        if not hasattr(self, "_phrases"):
+            self._phrases = layout.PhraseEmbedder(self.encoder)
+        return layout.tensors(plans, self._phrases, self.encoder.dim)
 
     def noise(self, seeds) -> torch.Tensor:
         """Starting latents, one generator per seed: an image depends on its own seed, not on its batch."""

@@ -12,9 +12,9 @@ def sample_t(n: int, mean: float = 0.0, std: float = 1.0, generator=None, device
     return torch.sigmoid(mean + std * torch.randn(n, generator=generator, device=device))
 
 
-def loss(model, x0, states, mask, t=None, generator=None) -> torch.Tensor:
+def loss(model, x0, states, mask, t=None, generator=None, ground=None) -> torch.Tensor:
     t = sample_t(x0.shape[0], generator=generator, device=x0.device) if t is None else t
     noise = torch.randn(x0.shape, generator=generator, device=x0.device)
     xt = (1 - t.view(-1, 1, 1, 1)) * x0 + t.view(-1, 1, 1, 1) * noise
-    v = model(xt, t, states, mask)
+    v = model(xt, t, states, mask) if ground is None else model(xt, t, states, mask, ground)
     return ((v.float() - (noise - x0)) ** 2).mean()

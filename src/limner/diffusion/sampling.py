@@ -14,15 +14,18 @@ def timesteps(steps: int, shift: float = 1.0) -> torch.Tensor:
     return shift * t / (1 + (shift - 1) * t)
 
 
-def guided(model, cond, uncond, guidance: float):
-    """cond/uncond: (states, mask) already padded to one length; returns v(x, t) with guidance."""
+def guided(model, cond, uncond, guidance: float, ground=None):
+    """cond/uncond: (states, mask) already padded to one length; returns v(x, t) with guidance.
+    `ground` (a grounded denoiser's layout tensors) conditions both branches: the layout is given, the text guided."""
     states = torch.cat([cond[0], uncond[0]])
     mask = torch.cat([cond[1], uncond[1]])
+    extra = {} if ground is None else {"ground": ground}
+    both = {} if ground is None else {"ground": tuple(torch.cat([g, g]) for g in ground)}
 
     def v(x, t):
         if guidance == 1.0:
-            return model(x, t.expand(x.shape[0]), cond[0], cond[1])
-        out = model(torch.cat([x, x]), t.expand(2 * x.shape[0]), states, mask)
+            return model(x, t.expand(x.shape[0]), cond[0], cond[1], **extra)
+        out = model(torch.cat([x, x]), t.expand(2 * x.shape[0]), states, mask, **both)
         c, u = out.chunk(2)
         return u + guidance * (c - u)
 

@@ -4,6 +4,8 @@ DiT (Peebles & Xie) blocks with adaLN-zero conditioning on the timestep (and, op
 prompt), plus a cross-attention layer per block over the text tokens (PixArt-alpha). A small trainable "refiner"
 re-contextualises the frozen encoder's token states first (as in Lumina/Sana), which lets a frozen
 sentence encoder carry counts and colour-shape bindings that it was never trained to separate.
+With `grounding`, the model also reads a layout (a phrase and a box per object) added to the image tokens
+under the boxes, so that a planned layout decides where each object goes.
 """
 from __future__ import annotations
 
@@ -41,6 +43,10 @@ class DiTConfig:
     # the pooled prompt in adaLN shifts every token alike, a shortcut that paints all objects the prompt's
     # colours; False conditions adaLN on the timestep alone (PixArt-alpha) and leaves text to cross-attention
     pooled_text: bool = True
+    # layout conditioning (as GLIGEN's grounding tokens, but spatially aligned, as ControlNet adds its
+    # condition): each object is a token made of its phrase and box, every image token receives the tokens
+    # of the boxes that cover it, and each block adds them through its own zero-initialised projection
+    grounding: bool = False
 
     def __post_init__(self):
         if self.preset:
@@ -112,19 +118,39 @@ class RefinerBlock(nn.Module):
 
 
 class DiTBlock(nn.Module):
-    def __init__(self, dim, heads, ratio, grid=0):
+    def __init__(self, dim, heads, ratio, grid=0, grounding=False):
         super().__init__()
         self.n1 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
         self.n2 = nn.LayerNorm(dim, eps=1e-6)
         self.n3 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
         self.attn, self.cross, self.mlp = Attention(dim, heads), Attention(dim, heads), MLP(dim, ratio, grid)
         self.ada = nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim))
+        # no bias: an image token that no box covers gets nothing, and a model without a layout is its base
+        self.ground = nn.Linear(dim, dim, bias=False) if grounding else None
 
-    def forward(self, x, c, text, mask):
+    def forward(self, x, c, text, mask, layout=None):
         s1, g1, b1, s2, g2, b2 = self.ada(c).chunk(6, dim=1)
+        if layout is not None:
+            x = x + self.ground(layout)
         x = x + g1[:, None] * self.attn(modulate(self.n1(x), s1, b1))
         x = x + self.cross(self.n2(x), text, mask)
         return x + g2[:, None] * self.mlp(modulate(self.n3(x), s2, b2))
+
+
+def coverage(boxes, grid: int):
+    """(B, K, 4) boxes -> (B, K, grid * grid): the share of each token's cell that each box covers."""
+    edges = torch.arange(grid + 1, dtype=boxes.dtype, device=boxes.device) / grid
+    lo, hi = edges[:-1], edges[1:]
+    ox = (torch.minimum(boxes[..., 2:3], hi) - torch.maximum(boxes[..., 0:1], lo)).clamp(min=0) * grid
+    oy = (torch.minimum(boxes[..., 3:4], hi) - torch.maximum(boxes[..., 1:2], lo)).clamp(min=0) * grid
+    return (oy[..., :, None] * ox[..., None, :]).flatten(-2)
+
+
+def box_features(boxes, freqs: int = 8):
+    """(..., 4) boxes (x0, y0, x1, y1 in [0, 1]) -> (..., 8 * freqs) Fourier features, as GLIGEN encodes them."""
+    f = (2.0 ** torch.arange(freqs, dtype=torch.float32, device=boxes.device)) * math.pi
+    a = boxes[..., None] * f
+    return torch.cat([torch.sin(a), torch.cos(a)], -1).flatten(-2)
 
 
 def timestep_embedding(t, dim, max_period=10000):
@@ -154,7 +180,9 @@ class DiT(nn.Module):
         self.refiner = nn.ModuleList(RefinerBlock(d, cfg.heads, cfg.mlp_ratio) for _ in range(cfg.refiner_depth))
         self.pool = nn.Sequential(nn.LayerNorm(d), nn.Linear(d, d)) if cfg.pooled_text else None
         grid = self.grid if cfg.conv_mlp else 0
-        self.blocks = nn.ModuleList(DiTBlock(d, cfg.heads, cfg.mlp_ratio, grid) for _ in range(cfg.depth))
+        self.blocks = nn.ModuleList(DiTBlock(d, cfg.heads, cfg.mlp_ratio, grid, cfg.grounding) for _ in range(cfg.depth))
+        # an object's token: the frozen encoder's pooled phrase ("small red circle") and its box's features
+        self.ground_in = nn.Sequential(nn.Linear(cfg.text_dim + 64, d), nn.SiLU(), nn.Linear(d, d)) if cfg.grounding else None
         self.skips = nn.ModuleList(nn.Linear(2 * d, d) for _ in range(cfg.depth // 2)) if cfg.skip else None
         self.final_norm = nn.LayerNorm(d, elementwise_affine=False, eps=1e-6)
         self.final_ada = nn.Sequential(nn.SiLU(), nn.Linear(d, 2 * d))
@@ -165,12 +193,16 @@ class DiT(nn.Module):
         for m in self.modules():
             if isinstance(m, nn.Linear):
                 nn.init.xavier_uniform_(m.weight)
-                nn.init.zeros_(m.bias)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
         for blk in self.blocks:  # adaLN-zero: every block starts as the identity
             nn.init.zeros_(blk.ada[-1].weight), nn.init.zeros_(blk.ada[-1].bias)
             nn.init.zeros_(blk.cross.out.weight)
         for m in (self.final_ada[-1], self.final):
             nn.init.zeros_(m.weight), nn.init.zeros_(m.bias)
+        for blk in self.blocks:  # a grounded model starts as its base model
+            if blk.ground is not None:
+                nn.init.zeros_(blk.ground.weight)
 
     def encode_text(self, states, mask):
         x = self.text_in(states)
@@ -182,10 +214,17 @@ class DiT(nn.Module):
         pooled = self.pool((x * m).sum(1) / m.sum(1).clamp(min=1))
         return x, pooled
 
-    def forward(self, x, t, states, mask):
-        """x: (B, C, H, W) noisy latents; t: (B,) in [0, 1]; states: (B, L, text_dim); mask: (B, L) bool."""
+    def forward(self, x, t, states, mask, ground=None):
+        """x: (B, C, H, W) noisy latents; t: (B,) in [0, 1]; states: (B, L, text_dim); mask: (B, L) bool;
+        ground (grounding models): (phrases (B, K, text_dim), boxes (B, K, 4), mask (B, K) bool), or None."""
         b, ch, hh, ww = x.shape
         text, pooled = self.encode_text(states, mask)
+        layout = None
+        if ground is not None and self.ground_in is not None:
+            phrases, boxes, gmask = ground
+            tokens = self.ground_in(torch.cat([phrases, box_features(boxes)], -1))
+            cover = coverage(boxes, self.grid) * gmask[..., None].to(tokens.dtype)
+            layout = torch.einsum("bkn,bkd->bnd", cover, tokens)  # each image token: the objects covering it
         c = self.t_embed(timestep_embedding(t, 256))
         c = c if pooled is None else c + pooled
         h = self.patchify(x).flatten(2).transpose(1, 2) + self.pos
@@ -193,7 +232,7 @@ class DiT(nn.Module):
         for i, blk in enumerate(self.blocks):
             if self.skips and i >= late:
                 h = self.skips[i - late](torch.cat([h, saved.pop()], -1))
-            h = blk(h, c, text, mask)
+            h = blk(h, c, text, mask, layout)
             if self.skips and i < len(self.skips):
                 saved.append(h)
         shift, scale = self.final_ada(c).chunk(2, dim=1)

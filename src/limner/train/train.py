@@ -28,6 +28,8 @@ from ..config import build
 from ..diffusion import flow
 from ..models import autoencoder as AE
 from ..models.dit import DiT, DiTConfig
+from ..world.layout import PhraseEmbedder
+from ..world.layout import tensors as layout_tensors
 from .data import (DataConfig, atomic_save, batch_indices, cached_latents, cached_text, digest, image_of,
                    load_records, pick_captions, to_tensor)
 
@@ -42,6 +44,10 @@ class TrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
     model: dict = field(default_factory=dict)  # DiTConfig or AutoencoderConfig fields
     autoencoder: str | None = None  # denoiser: folder of the trained autoencoder
+    # denoiser: start from this model's weights (a shipped name or an exported folder); with train_new_only,
+    # only the parameters it lacks train (an adapter such as `model.grounding`), the rest stay frozen
+    init: str | None = None
+    train_new_only: bool = False
     text_encoder: str = "minilm"
     steps: int = 1000
     batch_size: int = 64
@@ -86,6 +92,8 @@ class TrainConfig:
             raise ValueError(f"kind must be 'autoencoder' or 'denoiser', not {self.kind!r}")
         if self.kind == "denoiser" and not self.autoencoder:
             raise ValueError("a denoiser needs `autoencoder:` (the folder a trained autoencoder was exported to)")
+        if self.train_new_only and not self.init:
+            raise ValueError("train_new_only needs `init:` (the model whose weights stay frozen)")
 
 
 def lr_at(cfg: TrainConfig, step: int) -> float:
@@ -220,12 +228,21 @@ def run(cfg: TrainConfig, resume: bool = False, quiet: bool = False) -> Path:
         latents = cached_latents(vae, vae_id, records, res, cfg.data.cache_dir, progress=report("latents"))
         all_caps = [c for r in records for c in r.captions.values()] + [""]
         text = cached_text(encoder, all_caps, cfg.data.cache_dir, progress=report("text states"))
+        embed = None
+        if dcfg.grounding:  # the few phrases of a world's objects, embedded once
+            embed = PhraseEmbedder(encoder)
+            for r in records:
+                for p, _ in layout_of(r) or []:
+                    embed(p)
         del encoder
         model = DiT(dcfg).to(device)
-        fetch = lambda idx, step: denoiser_batch(cfg, records, latents, text, idx, step)
+        if cfg.init:
+            start_from(model, cfg.init, cfg.train_new_only, show)
+        fetch = lambda idx, step: denoiser_batch(cfg, records, latents, text, idx, step, embed)
 
     ema = copy.deepcopy(model).requires_grad_(False).eval()
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.99))
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.99))
     step = 0
     if resume and ckpt_path.exists():
         ck = torch.load(ckpt_path, weights_only=False)
@@ -235,12 +252,14 @@ def run(cfg: TrainConfig, resume: bool = False, quiet: bool = False) -> Path:
             print(f"resumed {ckpt_path} at step {step}")
     net = wrap(model, cfg, world, device)
     if world > 1 and cfg.distributed == "fsdp":
-        opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.99))
+        opt = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], lr=cfg.lr,
+                                weight_decay=cfg.weight_decay, betas=(0.9, 0.99))
         if resume and ckpt_path.exists():
             opt.load_state_dict(ck["opt"])
     n_params = sum(p.numel() for p in model.parameters())
     if show:
-        print(f"{cfg.kind}: {n_params / 1e6:.2f}M parameters, {len(records)} images, {world} process(es), device {device}")
+        print(f"{cfg.kind}: {n_params / 1e6:.2f}M parameters ({sum(p.numel() for p in trainable) / 1e6:.2f}M trained), "
+              f"{len(records)} images, {world} process(es), device {device}")
 
     metrics = (out / "metrics.jsonl").open("a") if rank == 0 else None
     bar = Progress(cfg.steps, step, show)
@@ -255,8 +274,9 @@ def run(cfg: TrainConfig, resume: bool = False, quiet: bool = False) -> Path:
             if cfg.kind == "autoencoder":
                 loss = autoencoder_loss(net, batch.to(device), cfg, gen)
             else:
-                x0, states, mask = (b.to(device) for b in batch)
-                loss = denoiser_loss(net, x0, states, mask, gen, split=world == 1)
+                x0, states, mask, ground = batch
+                ground = None if ground is None else tuple(g.to(device) for g in ground)
+                loss = denoiser_loss(net, x0.to(device), states.to(device), mask.to(device), gen, world == 1, ground=ground)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         gnorm = torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
@@ -325,7 +345,7 @@ def autoencoder_loss(vae, x, cfg: TrainConfig, gen) -> torch.Tensor:
     return (w * (err.abs() + err**2)).sum() / (w.sum() * 3) + cfg.kl_weight * kl
 
 
-def denoiser_loss(net, x0, states, mask, gen, split: bool = True, short: int = 48):
+def denoiser_loss(net, x0, states, mask, gen, split: bool = True, short: int = 48, ground=None):
     """The batch's flow loss, with short and long captions run as two sub-batches, each padded only to its
     own longest caption: one 150-token detailed caption would otherwise pad all 31 short ones (~15 tokens)
     and double the cost of the text layers. Same mean loss, same gradient. Not under DDP/FSDP, where every
@@ -333,15 +353,17 @@ def denoiser_loss(net, x0, states, mask, gen, split: bool = True, short: int = 4
     lengths = mask.sum(1)
     long = lengths > short
     if not split or long.all() or not long.any():
-        return flow.loss(net, x0, states, mask, generator=gen)
+        return flow.loss(net, x0, states, mask, generator=gen, ground=ground)
     total = 0.0
     for g in (~long, long):
         n = int(lengths[g].max())
-        total = total + flow.loss(net, x0[g], states[g, :n], mask[g, :n], generator=gen) * (g.sum() / len(g))
+        part = None if ground is None else tuple(x[g] for x in ground)
+        total = total + flow.loss(net, x0[g], states[g, :n], mask[g, :n], generator=gen, ground=part) * (g.sum() / len(g))
     return total
 
 
-def denoiser_batch(cfg: TrainConfig, records, latents, text, idx, step):
+def denoiser_batch(cfg: TrainConfig, records, latents, text, idx, step, embed=None):
+    """Latents, padded caption states and mask, and (grounding models, given `embed`) each scene's layout."""
     from ..text.encoder import pad
 
     flat, offsets, index = text
@@ -350,7 +372,38 @@ def denoiser_batch(cfg: TrainConfig, records, latents, text, idx, step):
     caps = ["" if rng.random() < cfg.cond_dropout else c for c in caps]
     states = [flat[offsets[index[c]] : offsets[index[c] + 1]].float() for c in caps]
     x, mask = pad(states)
-    return latents[idx].float(), x, mask
+    ground = None
+    if embed is not None:
+        dim = next(iter(embed.memo.values())).shape[0]
+        ground = layout_tensors([layout_of(records[i]) for i in idx], embed, dim)
+    return latents[idx].float(), x, mask, ground
+
+
+def layout_of(rec):
+    """A Shapes World record's true layout; None for images without one (they train the base path)."""
+    from ..world.layout import of_scene
+    from ..world.scene import Scene
+
+    return of_scene(Scene.from_dict(rec.scene).objects) if rec.scene else None
+
+
+def start_from(model, init: str, new_only: bool, show: bool):
+    """Load `init`'s denoiser weights; parameters it lacks keep their fresh initialisation. With `new_only`
+    those are the only ones that train."""
+    from safetensors.torch import load_file
+
+    from ..generate import resolve_model
+
+    sd = {k: v.float() for k, v in load_file(resolve_model(init) / "denoiser.safetensors").items()}
+    missing, unexpected = model.load_state_dict(sd, strict=False)
+    if unexpected:
+        raise ValueError(f"init {init!r} has weights this model does not ({', '.join(unexpected[:4])}...): "
+                         f"model: must describe the same architecture, plus any new parts")
+    if new_only:
+        for name, p in model.named_parameters():
+            p.requires_grad_(name in missing)
+    if show:
+        print(f"started from {init}: {len(sd)} tensors loaded, {len(missing)} new")
 
 
 @torch.no_grad()

@@ -1,0 +1,76 @@
+"""Layouts: each object of an image as a phrase and a box, what a grounded denoiser reads (GLIGEN).
+
+Training takes a scene's true boxes. At inference `plan` is the layout stage (as in LLM-grounded
+diffusion): it puts every object that a detailed prompt places into the cell of the 3 x 3 grid the prompt
+names, at a random spot (one plan per seed, so best-of candidates differ), boxes apart as scenes are.
+"""
+from __future__ import annotations
+
+import random
+
+import torch
+
+from .captions import cell
+from .scene import SIZES, TRI_H, Obj, box_gap
+
+Layout = list[tuple[str, tuple[float, float, float, float]]]  # (phrase, (x0, y0, x1, y1)) per object
+
+
+def phrase(size: str, colour: str, shape: str) -> str:
+    return f"{size} {colour} {shape}"
+
+
+def of_scene(objects: list[Obj]) -> Layout:
+    return [(phrase(o.size, o.colour, o.shape), o.box()) for o in objects]
+
+
+def plan(objects: list[dict], rng: random.Random, inset: float = 0.03, gap: float = 0.05,
+         tries: int = 400) -> Layout | None:
+    """Boxes for prompt objects ({"colour", "shape", "size", "cell": [row, col]}), each centred in its cell
+    at least `inset` from the cell's edges (so it reads as that cell) and `gap` from the others; large
+    objects first. None when no such layout is found (then the image is drawn from the text alone)."""
+    order = sorted(objects, key=lambda o: -SIZES[o["size"]])
+    for _ in range(20):
+        placed = []
+        for o in order:
+            w = SIZES[o["size"]]
+            h = w * TRI_H if o["shape"] == "triangle" else w
+            row, col = o["cell"]
+            # the centre stays inside the cell and the box inside the canvas
+            x_lo, x_hi = max(col / 3 + inset, 0.02 + w / 2), min((col + 1) / 3 - inset, 0.98 - w / 2)
+            y_lo, y_hi = max(row / 3 + inset, 0.02 + h / 2), min((row + 1) / 3 - inset, 0.98 - h / 2)
+            for _ in range(tries):
+                x, y = rng.uniform(x_lo, max(x_lo, x_hi)), rng.uniform(y_lo, max(y_lo, y_hi))
+                box = (x - w / 2, y - h / 2, x + w / 2, y + h / 2)
+                if cell(x, y) == (row, col) and all(box_gap(box, b) >= gap for _, b in placed):
+                    placed.append((phrase(o["size"], o["colour"], o["shape"]), box))
+                    break
+            else:
+                break
+        if len(placed) == len(order):
+            return placed
+    return None
+
+
+def tensors(layouts: list[Layout | None], embed, dim: int):
+    """(phrases (B, K, dim), boxes (B, K, 4), mask (B, K)) for a batch; `embed(phrase)` is a (dim,) tensor.
+    An image without a layout gets no tokens (the denoiser then acts as its base model)."""
+    k = max([len(lay) for lay in layouts if lay] + [1])
+    phrases, boxes = torch.zeros(len(layouts), k, dim), torch.zeros(len(layouts), k, 4)
+    mask = torch.zeros(len(layouts), k, dtype=torch.bool)
+    for i, lay in enumerate(layouts):
+        for j, (p, b) in enumerate(lay or []):
+            phrases[i, j], boxes[i, j], mask[i, j] = embed(p), torch.tensor(b), True
+    return phrases, boxes, mask
+
+
+class PhraseEmbedder:
+    """The frozen text encoder's mean token state of a phrase, remembered (a world has few phrases)."""
+
+    def __init__(self, encoder):
+        self.encoder, self.memo = encoder, {}
+
+    def __call__(self, text: str) -> torch.Tensor:
+        if text not in self.memo:
+            self.memo[text] = self.encoder.encode([text])[0].mean(0)
+        return self.memo[text]
