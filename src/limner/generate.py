@@ -5,6 +5,7 @@ prompt -> prompt filter -> frozen text encoder -> sampler with classifier-free g
 """
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import re
@@ -174,11 +175,13 @@ class Pipeline:
         for p, s in zip(prompts, seeds):
             cons = parse_prompt(p)
             plans.append(layout.plan(cons.objects, random.Random(s)) if cons and cons.objects else None)
-        if not any(plans):
-            return None
-        if not hasattr(self, "_phrases"):
-            self._phrases = layout.PhraseEmbedder(self.encoder)
-        return layout.tensors(plans, self._phrases, self.encoder.dim)
+        return layout.tensors(plans, self.phrases) if any(plans) else None
+
+    @functools.cached_property
+    def phrases(self):
+        from .world.layout import PhraseEmbedder
+
+        return PhraseEmbedder(self.encoder)
 
     def noise(self, seeds) -> torch.Tensor:
         """Starting latents, one generator per seed: an image depends on its own seed, not on its batch."""

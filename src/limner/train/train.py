@@ -374,8 +374,7 @@ def denoiser_batch(cfg: TrainConfig, records, latents, text, idx, step, embed=No
     x, mask = pad(states)
     ground = None
     if embed is not None:
-        dim = next(iter(embed.memo.values())).shape[0]
-        ground = layout_tensors([layout_of(records[i]) for i in idx], embed, dim)
+        ground = layout_tensors([layout_of(records[i]) for i in idx], embed)
     return latents[idx].float(), x, mask, ground
 
 

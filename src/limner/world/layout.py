@@ -52,11 +52,11 @@ def plan(objects: list[dict], rng: random.Random, inset: float = 0.03, gap: floa
     return None
 
 
-def tensors(layouts: list[Layout | None], embed, dim: int):
-    """(phrases (B, K, dim), boxes (B, K, 4), mask (B, K)) for a batch; `embed(phrase)` is a (dim,) tensor.
-    An image without a layout gets no tokens (the denoiser then acts as its base model)."""
+def tensors(layouts: list[Layout | None], embed: "PhraseEmbedder"):
+    """(phrases (B, K, dim), boxes (B, K, 4), mask (B, K)) for a batch. An image without a layout gets no
+    tokens (the denoiser then acts as its base model)."""
     k = max([len(lay) for lay in layouts if lay] + [1])
-    phrases, boxes = torch.zeros(len(layouts), k, dim), torch.zeros(len(layouts), k, 4)
+    phrases, boxes = torch.zeros(len(layouts), k, embed.dim), torch.zeros(len(layouts), k, 4)
     mask = torch.zeros(len(layouts), k, dtype=torch.bool)
     for i, lay in enumerate(layouts):
         for j, (p, b) in enumerate(lay or []):
@@ -68,7 +68,7 @@ class PhraseEmbedder:
     """The frozen text encoder's mean token state of a phrase, remembered (a world has few phrases)."""
 
     def __init__(self, encoder):
-        self.encoder, self.memo = encoder, {}
+        self.encoder, self.dim, self.memo = encoder, encoder.dim, {}
 
     def __call__(self, text: str) -> torch.Tensor:
         if text not in self.memo:
