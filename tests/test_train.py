@@ -369,3 +369,6 @@ def test_adapter_config_errors_are_clear(trained, tmp_path):
     cfg = tiny("denoiser", tmp, autoencoder=str(ae), init=str(base), model=small, out_dir=str(tmp_path / "bad"))
     with pytest.raises(ValueError, match="has weights this model does not"):
         run(cfg, quiet=True)
+    same = tiny("denoiser", tmp, autoencoder=str(ae), init=str(base), train_new_only=True, out_dir=str(tmp_path / "same"))
+    with pytest.raises(ValueError, match="nothing to train"):
+        run(same, quiet=True)

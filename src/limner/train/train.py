@@ -398,6 +398,9 @@ def start_from(model, init: str, new_only: bool, show: bool):
     if unexpected:
         raise ValueError(f"init {init!r} has weights this model does not ({', '.join(unexpected[:4])}...): "
                          f"model: must describe the same architecture, plus any new parts")
+    if new_only and not missing:
+        raise ValueError(f"init {init!r} already has every weight of this model: train_new_only has nothing to "
+                         f"train (init from the model without the new parts)")
     if new_only:
         for name, p in model.named_parameters():
             p.requires_grad_(name in missing)
