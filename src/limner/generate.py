@@ -171,10 +171,8 @@ class Pipeline:
         from .world import layout
         from .world.parse import parse_prompt
 
-        plans = []
-        for p, s in zip(prompts, seeds):
-            cons = parse_prompt(p)
-            plans.append(layout.plan(cons.objects, random.Random(s)) if cons and cons.objects else None)
+        placed = {p: getattr(parse_prompt(p), "objects", None) for p in dict.fromkeys(prompts)}  # candidates repeat prompts
+        plans = [layout.plan(placed[p], random.Random(s)) if placed[p] else None for p, s in zip(prompts, seeds)]
         return layout.tensors(plans, self.phrases) if any(plans) else None
 
     @functools.cached_property

@@ -228,17 +228,17 @@ def run(cfg: TrainConfig, resume: bool = False, quiet: bool = False) -> Path:
         latents = cached_latents(vae, vae_id, records, res, cfg.data.cache_dir, progress=report("latents"))
         all_caps = [c for r in records for c in r.captions.values()] + [""]
         text = cached_text(encoder, all_caps, cfg.data.cache_dir, progress=report("text states"))
-        embed = None
-        if dcfg.grounding:  # the few phrases of a world's objects, embedded once
-            embed = PhraseEmbedder(encoder)
-            for r in records:
-                for p, _ in layout_of(r) or []:
-                    embed(p)
+        scene_layouts = None
+        if dcfg.grounding:  # every record's layout, and the few phrases of a world's objects, made once
+            layouts, embed = [layout_of(r) for r in records], PhraseEmbedder(encoder)
+            for p in {p for lay in layouts if lay for p, _ in lay}:
+                embed(p)
+            scene_layouts = layouts, embed
         del encoder
         model = DiT(dcfg).to(device)
         if cfg.init:
             start_from(model, cfg.init, cfg.train_new_only, show)
-        fetch = lambda idx, step: denoiser_batch(cfg, records, latents, text, idx, step, embed)
+        fetch = lambda idx, step: denoiser_batch(cfg, records, latents, text, idx, step, scene_layouts)
 
     ema = copy.deepcopy(model).requires_grad_(False).eval()
     trainable = [p for p in model.parameters() if p.requires_grad]
@@ -362,8 +362,9 @@ def denoiser_loss(net, x0, states, mask, gen, split: bool = True, short: int = 4
     return total
 
 
-def denoiser_batch(cfg: TrainConfig, records, latents, text, idx, step, embed=None):
-    """Latents, padded caption states and mask, and (grounding models, given `embed`) each scene's layout."""
+def denoiser_batch(cfg: TrainConfig, records, latents, text, idx, step, ground=None):
+    """Latents, padded caption states and mask, and (grounding models, given `ground`: every record's layout
+    and the phrase embedder) the batch's layout tensors."""
     from ..text.encoder import pad
 
     flat, offsets, index = text
@@ -372,9 +373,9 @@ def denoiser_batch(cfg: TrainConfig, records, latents, text, idx, step, embed=No
     caps = ["" if rng.random() < cfg.cond_dropout else c for c in caps]
     states = [flat[offsets[index[c]] : offsets[index[c] + 1]].float() for c in caps]
     x, mask = pad(states)
-    ground = None
-    if embed is not None:
-        ground = layout_tensors([layout_of(records[i]) for i in idx], embed)
+    if ground is not None:
+        layouts, embed = ground
+        ground = layout_tensors([layouts[i] for i in idx], embed)
     return latents[idx].float(), x, mask, ground
 
 

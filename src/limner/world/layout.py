@@ -11,7 +11,7 @@ import random
 import torch
 
 from .captions import cell
-from .scene import SIZES, TRI_H, Obj, box_gap
+from .scene import SIZES, Obj, box_gap
 
 Layout = list[tuple[str, tuple[float, float, float, float]]]  # (phrase, (x0, y0, x1, y1)) per object
 
@@ -33,17 +33,18 @@ def plan(objects: list[dict], rng: random.Random, inset: float = 0.03, gap: floa
     for _ in range(20):
         placed = []
         for o in order:
-            w = SIZES[o["size"]]
-            h = w * TRI_H if o["shape"] == "triangle" else w
+            obj = Obj(o["shape"], o["colour"], o["size"], 0.0, 0.0)
+            x0, y0, x1, y1 = obj.box()
+            w, h = x1 - x0, y1 - y0
             row, col = o["cell"]
             # the centre stays inside the cell and the box inside the canvas
             x_lo, x_hi = max(col / 3 + inset, 0.02 + w / 2), min((col + 1) / 3 - inset, 0.98 - w / 2)
             y_lo, y_hi = max(row / 3 + inset, 0.02 + h / 2), min((row + 1) / 3 - inset, 0.98 - h / 2)
             for _ in range(tries):
-                x, y = rng.uniform(x_lo, max(x_lo, x_hi)), rng.uniform(y_lo, max(y_lo, y_hi))
-                box = (x - w / 2, y - h / 2, x + w / 2, y + h / 2)
-                if cell(x, y) == (row, col) and all(box_gap(box, b) >= gap for _, b in placed):
-                    placed.append((phrase(o["size"], o["colour"], o["shape"]), box))
+                obj.x, obj.y = rng.uniform(x_lo, max(x_lo, x_hi)), rng.uniform(y_lo, max(y_lo, y_hi))
+                box = obj.box()
+                if cell(obj.x, obj.y) == (row, col) and all(box_gap(box, b) >= gap for _, b in placed):
+                    placed += of_scene([obj])
                     break
             else:
                 break
