@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from limner.train.data import DataConfig, batch_indices, shapes_records
+from limner.train.data import DataConfig, Record, batch_indices, shapes_records
 from limner.train.train import TrainConfig, lr_at, run
 from limner.world.scene import render, sample_scene
 from limner.world.suites import held_out_prompts, normalise
@@ -372,3 +372,37 @@ def test_adapter_config_errors_are_clear(trained, tmp_path):
     same = tiny("denoiser", tmp, autoencoder=str(ae), init=str(base), train_new_only=True, out_dir=str(tmp_path / "same"))
     with pytest.raises(ValueError, match="nothing to train"):
         run(same, quiet=True)
+
+
+def test_layout_dropout_trains_the_text_only_path_beside_the_adapter(trained, tmp_path):
+    """A grounding model trained from scratch (the shipped recipe): `layout_dropout` drops whole layouts from
+    that share of the batch, so base and adapter weights both learn; 0 keeps every layout."""
+    from limner.train.train import denoiser_batch
+    from limner.world.layout import PhraseEmbedder
+
+    class Enc:
+        dim = 4
+
+        def encode(self, texts):
+            return [torch.ones(2, 4)]
+
+    recs = [Record(captions={"alt": "a"}) for _ in range(400)]
+    text = (torch.zeros(1, 4), [0, 1], {"a": 0, "": 0})
+    lays = [[("a red circle", (0.1, 0.1, 0.3, 0.3))]] * 400
+    idx = np.arange(400)
+    kept = {}
+    for p in (0.0, 0.5):
+        cfg = TrainConfig(autoencoder="x", layout_dropout=p)
+        kept[p] = denoiser_batch(cfg, recs, torch.zeros(400, 1), text, idx, 0, (lays, PhraseEmbedder(Enc())))[3][2].any(1).float().mean()
+    assert kept[0.0] == 1.0 and 0.4 < kept[0.5] < 0.6
+    with pytest.raises(ValueError, match="layout_dropout must be in"):
+        TrainConfig(autoencoder="x", layout_dropout=1.0)
+
+    tmp, ae, base = trained
+    model_cfg = {**TrainConfig.load(ROOT / "configs/denoiser-tiny.yaml").model, "grounding": True}
+    cfg = tiny("denoiser", tmp, autoencoder=str(ae), model=model_cfg, layout_dropout=0.5,
+               out_dir=str(tmp_path / "joint"), steps=20, ckpt_every=20, sample_every=20)
+    from safetensors.torch import load_file
+
+    w = load_file(run(cfg, quiet=True) / "denoiser.safetensors")
+    assert all(w[k].abs().sum() > 0 for k in w if k.endswith(".ground.weight"))  # zero-initialised, trained

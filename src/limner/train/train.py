@@ -59,6 +59,9 @@ class TrainConfig:
     ema: float = 0.999
     amp: str = "auto"  # "auto": bf16 on CUDA only (CPUs without bf16 matmul run it ~50x slower); "bf16"; "none"
     cond_dropout: float = 0.1  # share of captions replaced by "" so classifier-free guidance works
+    # grounding models: share of images trained without their layout, so the text-only path (prompts that
+    # place nothing) keeps learning alongside the layout adapter
+    layout_dropout: float = 0.0
     crop: int = 32  # autoencoder: random crop side, cheaper than whole images...
     full_res_steps: int = 0  # ...but GroupNorm statistics differ on whole images: end on them for this many steps
     full_res_batch: int = 24
@@ -94,6 +97,8 @@ class TrainConfig:
             raise ValueError("a denoiser needs `autoencoder:` (the folder a trained autoencoder was exported to)")
         if self.train_new_only and not self.init:
             raise ValueError("train_new_only needs `init:` (the model whose weights stay frozen)")
+        if not 0 <= self.layout_dropout < 1:
+            raise ValueError(f"layout_dropout must be in [0, 1), not {self.layout_dropout}")
 
 
 def lr_at(cfg: TrainConfig, step: int) -> float:
@@ -375,7 +380,7 @@ def denoiser_batch(cfg: TrainConfig, records, latents, text, idx, step, ground=N
     x, mask = pad(states)
     if ground is not None:
         layouts, embed = ground
-        ground = layout_tensors([layouts[i] for i in idx], embed)
+        ground = layout_tensors([None if rng.random() < cfg.layout_dropout else layouts[i] for i in idx], embed)
     return latents[idx].float(), x, mask, ground
 
 
