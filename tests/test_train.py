@@ -243,9 +243,12 @@ def test_trains_from_webdataset_shards(trained, tmp_path):
     recs = load_records(DataConfig(**data))
     assert len(recs) == 17 and recs[0].captions == {"count": recs[0].captions["count"], "alt": "shapes"}
     cfg = TrainConfig.from_dict({"kind": "denoiser", "out_dir": str(tmp_path / "dn"), "autoencoder": str(ae),
-                                 "data": data, "model": {"preset": "tiny", "latent_size": 16},
+                                 "data": data, "model": {"preset": "tiny", "latent_size": 16, "grounding": True},
                                  "steps": 5, "batch_size": 4, "sample_every": 5, "eval_per_cell": 0, "threads": 1})
-    assert (run(cfg, quiet=True) / "denoiser.safetensors").exists()
+    model = run(cfg, quiet=True)
+    assert (model / "denoiser.safetensors").exists()
+    # photos have no object boxes: the shipped config's layout adapter is left out, not exported untrained
+    assert json.loads((model / "limner.json").read_text())["denoiser"]["grounding"] is False
     with pytest.raises(FileNotFoundError, match="no WebDataset shards"):
         load_records(DataConfig(source="webdataset", shards=str(tmp_path / "nothing-*.tar")))
 

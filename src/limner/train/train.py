@@ -234,8 +234,13 @@ def run(cfg: TrainConfig, resume: bool = False, quiet: bool = False) -> Path:
         all_caps = [c for r in records for c in r.captions.values()] + [""]
         text = cached_text(encoder, all_caps, cfg.data.cache_dir, progress=report("text states"))
         scene_layouts = None
+        layouts = [layout_of(r) for r in records] if dcfg.grounding else []
+        if dcfg.grounding and not any(layouts):  # nothing would train the adapter (and DDP refuses unused weights)
+            log.warning("model.grounding: no image in this data has a layout (object boxes), so the model is "
+                        "trained and exported without the layout adapter")
+            dcfg = dataclasses.replace(dcfg, grounding=False)
         if dcfg.grounding:  # every record's layout, and the few phrases of a world's objects, made once
-            layouts, embed = [layout_of(r) for r in records], PhraseEmbedder(encoder)
+            embed = PhraseEmbedder(encoder)
             for p in {p for lay in layouts if lay for p, _ in lay}:
                 embed(p)
             scene_layouts = layouts, embed
