@@ -226,3 +226,7 @@ def test_grounding_starts_as_the_base_model_and_reads_boxes():
     noisy = (phrases.clone(), boxes.clone(), gmask)
     noisy[0][1, 1], noisy[1][1, 1] = 100.0, 0.5
     assert torch.allclose(grounded(x, t, s, mask, noisy)[1], out[1], atol=1e-5)
+    # the prompt and layout read once (`condition`, as the sampler does) give the same output at every step
+    fixed = grounded.condition(s, mask, ground)
+    for tt in (t, t * 0.3):
+        assert torch.equal(grounded(x, tt, None, mask, cond=fixed), grounded(x, tt, s, mask, ground))

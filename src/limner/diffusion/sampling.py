@@ -16,16 +16,21 @@ def timesteps(steps: int, shift: float = 1.0) -> torch.Tensor:
 
 def guided(model, cond, uncond, guidance: float, ground=None):
     """cond/uncond: (states, mask) already padded to one length; returns v(x, t) with guidance.
-    `ground` (a grounded denoiser's layout tensors) conditions both branches: the layout is given, the text guided."""
-    states = torch.cat([cond[0], uncond[0]])
-    mask = torch.cat([cond[1], uncond[1]])
-    extra = {} if ground is None else {"ground": ground}
-    both = {} if ground is None else {"ground": tuple(torch.cat([g, g]) for g in ground)}
+    `ground` (a grounded denoiser's layout tensors) conditions both branches: the layout is given, the text guided.
+    A denoiser with `condition` (our DiT) reads the prompt and layout once here, not at every step."""
+    one = guidance == 1.0
+    states, mask = cond if one else (torch.cat([cond[0], uncond[0]]), torch.cat([cond[1], uncond[1]]))
+    if ground is not None and not one:
+        ground = tuple(torch.cat([g, g]) for g in ground)
+    kw = {} if ground is None else {"ground": ground}
+    if hasattr(model, "condition"):
+        kw = {"cond": model.condition(states, mask, ground)}
 
     def v(x, t):
-        if guidance == 1.0:
-            return model(x, t.expand(x.shape[0]), cond[0], cond[1], **extra)
-        out = model(torch.cat([x, x]), t.expand(2 * x.shape[0]), states, mask, **both)
+        x = x if one else torch.cat([x, x])
+        out = model(x, t.expand(x.shape[0]), states, mask, **kw)
+        if one:
+            return out
         c, u = out.chunk(2)
         return u + guidance * (c - u)
 

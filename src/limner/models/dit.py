@@ -214,10 +214,9 @@ class DiT(nn.Module):
         pooled = self.pool((x * m).sum(1) / m.sum(1).clamp(min=1))
         return x, pooled
 
-    def forward(self, x, t, states, mask, ground=None):
-        """x: (B, C, H, W) noisy latents; t: (B,) in [0, 1]; states: (B, L, text_dim); mask: (B, L) bool;
-        ground (grounding models): (phrases (B, K, text_dim), boxes (B, K, 4), mask (B, K) bool), or None."""
-        b, ch, hh, ww = x.shape
+    def condition(self, states, mask, ground=None):
+        """(refined text, pooled text, layout map): what the denoiser reads from the prompt and the layout.
+        It depends on neither x nor t, so a sampler computes it once per call, not once per step."""
         text, pooled = self.encode_text(states, mask)
         layout = None
         if ground is not None and self.ground_in is not None:
@@ -225,6 +224,14 @@ class DiT(nn.Module):
             tokens = self.ground_in(torch.cat([phrases, box_features(boxes)], -1))
             cover = coverage(boxes, self.grid) * gmask[..., None].to(tokens.dtype)
             layout = torch.einsum("bkn,bkd->bnd", cover, tokens)  # each image token: the objects covering it
+        return text, pooled, layout
+
+    def forward(self, x, t, states, mask, ground=None, cond=None):
+        """x: (B, C, H, W) noisy latents; t: (B,) in [0, 1]; states: (B, L, text_dim); mask: (B, L) bool;
+        ground (grounding models): (phrases (B, K, text_dim), boxes (B, K, 4), mask (B, K) bool), or None;
+        cond: `condition(states, mask, ground)` computed beforehand (then states and ground are not read)."""
+        b, ch, hh, ww = x.shape
+        text, pooled, layout = cond if cond is not None else self.condition(states, mask, ground)
         c = self.t_embed(timestep_embedding(t, 256))
         c = c if pooled is None else c + pooled
         h = self.patchify(x).flatten(2).transpose(1, 2) + self.pos
