@@ -6,7 +6,8 @@ strength where the image is busy and less where it is flat. Half of the chips ar
 the other half carry a 32-bit payload (plus a CRC-8), each bit spread over ~13 chips.
 
 Detection: resize to the canonical grid, high-pass and whiten. The periodic tile leaves a square lattice
-of peaks in the autocorrelation, which gives the scale and rotation (crops and rotations change them).
+of peaks in the autocorrelation, which gives candidate scales and rotations (crops and rotations change
+them); a fixed grid of rotations at scale 1 and scales at angle 0 is tried beside them.
 Warping to tile coordinates and folding every tile into one averages the whole image into K x K cells;
 an FFT cross-correlation with the sync code tests every translation at once. The peak's z-score,
 calibrated on unmarked images (`benchmarks/watermark.py`), gives the p-value; the payload chips at the
@@ -130,7 +131,11 @@ def embed(image: Image.Image, payload: int = 0, key: int = KEY, strength: float 
     delta = cv2.resize(pattern, (w, h), interpolation=cv2.INTER_LINEAR) * masking(luma(rgb), strength)
     rms = math.sqrt(float(np.mean(delta * delta)) + 1 / 6)  # 1/6: the stochastic rounding below
     delta *= min(1.0, 255 / 10 ** (PSNR / 20) / rms)
-    out = rgb + delta[..., None]
+    # less in dark channels: a chip (8 px) shifts the local mean, and SSIM's luminance term (like the eye)
+    # weighs a shift against the channel's own mean, so a grey level on a near-black channel costs ~5%
+    cap = cv2.min(cv2.addWeighted(rgb, 0.15, rgb, 0.0, 0.25), rgb)
+    d3 = cv2.merge([delta] * 3)
+    out = rgb + cv2.max(cv2.min(d3, cap), -cap)
     # stochastic rounding keeps sub-grey-level changes on average (plain rounding erases them on flat areas)
     rng = np.random.default_rng(payload ^ key)
     out = np.floor(out + rng.random(out.shape[:2], dtype=np.float32)[..., None])
@@ -163,8 +168,15 @@ def whiten(image: Image.Image) -> np.ndarray:
     dead = clipped_cells(yf, (ch, cw))
     if dead is None:
         d = y - cv2.GaussianBlur(y, (0, 0), 0.7)  # chips are one cell: keep the finest detail, drop the rest
-        d /= np.sqrt(cv2.GaussianBlur(d * d, (0, 0), 2.0)) + 1.0   # busy regions must not outvote flat ones
-        return np.clip(d, -3, 3) - np.clip(d, -3, 3).mean()
+        # flatten the spectrum (divide by its local mean magnitude): the mark is white, a photo's own
+        # texture (brick, grass, a crop's enlarged detail) is not, and must not outweigh it at any frequency
+        f = np.fft.fft2(d)
+        mag = cv2.GaussianBlur(np.fft.fftshift(np.abs(f)).astype(np.float32), (0, 0), 4.0)
+        d = np.real(np.fft.ifft2(f / (np.fft.ifftshift(mag) + 1e-6 * mag.mean() + 1e-12))).astype(np.float32)
+        # busy regions must not outvote flat ones
+        d /= np.sqrt(cv2.GaussianBlur(d * d, (0, 0), 2.0)) + 1e-3 * math.sqrt(float(np.mean(d * d))) + 1e-12
+        d = np.clip(d / (d.std() + 1e-12), -3, 3)
+        return d - d.mean()
     # the same, with the clipped cells left out of every local average (normalised convolution) and zeroed
     live = (~dead).astype(np.float32)
     if not live.any():
@@ -215,26 +227,29 @@ def fold(d: np.ndarray, scale: float, angle: float, shift: tuple[float, float] =
     if scale > 1.2:  # sampling every `scale` cells: low-pass first so every cell contributes
         d = cv2.GaussianBlur(d, (0, 0), 0.45 * math.sqrt(scale * scale - 1))
     c, s = math.cos(angle) * scale, math.sin(angle) * scale
-    nu = int(math.ceil((w + h) / scale / K + 1)) * K
-    # tile coordinates (u, v) -> canonical (x, y), centred so the warped grid covers the image
+    ca, sa = abs(math.cos(angle)), abs(math.sin(angle))  # the warped grid covers the rotated image's box
+    nx = int(math.ceil((w * ca + h * sa) / scale / K + 1)) * K
+    ny = int(math.ceil((w * sa + h * ca) / scale / K + 1)) * K
+    # tile coordinates (u, v) -> canonical (x, y), centred on the image
     m = np.array([[c, -s, 0.0], [s, c, 0.0]])
-    m[:, 2] = np.array([w / 2, h / 2]) - m[:, :2] @ np.array([nu / 2 + shift[0], nu / 2 + shift[1]])
+    m[:, 2] = np.array([w / 2, h / 2]) - m[:, :2] @ np.array([nx / 2 + shift[0], ny / 2 + shift[1]])
     flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
-    warped = cv2.warpAffine(d.astype(np.float32), m, (nu, nu), flags=flags, borderValue=0)
-    mask = cv2.warpAffine(np.ones_like(d, np.float32), m, (nu, nu), flags=flags, borderValue=0)
-    n = nu // K
-    num = warped.reshape(n, K, n, K).sum(axis=(0, 2))
-    den = mask.reshape(n, K, n, K).sum(axis=(0, 2))
+    warped = cv2.warpAffine(d.astype(np.float32), m, (nx, ny), flags=flags, borderValue=0)
+    mask = cv2.warpAffine(np.ones_like(d, np.float32), m, (nx, ny), flags=flags, borderValue=0)
+    num = warped.reshape(ny // K, K, nx // K, K).sum(axis=(0, 2))
+    den = mask.reshape(ny // K, K, nx // K, K).sum(axis=(0, 2))
     return num / np.maximum(den, 1e-3) * np.sqrt(den / max(den.mean(), 1e-3))
 
 
-def correlate(folded: np.ndarray, key: int) -> tuple[float, tuple[int, int]]:
+def correlate(folded: np.ndarray, key: int) -> tuple[np.ndarray, np.ndarray]:
+    """z-score of the best translation and the translation (row, col), for a stack of folded tiles (N, K, K):
+    one batched FFT cross-correlation with the sync chips tests every translation of every hypothesis."""
     chips, sync, _ = codes(key)
-    ref = np.where(sync, chips, 0.0)
-    corr = np.real(np.fft.ifft2(np.fft.fft2(folded) * np.conj(np.fft.fft2(ref))))
-    i = int(np.argmax(corr))
-    z = (corr.flat[i] - corr.mean()) / (corr.std() + 1e-9)
-    return float(z), (i // K, i % K)
+    ref = np.conj(np.fft.fft2(np.where(sync, chips, 0.0)))
+    corr = np.real(np.fft.ifft2(np.fft.fft2(folded, axes=(1, 2)) * ref, axes=(1, 2))).reshape(len(folded), -1)
+    i = corr.argmax(1)
+    z = (corr[np.arange(len(corr)), i] - corr.mean(1)) / (corr.std(1) + 1e-9)
+    return z, np.stack([i // K, i % K], 1)
 
 
 def read_payload(folded: np.ndarray, offset: tuple[int, int], key: int) -> int | None:
@@ -247,25 +262,42 @@ def read_payload(folded: np.ndarray, offset: tuple[int, int], key: int) -> int |
     return int("".join(map(str, bits[:DATA_BITS])), 2)
 
 
+@lru_cache(maxsize=1)
+def search_grid() -> tuple[tuple[float, float], ...]:
+    """Hypotheses tried on every image besides the lattice candidates: every angle at scale 1 (a rotation
+    keeps the size) and every scale at angle 0 (a crop or a border keeps the angle), each step fine enough
+    to keep the farthest tile within half a chip. The autocorrelation needs the mark twice (it falls as the
+    square of the mark's strength); these correlate with the known sync code once, so on busy photos they
+    find the rotations and crops that the lattice misses."""
+    grid = [(1.0, float(a)) for a in ANGLES]
+    s = float(SCALES[0])
+    while s <= SCALES[-1]:
+        grid.append((s, 0.0))
+        s *= 1 + 0.009 * s
+    return tuple(grid)
+
+
 def score(image: Image.Image, key: int = KEY):
-    """Best (z, scale, angle, folded tile, offset) over the lattice candidates and their neighbours."""
+    """Best (z, scale, angle, folded tile, offset) over the lattice candidates and their neighbours and the
+    search grid, then half-chip shifts of the best (a crop may cut a chip anywhere)."""
     if min(image.size) < K:
         raise ValueError(f"image too small to check ({image.size[0]}x{image.size[1]}); need {K} px a side")
     d = whiten(image)
-
-    def fit(s, a, shift=(0.0, 0.0)):
-        folded = fold(d, s, a, shift)
-        z, off = correlate(folded, key)
-        return z, s, a, folded, off
-
-    hyps = {(1.0, 0.0)}
+    hyps = set(search_grid())
     for s, a in lattice_candidates(d):  # a lattice of period 2P also fits the peaks: try half the scale too
         for base in (s, s / 2) if s / 2 >= SCALES[0] else (s,):
             hyps |= {(base * f, a + da) for f in (0.99, 1.0, 1.01) for da in (-0.004, 0.0, 0.004)}
-    best = max((fit(s, a) for s, a in hyps), key=lambda r: r[0])
-    _, s, a, _, _ = best
-    shifted = (fit(s, a, shift) for shift in ((0.5, 0.0), (0.0, 0.5), (0.5, 0.5)))  # a crop may cut a chip anywhere
-    return max([best, *shifted], key=lambda r: r[0])
+    hyps = sorted(hyps)
+    folded = np.stack([fold(d, s, a) for s, a in hyps])
+    z, off = correlate(folded, key)
+    b = int(np.argmax(z))
+    s, a = hyps[b]
+    shifted = np.stack([fold(d, s, a, shift) for shift in ((0.5, 0.0), (0.0, 0.5), (0.5, 0.5))])
+    z2, off2 = correlate(shifted, key)
+    j = int(np.argmax(z2))
+    if z2[j] > z[b]:
+        return float(z2[j]), s, a, shifted[j], tuple(map(int, off2[j]))
+    return float(z[b]), s, a, folded[b], tuple(map(int, off[b]))
 
 
 def detect(image: Image.Image, key: int = KEY) -> Detection:
