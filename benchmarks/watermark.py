@@ -49,9 +49,11 @@ def photo(rng: random.Random, size: int) -> Image.Image:
     return im.resize((round(im.width * s), round(im.height * s)), Image.BICUBIC)
 
 
-def image_sets(n_shapes: int, n_photos: int, seed: int = 0, size: int = 1024):
+def image_sets(n_shapes: int, n_photos: int, seed: int = 0, size: int = 1024, enlarge: int = 1):
+    """`enlarge`: scenes drawn at size / enlarge and enlarged (nearest), as `limner generate --scale` writes."""
     rng = random.Random(seed)
-    sets = {"shapes": [render(sample_scene(rng), size) for _ in range(n_shapes)],
+    big = lambda im: im.resize((size, size), Image.NEAREST)
+    sets = {"shapes": [big(render(sample_scene(rng), size // enlarge)) for _ in range(n_shapes)],
             "photos": [photo(rng, size) for _ in range(n_photos)]}
     return {k: v for k, v in sets.items() if v}
 
@@ -158,6 +160,7 @@ def main():
     ap.add_argument("--peer-images", type=int, default=8, help="per set, for the (slow) peer")
     ap.add_argument("--speed", action="store_true", help="only the speed measurement (run it on a quiet machine)")
     ap.add_argument("--size", type=int, default=1024, help="image side (64: the shipped model's native output)")
+    ap.add_argument("--enlarge", type=int, default=1, help="scenes drawn at size/N, enlarged N times (--scale N)")
     ap.add_argument("--json")
     a = ap.parse_args()
     if a.speed:
@@ -168,7 +171,7 @@ def main():
         CALIBRATION.write_text(json.dumps(cal, indent=1) + "\n")
         print(json.dumps(cal, indent=1))
         return
-    sets = image_sets(a.shapes, a.photos, size=a.size)
+    sets = image_sets(a.shapes, a.photos, size=a.size, enlarge=a.enlarge)
     thr = W.calibration()["z_at_fpr"]["0.001"]
     k_peer = peer_threshold()
     print(f"limner threshold z >= {thr:.2f} (0.1% FPR, calibrated on {W.calibration()['n']} unmarked images); "

@@ -64,12 +64,26 @@ def test_safety_off_is_only_explicit(pipe):
     assert W.detect(img).detected is False
 
 
+def test_enlarged_outputs_are_marked_at_the_size_they_are_saved(pipe):
+    from limner.safety.attacks import ATTACKS
+
+    big = limner.Pipeline(pipe.denoiser, pipe.vae, pipe.encoder, pipe.meta, safety=SafetyConfig(enlarge=8))
+    img = big("three red circles and a blue square", steps=4)[0]
+    small = pipe("three red circles and a blue square", steps=4)[0]
+    assert img.size == (8 * small.width, 8 * small.height)
+    d = W.detect(ATTACKS["jpeg75"](img))
+    assert d.detected is True and d.payload is not None
+    # marked at 64 px a chip is one pixel, and JPEG 75 erases it: why the CLI's --scale enlarges first
+    assert W.detect(ATTACKS["jpeg75"](small)).detected is not True
+
+
 def test_cli_signs_c2pa(tmp_path):
     chain, key = make_test_certificate(tmp_path / "keys")
     out = tmp_path / "signed.png"
-    r = cli("generate", "one large orange circle", "--steps", "4", "--output", str(out),
+    r = cli("generate", "one large orange circle", "--steps", "4", "--output", str(out), "--scale", "4",
             "--c2pa-cert", str(chain), "--c2pa-key", str(key))
     assert r.returncode == 0, r.stderr
+    assert Image.open(out).size == (256, 256)  # enlarged, then marked (and signed) at that size
     manifest = read_c2pa(out)
     assert manifest["ai_generated"] is True and manifest["parameters"]["prompt"] == "one large orange circle"
     assert W.detect(Image.open(out)).detected is True

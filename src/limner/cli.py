@@ -9,7 +9,7 @@ from pathlib import Path
 
 
 def cmd_generate(a) -> int:
-    from .backends import LimnerBackend, load_backend
+    from .backends import DiffusersBackend, LimnerBackend, load_backend
     from .generate import save_png
     from .safety.guard import SafetyConfig
 
@@ -17,7 +17,10 @@ def cmd_generate(a) -> int:
         raise ValueError("the prompt is empty: describe the image you want, e.g. 'three red circles'")
     if bool(a.c2pa_cert) != bool(a.c2pa_key):
         raise ValueError("C2PA signing needs both --c2pa-cert (certificate chain PEM) and --c2pa-key (private key PEM)")
-    backend = load_backend(a.model, SafetyConfig(watermark=not a.no_watermark))
+    if a.scale < 1:
+        raise ValueError(f"--scale must be a whole number >= 1, not {a.scale}")
+    # limner's guard enlarges before it marks, so the mark is made at the size that is saved
+    backend = load_backend(a.model, SafetyConfig(watermark=not a.no_watermark, enlarge=a.scale))
     if isinstance(backend, LimnerBackend):
         images = backend.pipe(a.prompt, negative_prompt=a.negative_prompt, seed=a.seed, steps=a.steps,
                               guidance=a.guidance, sampler=a.sampler, num_images=a.n, best_of=a.best_of)
@@ -27,10 +30,11 @@ def cmd_generate(a) -> int:
     else:  # a diffusers folder or an OpenAI-style server: same seeds as a limner model's -n
         images = backend.generate([a.prompt] * a.n, [a.seed + i for i in range(a.n)], a.negative_prompt,
                                   a.steps, a.guidance)
+    guarded = (LimnerBackend, DiffusersBackend)
     out = Path(a.output)
     for i, img in enumerate(images):
         path = out if len(images) == 1 else out.with_name(f"{out.stem}-{i}{out.suffix or '.png'}")
-        if a.scale > 1:
+        if a.scale > 1 and not isinstance(backend, guarded):  # a server's images come marked as they are
             img = img.resize((img.width * a.scale, img.height * a.scale), resample=0)
         save_png(img, path, metadata=not a.no_metadata)
         if a.c2pa_cert:
@@ -240,7 +244,7 @@ def parser() -> argparse.ArgumentParser:
                    help="draw N candidates per image, keep the one the Shapes World scorer rates best [model default]")
     g.add_argument("--model", default="shapes-default",
                    help="a shipped name, a limner or diffusers model folder, or an OpenAI images API URL[#model]")
-    g.add_argument("--scale", type=int, default=1, help="nearest-neighbour enlargement for viewing")
+    g.add_argument("--scale", type=int, default=1, help="nearest-neighbour enlargement, made before the watermark (16: 1024 px, a mark that survives JPEG)")
     g.add_argument("--no-metadata", action="store_true", help="leave generation parameters out of the PNG")
     g.add_argument("--no-watermark", action="store_true", help="skip the invisible watermark (local use only)")
     g.add_argument("--c2pa-cert", default=os.environ.get("LIMNER_C2PA_CERT"),
