@@ -90,8 +90,9 @@ def crc8(bits: np.ndarray) -> np.ndarray:
 
 
 @lru_cache(maxsize=1)
-def trellis() -> tuple[np.ndarray, np.ndarray]:
-    """next_state[state, bit] and the coded symbols (+1 for a 0 bit, -1 for a 1) of each transition."""
+def trellis() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """next_state[state, bit], the coded symbols (+1 for a 0 bit, -1 for a 1) of each transition, and the
+    two transitions (as state * 2 + bit) into each state, lower state first."""
     nxt = np.zeros((2**MEMORY, 2), np.int64)
     out = np.zeros((2**MEMORY, 2, len(GENERATORS)), np.float32)
     for state in range(2**MEMORY):
@@ -99,7 +100,8 @@ def trellis() -> tuple[np.ndarray, np.ndarray]:
             reg = (bit << MEMORY) | state
             nxt[state, bit] = reg >> 1
             out[state, bit] = [1 - 2 * (bin(reg & g).count("1") & 1) for g in GENERATORS]
-    return nxt, out
+    into = np.argsort(nxt.ravel(), kind="stable").reshape(2**MEMORY, 2)
+    return nxt, out, into
 
 
 def coded_bits(payload: int) -> np.ndarray:
@@ -107,7 +109,7 @@ def coded_bits(payload: int) -> np.ndarray:
     if not 0 <= payload < 2**DATA_BITS:
         raise ValueError(f"the payload must be a {DATA_BITS}-bit unsigned integer, not {payload}")
     data = np.array([(payload >> (DATA_BITS - 1 - i)) & 1 for i in range(DATA_BITS)], np.uint8)
-    nxt, out = trellis()
+    nxt, out, _ = trellis()
     state, coded = 0, []
     for bit in [*data, *crc8(data), *[0] * MEMORY]:
         coded += [int(o < 0) for o in out[state, bit]]
@@ -117,26 +119,23 @@ def coded_bits(payload: int) -> np.ndarray:
 
 def viterbi(soft: np.ndarray) -> np.ndarray:
     """The most likely DATA_BITS + CRC_BITS message given one soft value per coded bit (positive: 0)."""
-    _, out = trellis()
+    _, out, into = trellis()
     n_msg = DATA_BITS + CRC_BITS
-    # state s with input bit b goes to (b << 5) | (s >> 1): a state's two predecessors differ in their last bit
-    nxt = np.arange(2**MEMORY)
-    bit = nxt >> (MEMORY - 1)
-    pred = 2 * (nxt & (2 ** (MEMORY - 1) - 1))
     metric = np.full(2**MEMORY, -np.inf, np.float32)
     metric[0] = 0.0
-    back = []
+    back, states = [], np.arange(2**MEMORY)
     for t, sym in enumerate(soft.reshape(-1, len(GENERATORS)).astype(np.float32)):
         branch = metric[:, None] + out @ sym                       # (state, bit)
         if t >= n_msg:
             branch[:, 1] = -np.inf                                 # the tail is zeros
-        a, b = branch[pred, bit], branch[pred + 1, bit]
-        metric = np.maximum(a, b)
-        back.append(np.where(b > a, pred + 1, pred))
+        cand = branch.ravel()[into]                                # the two ways into each state
+        best = into[states, cand.argmax(1)]
+        metric = cand.max(1)
+        back.append(best)
     state, bits = 0, []
-    for prev in reversed(back):
-        bits.append(state >> (MEMORY - 1))
-        state = prev[state]
+    for best in reversed(back):
+        state, bit = divmod(int(best[state]), 2)
+        bits.append(bit)
     return np.array(bits[::-1][:n_msg], np.uint8)
 
 
