@@ -1,11 +1,13 @@
 """The prompt filter's red-team report over the full sets, and its latency, as markdown tables.
 
-Two filters in one run: the shipped cascade (word lists, then the fast static screen, then the MiniLM
-semantic layer for the prompts the screen does not clear) and the full path without the screen
-(every prompt the word lists let pass goes through MiniLM), the reference the screen must match.
+Two filters in one run: the shipped cascade (word lists, then the fast static screen, then MiniLM with
+int8 weights, then the fp32 MiniLM semantic layer for the prompts neither cleared) and the full path
+without them (every prompt the word lists let pass goes through fp32 MiniLM), the reference the
+cascade must match.
 Reported: block rate per category and per obfuscation (leet, homoglyphs, spacing, punctuation,
 zero-width, held-out paraphrases, translations) and false refusals per benign benchmark set for both;
-per set, how many prompts the screen cleared and how many verdicts differ between the two; and
+per set, how many prompts the screen and the int8 stage cleared and how many verdicts differ between
+the two; and
 milliseconds per prompt, warm, the memo cleared before each: word lists alone, each filter one prompt
 at a time (the serving case; median, p95, mean; wall and CPU time of the thread), and batched.
 
@@ -46,12 +48,13 @@ def lexical_ms(prompts: list[str]) -> float:
 
 
 def agreement(sets: dict[str, list[str]], cascade: PromptFilter, full: PromptFilter) -> dict[str, dict]:
-    """Per set: prompts, those the screen cleared, and verdicts that differ (allowed vs blocked)."""
+    """Per set: prompts, those the screen and the int8 stage cleared, and verdicts that differ."""
     out = {}
     for name, prompts in sets.items():
         c, f = cascade.check_many(prompts), full.check_many(prompts)
         out[name] = {"n": len(prompts), "semantic": sum(v.layer != "lexical" and v.layer != "combination" for v in f),
                      "cleared": sum(v.layer == "screen" for v in c),
+                     "int8": sum(v.layer == "int8" for v in c),
                      "differ": sum(a.allowed != b.allowed for a, b in zip(c, f)),
                      "cleared_but_full_blocks": [p for p, a, b in zip(prompts, c, f) if a.allowed and not b.allowed],
                      "blocked_but_full_allows": [p for p, a, b in zip(prompts, c, f) if not a.allowed and b.allowed]}
@@ -88,20 +91,23 @@ def markdown(r: dict, rf: dict, agree: dict, lat: dict, loads: dict, lex_ms: flo
     b, bf = r["benign_overall"], rf["benign_overall"]
     out.append(f"| all benchmark sets | {b['n']} | {pct(b['false_refusal_rate'])} ({b['refused']}) "
                f"| {pct(bf['false_refusal_rate'])} ({bf['refused']}) | |")
-    out += ["", "| set | prompts | reach the semantic layer | cleared by the screen | verdicts that differ from the full path "
-                "| cascade allows, full blocks |", "|---|---:|---:|---:|---:|---:|"]
-    for name, a in agree.items():
-        share = f"{a['cleared']} ({pct(a['cleared'] / a['semantic'])})" if a["semantic"] else "0"
-        out.append(f"| {name} | {a['n']} | {a['semantic']} | {share} | {a['differ']} | {len(a['cleared_but_full_blocks'])} |")
-    tot = {k: sum(a[k] for a in agree.values()) for k in ("n", "semantic", "cleared", "differ")}
-    out.append(f"| **all** | {tot['n']} | {tot['semantic']} | {tot['cleared']} ({pct(tot['cleared'] / max(tot['semantic'], 1))}) "
-               f"| {tot['differ']} | {sum(len(a['cleared_but_full_blocks']) for a in agree.values())} |")
+    out += ["", "| set | prompts | reach the semantic layer | cleared by the screen | cleared by int8 | fp32 MiniLM "
+                "| verdicts that differ from the full path | cascade allows, full blocks |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    share = lambda k, a: f"{a[k]} ({pct(a[k] / a['semantic'])})" if a["semantic"] else "0"
+    for name, a in list(agree.items()) + [("**all**", {k: sum(a[k] for a in agree.values())
+                                                       for k in ("n", "semantic", "cleared", "int8", "differ")}
+                                          | {"cleared_but_full_blocks": [p for a in agree.values()
+                                                                         for p in a["cleared_but_full_blocks"]]})]:
+        a = a | {"fp32": a["semantic"] - a["cleared"] - a["int8"]}
+        out.append(f"| {name} | {a['n']} | {a['semantic']} | {share('cleared', a)} | {share('int8', a)} "
+                   f"| {share('fp32', a)} | {a['differ']} | {len(a['cleared_but_full_blocks'])} |")
     lc, lf = lat["cascade"], lat["full"]
     out += ["", f"| latency (ms per prompt, warm, memo cleared; n={lc['n_single']} one at a time) | median | p95 | mean "
                 "| CPU median | CPU p95 |", "|---|---:|---:|---:|---:|---:|",
             f"| word lists only (normalise + lexical + combinations) | {lex_ms:.2f} | | | | |"]
-    for label, t in (("**cascade** (shipped): lists, screen, MiniLM on what the screen does not clear", lc),
-                     ("full MiniLM path (no screen)", lf)):
+    for label, t in (("**cascade** (shipped): lists, screen, int8 MiniLM, fp32 MiniLM on what neither cleared", lc),
+                     ("full MiniLM path (no screen, no int8)", lf)):
         out.append(f"| {label} | {t['single_ms_median']} | {t['single_ms_p95']} | {t['single_ms_mean']} "
                    f"| {t['cpu_single_ms_median']} | {t['cpu_single_ms_p95']} |")
     for label, t in (("cascade", lc), ("full MiniLM path", lf)):
@@ -123,7 +129,7 @@ def main() -> None:
     loads, filters = {}, {}
     for name, screen in (("full", False), ("cascade", True)):
         t = time.perf_counter()
-        filters[name] = PromptFilter.from_policy(screen=screen)
+        filters[name] = PromptFilter.from_policy(cascade=screen)
         filters[name].check("load the encoder")
         loads[name] = time.perf_counter() - t
     cascade, full = filters["cascade"], filters["full"]
@@ -138,7 +144,7 @@ def main() -> None:
     sample = random.Random(0).sample(benign["partiprompts"] + benign["drawbench"], 300)
     print(markdown(report, report_full, agree, lat, loads, lexical_ms(sample)))
     for name, a in agree.items():
-        for key, what in (("cleared_but_full_blocks", "cleared by the screen, blocked by the full path"),
+        for key, what in (("cleared_but_full_blocks", "cleared by the screen or int8, blocked by the full path"),
                           ("blocked_but_full_allows", "blocked by the cascade, allowed by the full path")):
             if a[key]:
                 print(f"\n{what} ({name}): " + "; ".join(a[key]))

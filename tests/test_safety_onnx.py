@@ -42,7 +42,7 @@ def saved_encoder(folder, seed=0):
 def filter_with(runtime: str) -> PromptFilter:
     policy = copy.deepcopy(load_policy())
     policy["semantic"]["runtime"] = runtime
-    return PromptFilter(policy, screen=False)
+    return PromptFilter(policy, cascade=False)
 
 
 @pytest.fixture(scope="module")
@@ -192,3 +192,54 @@ def test_one_cache_root(monkeypatch, tmp_path):
     source.write_text("a red square\n")
     got = suites.download(source.as_uri())                              # file:// : no network
     assert got.parent == tmp_path / "mine" / "suites" and got.read_text() == "a red square\n"
+
+
+# ----------------------------------------------------------------------------- the int8 graph
+
+
+@pytest.fixture
+def counted_quantisations(monkeypatch):
+    from onnxruntime import quantization
+
+    return count_calls(monkeypatch, quantization, "quantize_dynamic")
+
+
+def test_int8_graph_is_made_once_beside_the_fp32_one(tmp_path, counted_quantisations):
+    tok, model = tiny_encoder()
+    fp32 = O.load_onnx(tok, model, cache=tmp_path)
+    first, again = O.load_int8(fp32), O.load_int8(fp32)
+    assert len(counted_quantisations) == 1 and first.path == again.path and first.path.parent == tmp_path
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([fp32.path.name, first.path.name])   # no temp file
+    batch = tok(["a red circle and a blue square", "dog"], padding=True, return_tensors="pt")
+    ids, mask = batch["input_ids"].numpy(), batch["attention_mask"].numpy()
+    a, b = fp32(ids, mask), again(ids, mask)
+    real = mask.astype(bool)
+    assert 0 < np.abs(a[real] - b[real]).max() < 0.1 * np.abs(a[real]).max()    # int8 weights: close, not equal
+
+
+def test_int8_graph_is_made_again_when_the_fp32_graph_is_replaced(tmp_path, counted_quantisations):
+    tok, model = tiny_encoder()
+    fp32 = O.load_onnx(tok, model, cache=tmp_path)
+    O.load_int8(fp32)
+    fp32.path.write_bytes(b"not a graph")
+    fp32 = O.load_onnx(tok, model, cache=tmp_path)                       # exported again: newer than the int8 one
+    assert O.load_int8(fp32) is not None and len(counted_quantisations) == 2
+
+
+def test_filter_works_without_the_int8_stage(monkeypatch, caplog):
+    from onnxruntime import quantization
+
+    def broken(*a, **k):
+        raise RuntimeError("no kernel")
+
+    monkeypatch.setattr(quantization, "quantize_dynamic", broken)
+    monkeypatch.setattr(O, "INT8_RECIPE", 10**6)                         # not in the cache: quantised now, and fails
+    filt = PromptFilter(copy.deepcopy(load_policy()))
+    assert filt.semantic.onnx is not None and filt.semantic.int8 is None
+    assert "int8 quantisation failed (RuntimeError: no kernel)" in caplog.text
+    v = filt.check("a woman lying on a sofa with no clothing at all")
+    assert (v.allowed, v.category, v.layer) == (False, "sexual", "semantic")
+    assert filt.check("a bicycle leaning against a brick wall").allowed
+    torch_policy = copy.deepcopy(load_policy())
+    torch_policy["semantic"]["runtime"] = "torch"
+    assert PromptFilter(torch_policy).semantic.int8 is None               # the int8 stage needs ONNX Runtime

@@ -156,14 +156,16 @@ def test_screen_clears_plain_benign_prompts(full):
     assert all(v.allowed and v.layer == "screen" for v in verdicts), verdicts
 
 
-def test_band_sends_the_prompt_to_the_full_layer(full, monkeypatch):
+def test_band_sends_the_prompt_to_int8_then_to_the_full_layer(full, monkeypatch):
     layer = full.semantic
+    assert layer.int8 is not None and layer.int8_band == full.policy["semantic"]["int8"]["band"]
     prompt = "a bicycle leaning against a brick wall"
     s = layer.screen.scores([prompt])[0]
-    sent = []
+    sent = []   # (texts, "int8" or "fp32") for every encoder run
     real = layer.scores
-    monkeypatch.setattr(layer, "scores", lambda texts, **k: sent.extend(texts) or real(texts, **k))
-    limits = layer.screen.limits
+    monkeypatch.setattr(layer, "scores", lambda texts, **k: sent.append(
+        (list(texts), "int8" if k.get("runner") is layer.int8 else "fp32")) or real(texts, **k))
+    limits, band = layer.screen.limits, layer.int8_band
     try:
         layer.screen.limits = s + 0.001                               # below every limit: cleared
         full.clear_cache()
@@ -173,11 +175,30 @@ def test_band_sends_the_prompt_to_the_full_layer(full, monkeypatch):
         layer.screen.limits[k] = s[k] - 0.001                           # inside one category's band
         full.clear_cache()
         v = full.check(prompt)
-        assert sent == [prompt] and v.allowed and v.layer is None     # the encoder decided
+        assert sent == [([prompt], "int8")] and v.allowed and v.layer == "int8"    # far below: int8 clears it
+        quick = real([prompt], runner=layer.int8)[0][0]
+        assert v.score == round(float(quick.max()), 4)
+        layer.int8_band = float((layer.thresholds - quick).min()) + 0.001          # within the int8 band
+        sent.clear()
+        full.clear_cache()
+        v = full.check(prompt)
+        assert sent == [([prompt], "int8"), ([prompt], "fp32")] and v.allowed and v.layer is None  # fp32 decided
         assert v.score == round(float(real([prompt])[0][0].max()), 4)
     finally:
-        layer.screen.limits = limits
+        layer.screen.limits, layer.int8_band = limits, band
         full.clear_cache()
+
+
+def test_int8_scores_stay_within_the_band_of_fp32(full):
+    """The int8 graph's scores on prompts of every kind differ from fp32 by well under its band."""
+    layer = full.semantic
+    prompts = [*(p for ps in redteam.load_redteam()["paraphrase"].values() for p in ps),
+               "three red circles and a blue square", "a bicycle leaning against a brick wall",
+               "A detailed photo of an old man reading a newspaper on a park bench. Pigeons gather at his feet."]
+    fp32 = torch.stack([s[0] for s in layer.scores(prompts)])
+    int8 = torch.stack([s[0] for s in layer.scores(prompts, runner=layer.int8)])
+    diff = (fp32 - int8).abs()
+    assert 0 < float(diff.max()) < layer.int8_band, float(diff.max())   # not the same graph, but within its band
 
 
 def test_limits_come_from_the_policy(full):
@@ -188,7 +209,7 @@ def test_limits_come_from_the_policy(full):
 
 def test_cascade_never_clears_what_the_full_layer_blocks(full, tmp_path):
     policy = tmp_path / "policy.yaml"
-    policy.write_text("semantic: {screen: {enabled: false}}\n")
+    policy.write_text("semantic: {screen: {enabled: false}, int8: {enabled: false}}\n")
     reference = PromptFilter.from_policy(policy)
     assert reference.semantic.screen is None
     rt = redteam.load_redteam()

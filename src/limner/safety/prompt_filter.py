@@ -9,9 +9,11 @@ letters), then checked by three layers configured in a policy file (policy.yaml 
   description and examples minus its similarity to benign examples, so that a paraphrase with none
   of the listed words is still caught. A fast screen goes first (screen.py: a static token table
   distilled from the encoder, ~0.3 ms): it allows the prompts that score far below every threshold
-  without running the encoder, and sends the rest to it; it never refuses by itself. The encoder
-  runs through ONNX Runtime (text/onnx_runtime.py; the same weights, checked against PyTorch at
-  load), or in PyTorch where onnxruntime is missing or the export fails.
+  without running the encoder, and sends the rest on; it never refuses by itself. Next the encoder's
+  graph with int8 weights (~3x faster) allows what scores far enough below every threshold to cover
+  its error, and the fp32 encoder decides the rest. The encoder runs through ONNX Runtime
+  (text/onnx_runtime.py; the same weights, checked against PyTorch at load), or in PyTorch (with no
+  int8 stage) where onnxruntime is missing or the export fails.
 
     from limner.safety import check_prompt, enforce
     check_prompt("three red circles and a blue square")   # Verdict(allowed=True, ...)
@@ -40,8 +42,8 @@ class Verdict:
     allowed: bool
     category: str | None = None   # the category that blocked; None when allowed
     score: float = 0.0            # 1.0 for a listed word, else the semantic score (allowed: the highest)
-    layer: str | None = None      # "lexical", "combination" or "semantic"; allowed: "screen" when the fast
-                                  # screen cleared it (score: the screen's highest), else None
+    layer: str | None = None      # "lexical", "combination" or "semantic"; allowed: "screen" or "int8" when
+                                  # the fast screen or the int8 encoder cleared it (score: its highest), else None
     matched: str | None = None    # the words or the example that decided it (for tuning, not users)
 
     def to_dict(self) -> dict:
@@ -239,7 +241,7 @@ class SemanticLayer:
     """Mean-pooled, L2-normalised sentence embeddings from limner's frozen text encoder, compared
     with the policy's examples (embedded once, kept in memory)."""
 
-    def __init__(self, policy: dict, screen: bool = True):
+    def __init__(self, policy: dict, cascade: bool = True):
         import torch
 
         from ..text.encoder import TextEncoder
@@ -258,6 +260,15 @@ class SemanticLayer:
             self.onnx = load_onnx(self.encoder.tokenizer, self.encoder.model, threads=cfg.get("onnx_threads", 1))
             if self.onnx is None:
                 self.runtime = "torch"
+        # the same graph with int8 weights between the screen and the encoder: ~3x faster, scores within
+        # ~0.05 of the fp32 ones; it allows what scores more than its band below every threshold
+        self.int8 = None
+        int8_cfg = cfg.get("int8") or {}
+        self.int8_band = float(int8_cfg.get("band", 0.05))
+        if cascade and self.onnx is not None and int8_cfg.get("enabled", True):
+            from ..text.onnx_runtime import load_int8
+
+            self.int8 = load_int8(self.onnx, threads=cfg.get("onnx_threads", 1))
         self.min_similarity = cfg.get("min_similarity", 0.0)
         self.top_k = cfg.get("top_k", 1)
         self.categories = [c for c in policy["enabled"] if policy["categories"][c].get("examples")]
@@ -269,21 +280,23 @@ class SemanticLayer:
         self.thresholds = torch.tensor([spec["threshold"] for spec in specs])
         self.screen: Screen | None = None   # the fast screen in front of the encoder (screen.py)
         screen_cfg = cfg.get("screen") or {}
-        if screen and screen_cfg.get("enabled", True) and self.categories:
+        if cascade and screen_cfg.get("enabled", True) and self.categories:
             table = load_table(self.encoder.tokenizer, self.encoder.model)
             limits = (self.thresholds - screen_cfg.get("band", 0.12)).tolist()
             self.screen = Screen(table, self.encoder.tokenizer, [e.numpy() for e in self.example_emb],
                                  self.benign_emb.numpy(), limits, self.top_k, self.encoder.max_length,
                                  fit_texts=[t for texts in self.examples for t in texts] + benign)
 
-    def embed(self, texts: list[str]):
+    def embed(self, texts: list[str], runner=None):
+        """Unit sentence embeddings, through `runner` (an ONNX graph: the int8 one) if given."""
         import torch
 
+        runner = runner or self.onnx
         with torch.inference_mode():
             batch = self.encoder.tokenizer(texts, padding=True, truncation=True, return_tensors="pt",
                                            max_length=self.encoder.max_length)
-            if self.onnx is not None:
-                states = torch.from_numpy(self.onnx(batch["input_ids"].numpy(), batch["attention_mask"].numpy()))
+            if runner is not None:
+                states = torch.from_numpy(runner(batch["input_ids"].numpy(), batch["attention_mask"].numpy()))
             else:
                 states = self.encoder.model(input_ids=batch["input_ids"],
                                             attention_mask=batch["attention_mask"]).last_hidden_state
@@ -294,7 +307,7 @@ class SemanticLayer:
         """Mean of each row's top_k similarities: one close example alone is weak evidence."""
         return sim.topk(min(self.top_k, sim.shape[1]), dim=1).values.mean(1)
 
-    def _embed_sentences(self, texts: list[str], batch_size: int):
+    def _embed_sentences(self, texts: list[str], batch_size: int, runner=None):
         """Long prompts are split into sentences, so that one bad sentence in a long description is
         not averaged away; returns the embeddings and the text each sentence came from."""
         import torch
@@ -310,16 +323,16 @@ class SemanticLayer:
         emb = torch.empty(len(chunks), self.benign_emb.shape[1])
         for start in range(0, len(order), batch_size):
             idx = order[start : start + batch_size]
-            emb[idx] = self.embed([chunks[j] for j in idx])
+            emb[idx] = self.embed([chunks[j] for j in idx], runner)
         return emb, torch.tensor(owner)
 
-    def scores(self, texts: list[str], batch_size: int = 64) -> list[tuple]:
+    def scores(self, texts: list[str], batch_size: int = 64, runner=None) -> list[tuple]:
         """Per text, for the K categories: (scores (K,), best similarities (K,), closest examples).
         score = mean similarity to the category's top_k examples - the same to the benign examples,
-        taken on the text's most suspicious sentence."""
+        taken on the text's most suspicious sentence. `runner`: see `embed` (the examples stay fp32)."""
         import torch
 
-        emb, owner = self._embed_sentences(texts, batch_size)
+        emb, owner = self._embed_sentences(texts, batch_size, runner)
         sims = [emb @ e.T for e in self.example_emb]                                # K x (sentences, n_k)
         margin = torch.stack([self._top_mean(s) for s in sims], 1) - self._top_mean(emb @ self.benign_emb.T)[:, None]
         best = torch.stack([s.max(1).values for s in sims], 1)
@@ -336,10 +349,11 @@ class SemanticLayer:
 
 
 class PromptFilter:
-    """`semantic=False`: the word lists and combinations only. `screen=False`: no fast screen, every
-    prompt the lists let pass runs through the encoder (the reference the screen is measured against)."""
+    """`semantic=False`: the word lists and combinations only. `cascade=False`: no fast screen and no int8
+    stage, every prompt the lists let pass runs through the encoder (the reference the cascade is measured
+    against)."""
 
-    def __init__(self, policy: dict, semantic: bool = True, screen: bool = True):
+    def __init__(self, policy: dict, semantic: bool = True, cascade: bool = True):
         self.policy = policy
         self.enabled = list(policy["enabled"])
         cats = policy["categories"]
@@ -350,20 +364,20 @@ class PromptFilter:
         self.combinations = {c: rule for c, rule in policy.get("combinations", {}).items() if c in self.enabled}
         self.allow = compile_terms(policy.get("allow", []))
         self.use_semantic = semantic and policy.get("semantic", {}).get("enabled", True)
-        self.use_screen = screen
+        self.use_cascade = cascade
         self._semantic: SemanticLayer | None = None
         self._lock = threading.Lock()
         self._cache: dict[str, Verdict] = {}
 
     @classmethod
-    def from_policy(cls, path: str | Path | None = None, semantic: bool = True, screen: bool = True) -> "PromptFilter":
-        return cls(load_policy(path), semantic=semantic, screen=screen)
+    def from_policy(cls, path: str | Path | None = None, semantic: bool = True, cascade: bool = True) -> "PromptFilter":
+        return cls(load_policy(path), semantic=semantic, cascade=cascade)
 
     @property
     def semantic(self) -> SemanticLayer:
         with self._lock:   # loaded on first use: lexical-only callers never pay for the encoder
             if self._semantic is None:
-                self._semantic = SemanticLayer(self.policy, screen=self.use_screen)
+                self._semantic = SemanticLayer(self.policy, cascade=self.use_cascade)
         return self._semantic
 
     # -- layers
@@ -439,6 +453,14 @@ class PromptFilter:
                 if score is not None:
                     self._cache[views[i][0]] = Verdict(True, None, round(score, 4), "screen")
             rest = [j for j, score in enumerate(cleared) if score is None]
+            if rest and layer.int8 is not None:   # the int8 encoder clears most of what the screen left
+                kept = []
+                for j, (margin, _, _) in zip(rest, layer.scores([texts[j] for j in rest], runner=layer.int8)):
+                    if bool((margin < layer.thresholds - layer.int8_band).all()):
+                        self._cache[views[todo[j]][0]] = Verdict(True, None, round(float(margin.max()), 4), "int8")
+                    else:
+                        kept.append(j)
+                rest = kept
             for j, s in zip(rest, layer.scores([texts[j] for j in rest]) if rest else []):
                 self._cache[views[todo[j]][0]] = self._decide(views[todo[j]], s)
         return [v or self._cache[views[i][0]] for i, v in enumerate(verdicts)]

@@ -5,9 +5,11 @@ Embedding: a secret tile of K x K chips (+-1) is repeated over a canonical grid 
 strength where the image is busy and less where it is flat. Three quarters of the chips are a fixed sync
 code; the rest carry a 32-bit payload (plus a CRC-8), convolutionally coded and decoded by soft Viterbi.
 
-Detection: resize to the canonical grid, high-pass and whiten. The periodic tile leaves a square lattice
-of peaks in the autocorrelation, which gives candidate scales and rotations (crops and rotations change
-them); a fixed grid of rotations at scale 1 and scales at angle 0 is tried beside them.
+Detection: resize to the canonical grid, high-pass and whiten (where an edit clipped the background to
+white, a second map also leaves out the cells beside strong steps, and the better map counts). The
+periodic tile leaves a square lattice of peaks in the autocorrelation, which gives candidate scales and
+rotations (crops and rotations change them); a fixed grid of rotations at scale 1 and scales at angle 0
+is tried beside them.
 Warping to tile coordinates and folding every tile into one averages the whole image into K x K cells;
 an FFT cross-correlation with the sync code tests every translation at once. The peak's z-score,
 calibrated on unmarked images (`benchmarks/watermark.py`), gives the p-value; the payload chips at the
@@ -209,7 +211,41 @@ def clipped_cells(y: np.ndarray, shape: tuple[int, int]) -> np.ndarray | None:
     return cv2.dilate(dead, k).astype(bool) if dead.any() else None
 
 
-def whiten(image: Image.Image) -> np.ndarray:
+def _blur(a: np.ndarray, sigma: float) -> np.ndarray:
+    return cv2.GaussianBlur(a, (0, 0), sigma)
+
+
+def _highpass(y: np.ndarray, live: np.ndarray) -> np.ndarray:
+    """y minus its local mean over the live cells only (normalised convolution), zero elsewhere."""
+    return (y - _blur(y * live, 0.7) / np.maximum(_blur(live, 0.7), 1e-3)) * live
+
+
+def _without_steps(y: np.ndarray, live: np.ndarray) -> np.ndarray:
+    """`live` less the cells beside strong steps: far above both 5 grey levels and the image's own typical
+    detail. Flat objects on a clipped background (an enlarged scene's 16 px anti-aliasing bands, brightened)
+    keep the mark only inside, and their steps would outweigh it there. Twice: the first pass's steps leak
+    into their neighbours' local means and hide weaker steps."""
+    k = np.ones((3, 3), np.uint8)
+    for _ in range(2):
+        if not live.any():
+            break
+        d = np.abs(_highpass(y, live))
+        t = min(5.0, 4 * 1.4826 * float(np.median(d[live > 0])) + 1e-3)
+        live = live * (1 - cv2.dilate((d > t).astype(np.uint8), k))
+    return live
+
+
+def _normalised(y: np.ndarray, live: np.ndarray, floor: float) -> np.ndarray:
+    d = _highpass(y, live)
+    d[np.abs(d) < 1e-3] = 0  # rounding error on a flat object: far below one grey level in one pixel of a cell
+    d /= np.sqrt(_blur(d * d, 2.0) / np.maximum(_blur(live, 2.0), 1e-3)) + floor
+    d = np.clip(d, -3, 3)
+    return (d - d[live > 0].mean()) * live if live.any() else d
+
+
+def whiten(image: Image.Image) -> list[np.ndarray]:
+    """The canonical luma, high-passed and whitened (float32): one map, or two where an edit clipped part of
+    the image to white (with and without the cells beside strong steps; the detector keeps the better)."""
     rgb = np.asarray(image.convert("RGB"), dtype=np.float32)
     h, w = rgb.shape[:2]
     ch, cw = canonical_shape(h, w)
@@ -217,26 +253,21 @@ def whiten(image: Image.Image) -> np.ndarray:
     y = cv2.resize(yf, (cw, ch), interpolation=cv2.INTER_AREA)
     dead = clipped_cells(yf, (ch, cw))
     if dead is None:
-        d = y - cv2.GaussianBlur(y, (0, 0), 0.7)  # chips are one cell: keep the finest detail, drop the rest
+        d = y - _blur(y, 0.7)  # chips are one cell: keep the finest detail, drop the rest
         # flatten the spectrum (divide by its local mean magnitude): the mark is white, a photo's own
         # texture (brick, grass, a crop's enlarged detail) is not, and must not outweigh it at any frequency
         f = np.fft.fft2(d)
-        mag = cv2.GaussianBlur(np.fft.fftshift(np.abs(f)).astype(np.float32), (0, 0), 4.0)
+        mag = _blur(np.fft.fftshift(np.abs(f)).astype(np.float32), 4.0)
         d = np.real(np.fft.ifft2(f / (np.fft.ifftshift(mag) + 1e-6 * mag.mean() + 1e-12))).astype(np.float32)
         # busy regions must not outvote flat ones
-        d /= np.sqrt(cv2.GaussianBlur(d * d, (0, 0), 2.0)) + 1e-3 * math.sqrt(float(np.mean(d * d))) + 1e-12
+        d /= np.sqrt(_blur(d * d, 2.0)) + 1e-3 * math.sqrt(float(np.mean(d * d))) + 1e-12
         d = np.clip(d / (d.std() + 1e-12), -3, 3)
-        return d - d.mean()
-    # the same, with the clipped cells left out of every local average (normalised convolution) and zeroed
+        return [d - d.mean()]
+    # the same without the spectrum, the clipped cells left out of every local average and zeroed
     live = (~dead).astype(np.float32)
-    if not live.any():
-        return np.zeros_like(y)
-    blur = lambda a, sigma: cv2.GaussianBlur(a, (0, 0), sigma)
-    d = (y - blur(y * live, 0.7) / np.maximum(blur(live, 0.7), 1e-3)) * live
-    d[np.abs(d) < 1e-3] = 0  # rounding error on a flat object: far below one grey level in one pixel of a cell
-    d /= np.sqrt(blur(d * d, 2.0) / np.maximum(blur(live, 2.0), 1e-3)) + 1.0
-    d = np.clip(d, -3, 3)
-    return (d - d[live > 0].mean()) * live
+    # without the steps what is left is flat, and a lower floor lets a mark seen through one channel (yellow
+    # on white: blue alone carries it) count
+    return [_normalised(y, live, 1.0), _normalised(y, _without_steps(y, live), 0.3)]
 
 
 def lattice_candidates(d: np.ndarray, top: int = 6) -> list[tuple[float, float]]:
@@ -333,11 +364,15 @@ def search_grid() -> tuple[tuple[float, float], ...]:
 
 
 def score(image: Image.Image, key: int = KEY):
-    """Best (z, scale, angle, folded tile, offset) over the lattice candidates and their neighbours and the
-    search grid, then half-chip shifts of the best (a crop may cut a chip anywhere)."""
+    """Best (z, scale, angle, folded tile, offset) over the whitened maps (see `whiten`)."""
     if min(image.size) < K:
         raise ValueError(f"image too small to check ({image.size[0]}x{image.size[1]}); need {K} px a side")
-    d = whiten(image).astype(np.float32, copy=False)
+    return max((search(d, key) for d in whiten(image)), key=lambda r: r[0])
+
+
+def search(d: np.ndarray, key: int = KEY):
+    """Best (z, scale, angle, folded tile, offset) over the lattice candidates and their neighbours and the
+    search grid, then half-chip shifts of the best (a crop may cut a chip anywhere)."""
     hyps = set(search_grid())
     for s, a in lattice_candidates(d):  # a lattice of period 2P also fits the peaks: try half the scale too
         for base in (s, s / 2) if s / 2 >= SCALES[0] else (s,):

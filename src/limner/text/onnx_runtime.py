@@ -9,6 +9,7 @@ and gives up (the caller keeps PyTorch) unless the hidden states agree within `T
 
     runner = load_onnx(encoder.tokenizer, encoder.model)   # None: onnxruntime or onnx missing, export failed
     states = runner(input_ids, attention_mask)             # int64 numpy arrays -> (B, L, hidden) float32
+    quick = load_int8(runner)                              # the same graph with int8 weights (~3x faster)
 
 Needs `onnxruntime` to run and `onnx` to export (both dependencies of limner); without either, or
 when the export or the check fails, `load_onnx` logs why and returns None.
@@ -29,6 +30,7 @@ from ..cache import cache_root
 log = logging.getLogger(__name__)
 
 RECIPE = 1          # bump when export() changes what it writes: cached graphs are then ignored
+INT8_RECIPE = 1     # the same for load_int8's quantisation
 OPSET = 17
 TOLERANCE = 1e-4    # max |hidden state difference| to PyTorch on the probe (fp32 export: ~2e-6 for MiniLM)
 PROBE = ["a", "three red circles and a blue square to the left of a green triangle, on a white table."]
@@ -103,6 +105,41 @@ def max_difference(runner: OnnxEncoder, tokenizer, model, texts: list[str] = PRO
     out = runner(batch["input_ids"].numpy(), batch["attention_mask"].numpy())
     real = batch["attention_mask"].numpy().astype(bool)
     return float(np.abs(out[real] - ref.float().numpy()[real]).max())
+
+
+def load_int8(runner: OnnxEncoder, threads: int = 1) -> OnnxEncoder | None:
+    """`runner`'s graph with its MatMul weights quantised to int8 (onnxruntime's dynamic quantisation, per
+    channel), cached beside it; about 3x faster on one core (VNNI), but not the same numbers: callers use
+    it only where a margin covers the difference. None (logged) when quantisation fails."""
+    path = runner.path.with_name(f"{runner.path.stem}.int8-{INT8_RECIPE}.onnx")
+    if not path.is_file() or path.stat().st_mtime_ns < runner.path.stat().st_mtime_ns:  # none, or of a replaced graph
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+        os.close(fd)
+        try:
+            from onnxruntime.quantization import QuantType, quantize_dynamic
+
+            root = logging.getLogger()
+            level = root.level
+            root.setLevel(logging.ERROR)   # quantize_dynamic logs a "pre-process first" hint on the root logger
+            try:
+                quantize_dynamic(runner.path, tmp, weight_type=QuantType.QInt8, per_channel=True,
+                                 op_types_to_quantize=["MatMul"])
+            finally:
+                root.setLevel(level)
+            os.replace(tmp, path)
+        except Exception as e:
+            log.warning("text encoder: int8 quantisation failed (%s: %s); the fp32 graph decides alone",
+                        type(e).__name__, e)
+            return None
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+    try:
+        return OnnxEncoder(path, threads=threads)
+    except Exception as e:   # a damaged file: made again at the next load
+        log.warning("text encoder: cannot run the int8 graph %s (%s: %s)", path, type(e).__name__, e)
+        path.unlink(missing_ok=True)
+        return None
 
 
 def load_onnx(tokenizer, model, cache: str | Path | None = None, threads: int = 1,
