@@ -180,7 +180,7 @@ def main():
               for k, v in sets.items()}
     peers = {m: {k: [peer_embed(im, m) for im in v[: a.peer_images]] for k, v in sets.items()}
              for m in ("dwtDct", "dwtDctSvd")} if a.peer_images else {}
-    out = {"quality": {}, "tpr": {}, "payload": {}, "speed": {}}
+    out = {"quality": {}, "tpr": {}, "payload": {}, "min_z": {}, "speed": {}}
     for k in sets:
         out["quality"][f"limner/{k}"] = quality(zip(sets[k], marked[k]))
         for m in peers:
@@ -188,18 +188,20 @@ def main():
     for name, f in ATTACKS.items():
         if min(f(next(iter(sets.values()))[0]).size) < W.K:  # e.g. a quarter of 64 px: too small to check
             continue
-        row, pay = {}, {}
+        row, pay, low = {}, {}, {}
         for k in sets:
             hits = ok = 0
+            low[k] = math.inf
             for i, im in enumerate(marked[k]):
                 z, s, ang, folded, off = W.score(f(im))
                 hits += z >= thr
+                low[k] = min(low[k], z)
                 ok += W.read_payload(folded, off, W.KEY) == W.payload_for("bench", str(i))
             row[f"limner/{k}"] = hits / len(marked[k])
             pay[k] = ok / len(marked[k])
             for m in peers:
                 row[f"{m}/{k}"] = float(np.mean([peer_matches(f(im), m) >= k_peer for im in peers[m][k]]))
-        out["tpr"][name], out["payload"][name] = row, pay
+        out["tpr"][name], out["payload"][name], out["min_z"][name] = row, pay, low
         print(name, json.dumps(row), file=sys.stderr)
     out["speed"] = speed(sets["photos"][0]) if "photos" in sets and a.size == 1024 else "not measured"
     out["thresholds"] = {"limner_z": thr, "peer_bits": k_peer}
@@ -214,11 +216,13 @@ def report(out, a) -> str:
     lines += [f"- {k}: {p:.1f} / {pm:.1f} dB, SSIM {s:.4f} / {sm:.4f}" for k, (p, pm, s, sm) in out["quality"].items()]
     lines += ["", f"True-positive rate at 0.1% false positives ({a.shapes} shapes + {a.photos} photos for limner; "
               f"{a.peer_images} + {a.peer_images} for each peer):", "",
-              "| attack | " + " | ".join(cols) + " | limner payload " + " / ".join(out["payload"][next(iter(out["payload"]))]) + " |",
-              "|---" * (len(cols) + 2) + "|"]
+              "| attack | " + " | ".join(cols) + " | limner payload " + " / ".join(out["payload"][next(iter(out["payload"]))])
+              + " | limner min z " + " / ".join(out["min_z"][next(iter(out["min_z"]))]) + " |",
+              "|---" * (len(cols) + 3) + "|"]
     for name, row in out["tpr"].items():
-        p = out["payload"][name]
-        lines.append(f"| {name} | " + " | ".join(f"{row[c]:.2f}" for c in cols) + " | " + " / ".join(f"{v:.2f}" for v in p.values()) + " |")
+        p, z = out["payload"][name], out["min_z"][name]
+        lines.append(f"| {name} | " + " | ".join(f"{row[c]:.2f}" for c in cols) + " | " + " / ".join(f"{v:.2f}" for v in p.values())
+                     + " | " + " / ".join(f"{v:.1f}" for v in z.values()) + " |")
     lines += ["", f"Speed: {out['speed']}"]
     return "\n".join(lines)
 
