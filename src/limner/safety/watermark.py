@@ -355,10 +355,20 @@ def fold(d: np.ndarray, scale: float, angle: float, shift: tuple[float, float] =
     m[:, 2] = np.array([w / 2, h / 2]) - m[:, :2] @ np.array([nx / 2 + shift[0], ny / 2 + shift[1]])
     flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
     warped = cv2.warpAffine(d, m, (nx, ny), flags=flags, borderValue=0)
-    mask = cv2.warpAffine(ones(d.shape), m, (nx, ny), flags=flags, borderValue=0)
-    num = warped.reshape(ny // K, K, nx // K, K).sum(axis=(0, 2))
-    den = mask.reshape(ny // K, K, nx // K, K).sum(axis=(0, 2))
+    num = tiles_sum(warped)
+    if angle == 0.0:  # the warped image's footprint is a product of two 1-D ones: no second warp
+        inside = lambda x, n: np.clip(np.minimum(x + 1, n - x), 0, 1).reshape(-1, K).sum(0)  # bilinear, 0 outside
+        den = np.outer(inside(m[1, 1] * np.arange(ny) + m[1, 2], h), inside(m[0, 0] * np.arange(nx) + m[0, 2], w))
+    else:
+        den = tiles_sum(cv2.warpAffine(ones(d.shape), m, (nx, ny), flags=flags, borderValue=0))
     return num / np.maximum(den, 1e-3) * np.sqrt(den / max(den.mean(), 1e-3))
+
+
+def tiles_sum(a: np.ndarray) -> np.ndarray:
+    """The sum of a (ny, nx) array's K x K tiles: rows of tiles first (contiguous adds), then columns;
+    twice as fast as one sum over the (ny/K, K, nx/K, K) view's two tile axes."""
+    ny, nx = a.shape
+    return a.reshape(ny // K, K * nx).sum(axis=0).reshape(K, nx // K, K).sum(axis=1)
 
 
 def correlate(folded: np.ndarray, key: int) -> tuple[np.ndarray, np.ndarray]:
