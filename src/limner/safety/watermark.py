@@ -1,16 +1,16 @@
 """An invisible watermark that survives compression, resizing, cropping and small rotations.
 
 Embedding: a secret tile of K x K chips (+-1) is repeated over a canonical grid whose short side has
-128 cells (one cell is 8 px of a 1024 px image), interpolated smoothly and added to the luma (and where
-the image is busy, to a chroma direction too), with more strength where it is busy and less where flat. Three quarters of the chips are a fixed sync
-code; the rest carry a 32-bit payload (plus a CRC-8), convolutionally coded and decoded by soft Viterbi.
+128 cells (one cell is 8 px of a 1024 px image), interpolated smoothly and added to the luma (and, where
+the image is busy, to a chroma direction too), with more strength where it is busy and less where flat.
+Three quarters of the chips are a fixed sync code; the rest carry a 32-bit payload (plus a CRC-8),
+convolutionally coded and decoded by soft Viterbi.
 
 Detection: resize the luma and chroma to the canonical grid, high-pass, whiten and add them as the mark
 shares itself between them (where an edit clipped the background to white, a second map also leaves out
-the cells beside strong steps, and the better map counts). The
-periodic tile leaves a square lattice of peaks in the autocorrelation, which gives candidate scales and
-rotations (crops and rotations change them); a fixed grid of rotations at scale 1 and scales at angle 0
-is tried beside them.
+the cells beside strong steps, and the better map counts). The periodic tile leaves a square lattice of
+peaks in the autocorrelation, which gives candidate scales and rotations (crops and rotations change
+them); a fixed grid of rotations at scale 1 and scales at angle 0 is tried beside them.
 Warping to tile coordinates and folding every tile into one averages the whole image into K x K cells;
 an FFT cross-correlation with the sync code tests every translation at once. The peak's z-score,
 calibrated on unmarked images (`benchmarks/watermark.py`), gives the p-value; the payload chips at the
