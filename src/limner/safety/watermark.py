@@ -170,13 +170,15 @@ def luma(rgb: np.ndarray) -> np.ndarray:
     return cv2.transform(rgb, LUMA_W[None]).reshape(rgb.shape[:2])
 
 
-def chroma_share(y: np.ndarray) -> np.ndarray:
-    """Per canonical cell, the fraction of the mark's energy on the chroma: 0 where the luma is flat (local
-    std over 3 x 3 cells under 2 grey levels), up to 1/2 where it is busy (over 8). Embedding and detection
-    both compute it from the canonical luma they see, so they agree to within what an edit changes."""
+def luma_chroma_amplitudes(y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per canonical cell, the mark's amplitude on the luma and on the chroma (squares summing to 1): the
+    chroma's share of the energy is 0 where the luma is flat (local std over 3 x 3 cells under 2 grey
+    levels), up to 1/2 where it is busy (over 8). Embedding and detection both compute it from the
+    canonical luma they see, so they agree to within what an edit changes."""
     mean = cv2.blur(y, (3, 3))
     std = np.sqrt(np.maximum(cv2.blur(y * y, (3, 3)) - mean * mean, 0))
-    return 0.5 * np.clip((std - 2.0) / 6.0, 0.0, 1.0)
+    share = 0.5 * np.clip((std - 2.0) / 6.0, 0.0, 1.0)
+    return np.sqrt(1 - share), np.sqrt(share)
 
 
 def masking(y: np.ndarray, strength: float) -> np.ndarray:
@@ -200,11 +202,10 @@ def embed(image: Image.Image, payload: int = 0, key: int = KEY, strength: float 
     t = tile(payload, key)
     pattern = np.tile(t, (-(-ch // K), -(-cw // K)))[:ch, :cw]
     y = luma(rgb)
-    share = chroma_share(cv2.resize(y, (cw, ch), interpolation=cv2.INTER_AREA))
     m = masking(y, strength)
     # the pattern's luma and chroma parts (together the mean square of the pattern alone)
-    lum, chroma = (cv2.multiply(cv2.resize(pattern * np.sqrt(f), (w, h), interpolation=cv2.INTER_LINEAR), m)
-                   for f in (1 - share, share))
+    amps = luma_chroma_amplitudes(cv2.resize(y, (cw, ch), interpolation=cv2.INTER_AREA))
+    lum, chroma = (cv2.multiply(cv2.resize(pattern * a, (w, h), interpolation=cv2.INTER_LINEAR), m) for a in amps)
     rms = math.sqrt((cv2.norm(lum, cv2.NORM_L2SQR) + cv2.norm(chroma, cv2.NORM_L2SQR)) / (h * w) + 1 / 6)
     f = min(1.0, 255 / 10 ** (PSNR / 20) / rms)  # 1/6 above: the stochastic rounding below
     # less in dark channels: a chip (8 px) shifts the local mean, and SSIM's luminance term (like the eye)
@@ -282,17 +283,16 @@ def _spectral(y: np.ndarray) -> np.ndarray:
 
 
 def whiten(image: Image.Image) -> list[np.ndarray]:
-    """The canonical luma and chroma, each high-passed and whitened, weighted by the share of the mark each
-    carries there (`chroma_share`) and added (float32): one map, or two where an edit clipped part of the
-    image to white (with and without the cells beside strong steps; the detector keeps the better)."""
+    """The canonical luma and chroma, each high-passed and whitened, weighted by the mark's amplitude on
+    each there (`luma_chroma_amplitudes`) and added (float32): one map, or two where an edit clipped part of
+    the image to white (with and without the cells beside strong steps; the detector keeps the better)."""
     rgb = np.asarray(image.convert("RGB"))
     h, w = rgb.shape[:2]
     ch, cw = canonical_shape(h, w)
     small = cv2.resize(rgb.astype(np.float32), (cw, ch), interpolation=cv2.INTER_AREA)
     planes = cv2.transform(small, np.stack([LUMA_W, CHROMA_W]))
     y, c = planes[..., 0].copy(), planes[..., 1].copy()
-    share = chroma_share(y)
-    a, b = np.sqrt(1 - share), np.sqrt(share)
+    a, b = luma_chroma_amplitudes(y)
     dead = clipped_cells(rgb, (ch, cw))
     if dead is None:
         return [a * _spectral(y) + b * _spectral(c)]
@@ -308,7 +308,7 @@ def lattice_candidates(d: np.ndarray, top: int = 6) -> list[tuple[float, float]]
     """(scale, angle) pairs whose tile lattice best matches the autocorrelation peaks."""
     h, w = d.shape
     f = np.fft.rfft2(d, s=(2 * h, 2 * w))
-    acf = np.fft.irfft2(np.abs(f), s=(2 * h, 2 * w))  # |F|, not |F|^2: a flatter spectrum, sharper peaks  # |F|, not |F|^2: flatter spectrum, sharper peaks
+    acf = np.fft.irfft2(np.abs(f), s=(2 * h, 2 * w))  # |F|, not |F|^2: a flatter spectrum, sharper peaks
     ones = np.fft.rfft2(np.ones_like(d), s=(2 * h, 2 * w))
     overlap = np.fft.irfft2(np.abs(ones) ** 2, s=(2 * h, 2 * w))
     acf = acf / np.maximum(overlap, 0.25 * h * w) / max(acf[0, 0], 1e-9) * h * w
