@@ -15,7 +15,7 @@ import time
 import numpy as np
 import torch
 
-from limner.generate import Pipeline
+from limner.pipeline.core import Pipeline
 from limner.safety.guard import SafetyConfig
 from limner.safety.image_filter import OpenNSFW
 from limner.world.scene import render, sample_scene

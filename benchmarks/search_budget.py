@@ -22,7 +22,7 @@ from dataclasses import asdict
 import torch
 
 from limner.diffusion.sampling import guided, timesteps
-from limner.generate import CANDIDATE_STRIDE, Pipeline
+from limner.pipeline.core import CANDIDATE_STRIDE, Pipeline
 from limner.safety.guard import SafetyConfig
 from limner.text.encoder import pad
 from limner.world.evaluate import HEADLINE

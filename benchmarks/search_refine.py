@@ -9,7 +9,7 @@ accuracy and its cost in denoiser evaluations per image.
 """
 import sys, time, torch
 from collections import defaultdict
-from limner.generate import Pipeline, CANDIDATE_STRIDE
+from limner.pipeline.core import Pipeline, CANDIDATE_STRIDE
 from limner.safety.guard import SafetyConfig
 from limner.text.encoder import pad
 from limner.diffusion.sampling import guided, timesteps, euler

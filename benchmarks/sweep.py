@@ -8,7 +8,7 @@ import time
 
 import torch
 
-from limner.generate import Pipeline
+from limner.pipeline.core import Pipeline
 from limner.world.evaluate import run_suites
 
 ap = argparse.ArgumentParser()

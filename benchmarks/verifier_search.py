@@ -12,7 +12,7 @@ import time
 
 import torch
 
-from limner.generate import Pipeline
+from limner.pipeline.core import Pipeline
 
 PROMPTS = ["three red circles and a blue square", "a yellow triangle to the left of two green circles",
            "seven purple squares", "a small orange circle above a large blue triangle", "five green triangles"]

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from limner.backends import DiffusersBackend, LimnerBackend, OpenAIBackend, load_backend
+from limner.pipeline.backends import DiffusersBackend, LimnerBackend, OpenAIBackend, load_backend
 from limner.eval.generate import (add_eval_generate_parser, folder_names, generate_suite, read_manifest,
                                   safe_name)
 from limner.eval.suites import Prompt, load_suite

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import limner
-from limner import cache as C
+from limner.common import cache as C
 from limner.safety import redteam
 from limner.safety.prompt_filter import PromptFilter, load_policy
 from limner.text import encoder as E

@@ -67,7 +67,7 @@ def test_tiny_training_runs_learns_and_exports(trained):
 
 
 def test_exported_model_generates_reproducibly(trained):
-    from limner.generate import Pipeline
+    from limner.pipeline.core import Pipeline
 
     _, _, dn = trained
     pipe = Pipeline.from_pretrained(str(dn))
@@ -80,7 +80,7 @@ def test_exported_model_generates_reproducibly(trained):
 
 
 def test_best_of_keeps_the_candidate_the_scorer_rates_best(trained):
-    from limner.generate import CANDIDATE_STRIDE, Pipeline
+    from limner.pipeline.core import CANDIDATE_STRIDE, Pipeline
     from limner.safety.guard import SafetyConfig
     from limner.world.parse import parse_prompt
     from limner.world.scorer import detect, reward, score
@@ -274,7 +274,7 @@ def test_reward_prompts_are_exact_reproducible_and_never_held_out():
 
 
 def test_dpo_loss_starts_at_log2_and_a_step_prefers_the_winner(trained):
-    from limner.generate import Pipeline
+    from limner.pipeline.core import Pipeline
 
     torch.manual_seed(0)
     policy = Pipeline.from_pretrained(str(trained[2])).denoiser
@@ -294,7 +294,7 @@ def test_dpo_loss_starts_at_log2_and_a_step_prefers_the_winner(trained):
 
 
 def test_reward_run_exports_resumes_and_refuses_to_overwrite(trained, tmp_path):
-    from limner.generate import Pipeline
+    from limner.pipeline.core import Pipeline
 
     small = dict(init=str(trained[2]), out_dir=str(tmp_path / "r"), prompts_per_round=3, samples_per_prompt=2,
                  rollout_steps=2, updates_per_round=1, threads=1)
@@ -338,7 +338,7 @@ def test_grounding_adapter_trains_only_its_own_weights(trained, tmp_path):
     exported model draws ungrounded prompts exactly as its base and plans a layout for detailed ones."""
     from safetensors.torch import load_file
 
-    from limner.generate import Pipeline
+    from limner.pipeline.core import Pipeline
     from limner.safety.guard import SafetyConfig
     from limner.world.suites import build
 

@@ -1,5 +1,5 @@
 """limner: an open, reproducible Imagen-3-style text-to-image system."""
-from .cache import cache_root
+from .common.cache import cache_root
 
 __version__ = "0.1.0"
 __all__ = ["Pipeline", "cache_root"]
@@ -7,7 +7,7 @@ __all__ = ["Pipeline", "cache_root"]
 
 def __getattr__(name):  # keep `import limner` light; the pipeline pulls in torch and transformers
     if name == "Pipeline":
-        from .generate import Pipeline
+        from .pipeline.core import Pipeline
 
         return Pipeline
     raise AttributeError(name)

@@ -9,8 +9,8 @@ from pathlib import Path
 
 
 def cmd_generate(a) -> int:
-    from .backends import DiffusersBackend, LimnerBackend, load_backend
-    from .generate import save_png
+    from .pipeline.backends import DiffusersBackend, LimnerBackend, load_backend
+    from .pipeline.core import save_png
     from .safety.guard import SafetyConfig
 
     if not a.prompt.strip():
@@ -50,7 +50,7 @@ def cmd_train(a) -> int:
 
     import yaml
 
-    from .config import build
+    from .common.config import build
     from .train.train import TrainConfig, run
 
     Config = TrainConfig
@@ -174,7 +174,7 @@ def cmd_world_suite(a) -> int:
 
 
 def cmd_world_eval(a) -> int:
-    from .generate import Pipeline
+    from .pipeline.core import Pipeline
     from .world.evaluate import run_suites
 
     pipe = Pipeline.from_pretrained(a.model)
@@ -187,7 +187,7 @@ def cmd_world_eval(a) -> int:
 def cmd_watermark_embed(a) -> int:
     from PIL import Image
 
-    from .generate import save_png
+    from .pipeline.core import save_png
     from .safety import watermark as W
 
     src = Path(a.input)

@@ -32,7 +32,7 @@ import numpy as np
 import yaml
 from PIL import Image
 
-from ..config import build
+from ..common.config import build
 from . import stages as S
 from .pii import PIIConfig
 from .sources import Shard, SourceConfig, read, shards

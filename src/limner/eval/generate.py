@@ -180,7 +180,7 @@ def _row(model: str, p: Prompt, seed: int, rel: str, key: str, steps, guidance) 
 def _run_batch(backend, rows: list[dict], out_dir: Path, settings: dict) -> list[dict]:
     """Generate and save one batch. A refusal (prompt or image filter) fails a whole batch, so the batch
     is then redone one image at a time and each refusal recorded, instead of stopping the evaluation."""
-    from ..generate import save_png
+    from ..pipeline.core import save_png
 
     try:
         images = backend.generate([r["prompt"] for r in rows], [r["seed"] for r in rows], **settings)
@@ -199,7 +199,7 @@ def _run_batch(backend, rows: list[dict], out_dir: Path, settings: dict) -> list
 
 
 def cmd_eval_generate(args) -> int:
-    from ..backends import load_backend
+    from ..pipeline.backends import load_backend
     from .suites import load_suite
 
     prompts = load_suite(args.suite, limit=getattr(args, "limit", None), benchmarks=getattr(args, "benchmarks", None))

@@ -34,7 +34,7 @@ def digest(*parts) -> str:
 
 
 def folder_identity(folder: Path, *settings) -> str:
-    from ..backends import fingerprint
+    from ..pipeline.backends import fingerprint
 
     return digest(fingerprint(folder), *settings)
 

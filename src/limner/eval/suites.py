@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
-from ..cache import cache_root
+from ..common.cache import cache_root
 
 # the repository's sibling folder shared/benchmarks (src/limner/eval/suites.py -> repo -> ..)
 DEFAULT_BENCHMARKS = Path(__file__).resolve().parents[3].parent / "shared" / "benchmarks"

@@ -43,7 +43,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..cache import cache_root
+from ..common.cache import cache_root
 
 log = logging.getLogger(__name__)
 

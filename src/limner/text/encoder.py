@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from ..cache import file_digest
+from ..common.cache import file_digest
 
 log = logging.getLogger(__name__)
 DEFAULT = "minilm"
@@ -71,7 +71,7 @@ def identity(tokenizer, model, **params) -> str:
     weights and `params`.
 
     The weights of a model loaded from a local folder count by the digests of its weight files, each
-    computed once and remembered by the file's stat (`limner.cache.file_digest`): a changed file is
+    computed once and remembered by the file's stat (`limner.common.cache.file_digest`): a changed file is
     hashed again, and an unchanged one costs a stat. A model without such files (built in memory, or
     from the hub) is hashed tensor by tensor. So a model whose weights are edited in memory after
     loading from a folder must not be given here with that folder as its `_name_or_path`: limner's

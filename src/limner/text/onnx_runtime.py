@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..cache import cache_root
+from ..common.cache import cache_root
 
 log = logging.getLogger(__name__)
 

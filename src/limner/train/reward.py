@@ -25,7 +25,7 @@ import torch.nn.functional as F
 import yaml
 from safetensors.torch import save_file
 
-from ..config import build
+from ..common.config import build
 from ..diffusion import flow
 from ..world import captions as C
 from ..world.parse import parse_prompt
@@ -126,7 +126,7 @@ def dpo_loss(policy, ref, xw, xl, states, mask, cfg: RewardConfig, gen):
 
 @own_threads
 def run(cfg: RewardConfig, resume: bool = False, quiet: bool = False) -> Path:
-    from ..generate import Pipeline
+    from ..pipeline.core import Pipeline
     from ..safety.guard import SafetyConfig
     from ..text.encoder import pad
 

@@ -24,7 +24,7 @@ import torch
 import torch.distributed as dist
 import yaml
 
-from ..config import build
+from ..common.config import build
 from ..diffusion import flow
 from ..models import autoencoder as AE
 from ..models.dit import DiT, DiTConfig
@@ -402,7 +402,7 @@ def start_from(model, init: str, new_only: bool, show: bool):
     those are the only ones that train."""
     from safetensors.torch import load_file
 
-    from ..generate import resolve_model
+    from ..pipeline.core import resolve_model
 
     sd = {k: v.float() for k, v in load_file(resolve_model(init) / "denoiser.safetensors").items()}
     missing, unexpected = model.load_state_dict(sd, strict=False)
@@ -456,7 +456,7 @@ def export(cfg: TrainConfig, ema, folder: Path, vae):
 
 def evaluate(cfg: TrainConfig, out: Path, step: int, metrics):
     """Sample grid of fixed prompts, plus Shapes World suite scores, from the exported EMA model."""
-    from ..generate import Pipeline
+    from ..pipeline.core import Pipeline
     from ..safety.guard import SafetyConfig
     from ..world.evaluate import run_suites
 
@@ -464,7 +464,7 @@ def evaluate(cfg: TrainConfig, out: Path, step: int, metrics):
     grid_prompts = ["three red circles and a blue square", "a yellow triangle to the left of two green circles",
                     "eight purple squares", "one large orange circle"]
     imgs = pipe(grid_prompts, seed=0)
-    from ..generate import grid
+    from ..pipeline.core import grid
 
     grid(imgs, cols=4).save(out / f"samples-{step:07d}.png")
     if cfg.data.source == "shapes" and cfg.eval_per_cell:

@@ -16,12 +16,12 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from . import __version__
-from .diffusion.sampling import SAMPLERS, guided, timesteps
-from .models import autoencoder as AE
-from .models.dit import DiT, DiTConfig
-from .safety.guard import Guard, SafetyConfig
-from .text.encoder import TextEncoder, pad
+from .. import __version__
+from ..diffusion.sampling import SAMPLERS, guided, timesteps
+from ..models import autoencoder as AE
+from ..models.dit import DiT, DiTConfig
+from ..safety.guard import Guard, SafetyConfig
+from ..text.encoder import TextEncoder, pad
 
 log = logging.getLogger(__name__)
 SHIPPED = {"shapes-default": "shapes-default"}
@@ -52,8 +52,8 @@ def outside_world(prompt: str) -> list[str]:
     if WORLD_WORDS is None:  # the vocabulary of the captions themselves, every kind, many scenes
         import random
 
-        from .world import captions as C
-        from .world.scene import sample_scene
+        from ..world import captions as C
+        from ..world.scene import sample_scene
 
         rng = random.Random(0)
         text = " ".join(" ".join(C.captions(sample_scene(rng), rng).values()) for _ in range(600))
@@ -138,8 +138,8 @@ class Pipeline:
         """The prompt's exact constraints as a score of an image, or None outside Shapes World."""
         if self.meta.get("world") != "shapes":
             return None
-        from .world.parse import parse_prompt
-        from .world.scorer import detect, reward, score
+        from ..world.parse import parse_prompt
+        from ..world.scorer import detect, reward, score
 
         cons = parse_prompt(prompt)
         return None if cons is None else (lambda img: reward(score(detect(img), cons), cons))
@@ -168,8 +168,8 @@ class Pipeline:
             return None
         import random
 
-        from .world import layout
-        from .world.parse import parse_prompt
+        from ..world import layout
+        from ..world.parse import parse_prompt
 
         placed = {p: getattr(parse_prompt(p), "objects", None) for p in dict.fromkeys(prompts)}  # candidates repeat prompts
         plans = [layout.plan(placed[p], random.Random(s)) if placed[p] else None for p, s in zip(prompts, seeds)]
@@ -177,7 +177,7 @@ class Pipeline:
 
     @functools.cached_property
     def phrases(self):
-        from .world.layout import PhraseEmbedder
+        from ..world.layout import PhraseEmbedder
 
         return PhraseEmbedder(self.encoder)
 
@@ -210,7 +210,7 @@ def validate(prompts, steps, guidance, sampler, num_images, best_of=1):
 
 def save_png(img: Image.Image, path: str | Path, metadata: bool = True) -> Path:
     """Write a PNG atomically, with its generation parameters as a `parameters` text chunk."""
-    from .safety.provenance import png_parameters
+    from ..safety.provenance import png_parameters
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

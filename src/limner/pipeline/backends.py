@@ -28,9 +28,9 @@ from typing import Protocol, runtime_checkable
 
 from PIL import Image
 
-from . import __version__
-from .safety.guard import Guard, SafetyConfig
-from .safety.prompt_filter import PromptBlocked, Verdict
+from .. import __version__
+from ..safety.guard import Guard, SafetyConfig
+from ..safety.prompt_filter import PromptBlocked, Verdict
 
 
 @runtime_checkable
@@ -75,10 +75,10 @@ def fingerprint(folder: str | Path) -> dict:
 
 
 class LimnerBackend:
-    """A limner checkpoint behind `limner.generate.Pipeline` (whose own guard applies)."""
+    """A limner checkpoint behind `limner.pipeline.Pipeline` (whose own guard applies)."""
 
     def __init__(self, name_or_path: str = "shapes-default", safety: SafetyConfig | None = None):
-        from .generate import model_name, resolve_model
+        from .core import model_name, resolve_model
 
         self.spec, self.safety = name_or_path, safety or SafetyConfig()
         self.path = resolve_model(name_or_path)   # fails now, with limner's message, if it is not a model
@@ -90,7 +90,7 @@ class LimnerBackend:
     @property
     def pipe(self):
         if self._pipe is None:
-            from .generate import Pipeline
+            from .core import Pipeline
 
             self._pipe = Pipeline.from_pretrained(self.spec, safety=self.safety)
         return self._pipe
@@ -286,7 +286,7 @@ class _UnknownField(Exception):
 def load_backend(spec: str, safety: SafetyConfig | None = None) -> Backend:
     """A backend from a model string: a shipped limner name or a folder with limner.json (limner), a folder
     with model_index.json (diffusers), or an http(s) URL, optionally URL#model (OpenAI images API)."""
-    from .generate import SHIPPED
+    from .core import SHIPPED
 
     if spec.startswith(("http://", "https://")):
         url, _, model = spec.partition("#")
