@@ -14,8 +14,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
+
+from .files import write_atomic
 
 
 def cache_root() -> Path:
@@ -24,15 +25,6 @@ def cache_root() -> Path:
     if os.environ.get("XDG_CACHE_HOME"):
         return Path(os.environ["XDG_CACHE_HOME"]) / "limner"
     return Path.home() / ".cache" / "limner"
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write `data` to `path` through a temporary file in the same folder: a reader sees the old file
-    or the whole new one, never a part."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=path.parent, prefix=path.name, suffix=".tmp", delete=False) as f:
-        f.write(data)
-    os.replace(f.name, path)
 
 
 def _hash_file(path: Path) -> str:
