@@ -1,0 +1,70 @@
+"""A limner model folder: what `limner train` exports and `Pipeline.from_pretrained` loads.
+
+    limner.json            resolution, text encoder, denoiser config, sampling defaults, world, name
+    denoiser.safetensors   the denoiser's (EMA) weights
+    autoencoder/           a diffusers AutoencoderKL folder
+
+`resolve` turns a shipped name or a path into the folder, `load` reads one, `save` writes one atomically.
+"""
+from __future__ import annotations
+
+import json
+from importlib import resources
+from pathlib import Path
+
+import torch
+
+from ..common.files import atomic_dir
+from . import autoencoder as AE
+from .dit import DiT, DiTConfig
+
+SHIPPED = {"shapes-default": "shapes-default"}  # name -> folder under limner/weights/
+
+
+def resolve(name_or_path: str | Path) -> Path:
+    """A shipped model's folder, or `name_or_path` if it is a model folder."""
+    if str(name_or_path) in SHIPPED:
+        return Path(str(resources.files("limner") / "weights" / SHIPPED[str(name_or_path)]))
+    path = Path(name_or_path)
+    if not (path / "limner.json").exists():
+        raise FileNotFoundError(f"no limner model at {str(name_or_path)!r}: expected a folder with limner.json "
+                                f"(as `limner train` exports) or a shipped name ({', '.join(SHIPPED)})")
+    return path
+
+
+def model_name(name_or_path: str, path: Path, meta: dict) -> str:
+    """What outputs and watermarks call a model: its exported name, else the shipped name or folder name."""
+    return meta.get("name") or (name_or_path if name_or_path in SHIPPED else path.name)
+
+
+def read_meta(path: Path) -> dict:
+    return json.loads((Path(path) / "limner.json").read_text())
+
+
+def denoiser_weights(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return {k: v.float() for k, v in load_file(Path(path) / "denoiser.safetensors").items()}
+
+
+def load(name_or_path: str | Path, device: str = "cpu"):
+    """(denoiser, autoencoder, meta) of a model folder; meta["name"] is the model's name."""
+    path = resolve(name_or_path)
+    meta = read_meta(path)
+    meta["name"] = model_name(str(name_or_path), path, meta)
+    denoiser = DiT(DiTConfig(**meta["denoiser"]))
+    denoiser.load_state_dict(denoiser_weights(path))
+    vae = AE.load(str(path / "autoencoder"))
+    return denoiser.to(device).eval(), vae.to(device), meta
+
+
+def save(folder: str | Path, denoiser: DiT, vae, meta: dict) -> Path:
+    """Write a self-contained model folder (replacing any old one only once the new one is complete)."""
+    from safetensors.torch import save_file
+
+    meta = {"denoiser": denoiser.cfg.to_dict(), **{k: v for k, v in meta.items() if k not in ("name", "denoiser")}}
+    with atomic_dir(folder) as tmp:
+        vae.save_pretrained(tmp / "autoencoder")
+        save_file({k: v.contiguous() for k, v in denoiser.state_dict().items()}, tmp / "denoiser.safetensors")
+        (tmp / "limner.json").write_text(json.dumps(meta, indent=2))
+    return Path(folder)
