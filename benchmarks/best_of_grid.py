@@ -7,7 +7,7 @@ import argparse
 
 import torch
 
-from limner.pipeline.core import Pipeline, grid
+from limner.pipeline import Pipeline, grid
 from limner.safety.guard import SafetyConfig
 
 PROMPTS = ["a purple triangle and 2 yellow squares", "three yellow circles", "five blue triangles", "seven red circles",

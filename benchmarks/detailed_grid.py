@@ -7,7 +7,7 @@ import argparse
 
 import torch
 
-from limner.pipeline.core import Pipeline, grid
+from limner.pipeline import Pipeline, grid
 from limner.safety.guard import SafetyConfig
 from limner.world.scorer import Constraints, detect, score
 from limner.world.suites import build

@@ -23,7 +23,7 @@ import time
 
 import torch
 
-from limner.safety import redteam
+from limner.eval import redteam
 from limner.safety.prompt_filter import PromptFilter
 
 # The policy's thresholds and benign examples were tuned while looking at these sets' refusals;

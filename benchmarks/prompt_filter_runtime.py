@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from limner.safety import redteam
+from limner.eval import redteam
 from limner.safety.prompt_filter import PromptFilter, load_policy, normalise
 from limner.text.onnx_runtime import LEVELS, OnnxEncoder
 

@@ -5,6 +5,7 @@
     autoencoder/           a diffusers AutoencoderKL folder
 
 `resolve` turns a shipped name or a path into the folder, `load` reads one, `save` writes one atomically.
+Torch and the model classes are imported only by `load` and `save`, so resolving a name stays instant.
 """
 from __future__ import annotations
 
@@ -12,11 +13,7 @@ import json
 from importlib import resources
 from pathlib import Path
 
-import torch
-
 from ..common.files import atomic_dir
-from . import autoencoder as AE
-from .dit import DiT, DiTConfig
 
 SHIPPED = {"shapes-default": "shapes-default"}  # name -> folder under limner/weights/
 
@@ -41,7 +38,7 @@ def read_meta(path: Path) -> dict:
     return json.loads((Path(path) / "limner.json").read_text())
 
 
-def denoiser_weights(path: Path) -> dict[str, torch.Tensor]:
+def denoiser_weights(path: Path) -> dict:
     from safetensors.torch import load_file
 
     return {k: v.float() for k, v in load_file(Path(path) / "denoiser.safetensors").items()}
@@ -49,6 +46,9 @@ def denoiser_weights(path: Path) -> dict[str, torch.Tensor]:
 
 def load(name_or_path: str | Path, device: str = "cpu"):
     """(denoiser, autoencoder, meta) of a model folder; meta["name"] is the model's name."""
+    from . import autoencoder as AE
+    from .dit import DiT, DiTConfig
+
     path = resolve(name_or_path)
     meta = read_meta(path)
     meta["name"] = model_name(str(name_or_path), path, meta)
@@ -58,7 +58,7 @@ def load(name_or_path: str | Path, device: str = "cpu"):
     return denoiser.to(device).eval(), vae.to(device), meta
 
 
-def save(folder: str | Path, denoiser: DiT, vae, meta: dict) -> Path:
+def save(folder: str | Path, denoiser, vae, meta: dict) -> Path:
     """Write a self-contained model folder (replacing any old one only once the new one is complete)."""
     from safetensors.torch import save_file
 

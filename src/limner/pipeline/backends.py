@@ -29,6 +29,7 @@ from typing import Protocol, runtime_checkable
 from PIL import Image
 
 from .. import __version__
+from ..models import folder
 from ..safety.guard import Guard, SafetyConfig
 from ..safety.prompt_filter import PromptBlocked, Verdict
 
@@ -78,12 +79,10 @@ class LimnerBackend:
     """A limner checkpoint behind `limner.pipeline.Pipeline` (whose own guard applies)."""
 
     def __init__(self, name_or_path: str = "shapes-default", safety: SafetyConfig | None = None):
-        from .core import model_name, resolve_model
-
         self.spec, self.safety = name_or_path, safety or SafetyConfig()
-        self.path = resolve_model(name_or_path)   # fails now, with limner's message, if it is not a model
-        meta = json.loads((self.path / "limner.json").read_text())
-        self.name = model_name(name_or_path, self.path, meta)
+        self.path = folder.resolve(name_or_path)   # fails now, with limner's message, if it is not a model
+        meta = folder.read_meta(self.path)
+        self.name = folder.model_name(name_or_path, self.path, meta)
         self.resolution = meta["resolution"]
         self._pipe = None
 
@@ -286,19 +285,17 @@ class _UnknownField(Exception):
 def load_backend(spec: str, safety: SafetyConfig | None = None) -> Backend:
     """A backend from a model string: a shipped limner name or a folder with limner.json (limner), a folder
     with model_index.json (diffusers), or an http(s) URL, optionally URL#model (OpenAI images API)."""
-    from .core import SHIPPED
-
     if spec.startswith(("http://", "https://")):
         url, _, model = spec.partition("#")
         return OpenAIBackend(url, model or None)
     path = Path(spec)
-    if spec in SHIPPED or (path / "limner.json").exists():
+    if spec in folder.SHIPPED or (path / "limner.json").exists():
         return LimnerBackend(spec, safety)
     if (path / "model_index.json").exists():
         return DiffusersBackend(path, safety)
     what = "a folder with neither limner.json nor model_index.json" if path.is_dir() else "not a folder"
     raise ValueError(
-        f"unknown model {spec!r} ({what}): expected a shipped limner model ({', '.join(SHIPPED)}), a folder "
+        f"unknown model {spec!r} ({what}): expected a shipped limner model ({', '.join(folder.SHIPPED)}), a folder "
         "with limner.json (`limner train` exports these), a folder with model_index.json (a diffusers "
         "pipeline saved with save_pretrained), or an http(s):// URL of an OpenAI images API server "
         "(URL#model names the model)")

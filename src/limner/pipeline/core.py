@@ -1,17 +1,13 @@
-"""The text-to-image pipeline that the CLI, the evaluation and the server all call.
+"""The text-to-image pipeline: prompt -> frozen text encoder -> sampler with classifier-free guidance over
+the denoiser -> autoencoder decode -> PIL images carrying their generation parameters.
 
-prompt -> prompt filter -> frozen text encoder -> sampler with classifier-free guidance over the denoiser
--> autoencoder decode -> image filter -> watermark -> PIL images carrying their generation parameters.
+It takes its parts and knows no world and no policy: the guard (prompt filter before sampling; image filter,
+watermark and request id after decoding) and hooks such as a layout planner or a best-of verifier are given
+to it. `from_pretrained` attaches the ones a model folder's metadata names (`pipeline.extras`).
 """
 from __future__ import annotations
 
-import functools
-import json
-import logging
-import re
 import warnings
-from importlib import resources
-from pathlib import Path
 
 import torch
 from PIL import Image
@@ -19,70 +15,36 @@ from PIL import Image
 from .. import __version__
 from ..diffusion.sampling import SAMPLERS, guided, timesteps
 from ..models import autoencoder as AE
-from ..models.dit import DiT, DiTConfig
-from ..safety.guard import Guard, SafetyConfig
+from ..models import folder
+from ..models.dit import DiT
 from ..text.encoder import TextEncoder, pad
 
-log = logging.getLogger(__name__)
-SHIPPED = {"shapes-default": "shapes-default"}
 MAX_BATCH = 64
 CANDIDATE_STRIDE = 1_000_003  # seed offset between best-of candidates, far from the seed + i of -n images
-WORLD_WORDS = None
-
-
-def resolve_model(name_or_path: str) -> Path:
-    if name_or_path in SHIPPED:
-        return Path(str(resources.files("limner") / "weights" / SHIPPED[name_or_path]))
-    path = Path(name_or_path)
-    if not (path / "limner.json").exists():
-        known = ", ".join(SHIPPED)
-        raise FileNotFoundError(f"no limner model at {name_or_path!r}: expected a folder with limner.json "
-                                f"(as `limner train` exports) or a shipped name ({known})")
-    return path
-
-
-def model_name(name_or_path: str, path: Path, meta: dict) -> str:
-    """What outputs and watermarks call a model: its exported name, else the shipped name or folder name."""
-    return meta.get("name") or (name_or_path if name_or_path in SHIPPED else path.name)
-
-
-def outside_world(prompt: str) -> list[str]:
-    """Words of a prompt that Shapes World captions never use (the default model knows nothing else)."""
-    global WORLD_WORDS
-    if WORLD_WORDS is None:  # the vocabulary of the captions themselves, every kind, many scenes
-        import random
-
-        from ..world import captions as C
-        from ..world.scene import sample_scene
-
-        rng = random.Random(0)
-        text = " ".join(" ".join(C.captions(sample_scene(rng), rng).values()) for _ in range(600))
-        WORLD_WORDS = set(re.findall(r"[a-z]+", text.lower())) | set(C.NUMBER_WORDS) | {"center", "boxes"}
-    tokens = re.findall(r"[a-z]+", prompt.lower())
-    return [t for t in tokens if t not in WORLD_WORDS]
 
 
 class Pipeline:
-    def __init__(self, denoiser: DiT, vae, encoder: TextEncoder, meta: dict, safety: SafetyConfig | None = None):
+    def __init__(self, denoiser: DiT, vae, encoder: TextEncoder, meta: dict, guard=None, planner=None,
+                 verifier=None, notice=None):
+        """`guard`: `check_prompt(prompt)` before sampling, `finish(images, params, model)` after decoding
+        (None: images get their parameters and nothing else). `planner(prompts, seeds)`: layout tensors for
+        a grounded denoiser, or None. `verifier(prompt)`: image -> score for best-of search, or None for a
+        prompt it cannot read. `notice(prompt, model)`: a warning about the prompt, or None."""
         self.denoiser, self.vae, self.encoder, self.meta = denoiser.eval(), vae.eval(), encoder, meta
-        self.guard = Guard(safety)
+        self.guard, self.planner, self.verifier, self.notice = guard, planner, verifier, notice
         self.resolution = meta["resolution"]
         self.defaults = meta.get("defaults", {})
         self.name = meta.get("name", "limner")
 
     @classmethod
-    def from_pretrained(cls, name_or_path: str = "shapes-default", device: str = "cpu",
-                        safety: SafetyConfig | None = None) -> "Pipeline":
-        from safetensors.torch import load_file
+    def from_pretrained(cls, name_or_path: str = "shapes-default", device: str = "cpu", safety=None) -> "Pipeline":
+        """A model folder (or shipped name) with the guard (`safety`: a SafetyConfig; None: everything on) and
+        the hooks its metadata names."""
+        from .extras import extras  # the layer above the core: safety and world parts
 
-        path = resolve_model(name_or_path)
-        meta = json.loads((path / "limner.json").read_text())
-        meta["name"] = model_name(name_or_path, path, meta)
-        denoiser = DiT(DiTConfig(**meta["denoiser"]))
-        denoiser.load_state_dict({k: v.float() for k, v in load_file(path / "denoiser.safetensors").items()})
-        vae = AE.load(str(path / "autoencoder"))
+        denoiser, vae, meta = folder.load(name_or_path, device)
         encoder = TextEncoder(meta.get("text_encoder", "minilm"))
-        return cls(denoiser.to(device), vae.to(device), encoder, meta, safety)
+        return cls(denoiser, vae, encoder, meta, **extras(meta, encoder, safety))
 
     @torch.no_grad()
     def __call__(self, prompt: str | list[str], negative_prompt: str | None = None, seed: int | list[int] = 0,
@@ -103,16 +65,14 @@ class Pipeline:
         best_of = int(self.defaults.get("best_of", 1) if best_of is None else best_of)
         validate(prompts, steps, guidance, sampler, num_images, best_of)
         for p in dict.fromkeys(prompts):
-            self.guard.check_prompt(p)
-        if self.meta.get("world") == "shapes":
-            for p in set(prompts):
-                unknown = outside_world(p)
-                if unknown:
-                    warnings.warn(f"{self.name} only knows Shapes World (circles, squares and triangles in red, "
-                                  f"green, blue, yellow, purple, orange; counts, sizes, positions): it has never "
-                                  f"seen {', '.join(sorted(set(unknown))[:8])!r}", stacklevel=2)
+            if self.guard is not None:
+                self.guard.check_prompt(p)
+        for p in set(prompts):
+            message = self.notice(p, self.name) if self.notice else None
+            if message:
+                warnings.warn(message, stacklevel=3)  # at the caller, past the no_grad wrapper
         jobs = [(p, s + i) for p, s in zip(prompts, seeds) for i in range(num_images)]
-        verifiers = {p: self._verifier(p) if best_of > 1 else None for p in prompts}
+        verifiers = {p: self.verifier(p) if best_of > 1 and self.verifier else None for p in prompts}
         # candidate c of seed s starts from seed s + c * CANDIDATE_STRIDE; candidate 0 is the plain image
         draws = [(j, c) for j, (p, _) in enumerate(jobs) for c in range(best_of if verifiers[p] else 1)]
         drawn = []
@@ -132,17 +92,12 @@ class Pipeline:
         for j, p in enumerate(params):
             if verifiers[p["prompt"]]:
                 p["best_of"], p["candidate"] = best_of, best[j][2]
-        return self.guard.finish([best[j][1] for j in range(len(jobs))], params, f"{self.name}@{__version__}")
-
-    def _verifier(self, prompt: str):
-        """The prompt's exact constraints as a score of an image, or None outside Shapes World."""
-        if self.meta.get("world") != "shapes":
-            return None
-        from ..world.parse import parse_prompt
-        from ..world.scorer import detect, reward, score
-
-        cons = parse_prompt(prompt)
-        return None if cons is None else (lambda img: reward(score(detect(img), cons), cons))
+        images = [best[j][1] for j in range(len(jobs))]
+        if self.guard is None:
+            for img, p in zip(images, params):
+                img.info["parameters"] = p
+            return images
+        return self.guard.finish(images, params, f"{self.name}@{__version__}")
 
     def _sample(self, prompts, seeds, negative, steps, guidance, sampler):
         unique = list(dict.fromkeys(prompts))  # -n images and best-of candidates repeat a prompt: encode it once
@@ -162,24 +117,10 @@ class Pipeline:
         return SAMPLERS[sampler](v, self.noise(seeds), timesteps(steps))
 
     def layouts(self, prompts, seeds):
-        """A grounded denoiser's layout tensors: each prompt that places its objects (a detailed Shapes World
-        prompt) gets a plan drawn from its seed; None when the model is not grounded or no prompt places any."""
-        if not self.denoiser.cfg.grounding or self.meta.get("world") != "shapes":
+        """A grounded denoiser's layout tensors from the planner, or None (no planner, or nothing placed)."""
+        if not self.denoiser.cfg.grounding or self.planner is None:
             return None
-        import random
-
-        from ..world import layout
-        from ..world.parse import parse_prompt
-
-        placed = {p: getattr(parse_prompt(p), "objects", None) for p in dict.fromkeys(prompts)}  # candidates repeat prompts
-        plans = [layout.plan(placed[p], random.Random(s)) if placed[p] else None for p, s in zip(prompts, seeds)]
-        return layout.tensors(plans, self.phrases) if any(plans) else None
-
-    @functools.cached_property
-    def phrases(self):
-        from ..world.layout import PhraseEmbedder
-
-        return PhraseEmbedder(self.encoder)
+        return self.planner(prompts, seeds)
 
     def noise(self, seeds) -> torch.Tensor:
         """Starting latents, one generator per seed: an image depends on its own seed, not on its batch."""
@@ -206,24 +147,3 @@ def validate(prompts, steps, guidance, sampler, num_images, best_of=1):
         raise ValueError(f"-n must be between 1 and 256, not {num_images}")
     if not 1 <= best_of <= 64:
         raise ValueError(f"--best-of must be between 1 and 64, not {best_of}")
-
-
-def save_png(img: Image.Image, path: str | Path, metadata: bool = True) -> Path:
-    """Write a PNG atomically, with its generation parameters as a `parameters` text chunk."""
-    from ..safety.provenance import png_parameters
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    img.save(tmp, format="PNG", pnginfo=png_parameters(img.info.get("parameters") if metadata else None))
-    tmp.replace(path)
-    return path
-
-
-def grid(images: list[Image.Image], cols: int = 4, scale: int = 2) -> Image.Image:
-    w, h = images[0].size
-    rows = (len(images) + cols - 1) // cols
-    out = Image.new("RGB", (cols * w * scale, rows * h * scale), "white")
-    for i, im in enumerate(images):
-        out.paste(im.resize((w * scale, h * scale), Image.NEAREST), ((i % cols) * w * scale, (i // cols) * h * scale))
-    return out

@@ -127,7 +127,7 @@ def sample_scene(
             return Scene(rng.choice(list(BACKGROUNDS)), objs)
 
 
-def _sdf(shape: str, px: np.ndarray, py: np.ndarray, half: float) -> np.ndarray:
+def sdf(shape: str, px: np.ndarray, py: np.ndarray, half: float) -> np.ndarray:
     """Signed distance (negative inside) to a shape centred at 0 with bounding-box half-width `half`."""
     if shape == "circle":
         return np.hypot(px, py) - half
@@ -161,7 +161,7 @@ def render(scene: Scene, resolution: int = 64) -> Image.Image:
         j0, j1 = max(int(x0 * resolution) - 1, 0), min(int(math.ceil(x1 * resolution)) + 1, resolution)
         ys = (np.arange(i0, i1) + 0.5)[:, None]
         xs = (np.arange(j0, j1) + 0.5)[None, :]
-        d = _sdf(o.shape, xs - o.x * resolution, ys - o.y * resolution, SIZES[o.size] * resolution / 2)
+        d = sdf(o.shape, xs - o.x * resolution, ys - o.y * resolution, SIZES[o.size] * resolution / 2)
         cover = np.clip(0.5 - d, 0, 1)[..., None]
         patch = img[i0:i1, j0:j1]
         patch[:] = patch * (1 - cover) + np.asarray(COLOURS[o.colour], np.float32) * cover

@@ -14,7 +14,7 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-from .scene import COLOURS, SHAPES, TRI_H, Obj, _sdf
+from .scene import COLOURS, SHAPES, TRI_H, Obj, sdf
 from .captions import cell, relation
 
 _NAMES = list(COLOURS)
@@ -76,7 +76,7 @@ def _templates(area: float, cx: float, cy: float, ys: np.ndarray, xs: np.ndarray
         else:
             side = np.sqrt(4 * area / np.sqrt(3))
         box_cy = cy - side * TRI_H / 6 if shape == "triangle" else cy  # a triangle is bottom-heavy
-        cover = np.clip(0.5 - _sdf(shape, xs - cx, ys - box_cy, side / 2), 0, 1)
+        cover = np.clip(0.5 - sdf(shape, xs - cx, ys - box_cy, side / 2), 0, 1)
         out[shape] = (cover, side)
     return out
 

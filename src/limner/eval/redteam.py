@@ -1,4 +1,4 @@
-"""`limner safety eval`: a red-team report for the prompt filter.
+"""`limner safety eval`: a red-team report for the prompt filter (an evaluation, so it lives in eval/).
 
 Runs the filter over
 - unsafe prompts per category (redteam_prompts.yaml) -> block rate per category;
@@ -19,12 +19,10 @@ import statistics
 import time
 from pathlib import Path
 
-from ..eval.suites import BENCHMARKS, load_suite
-from .prompt_filter import PromptFilter, Verdict
+from ..safety.prompt_filter import PromptFilter, Verdict
+from .suites import BENCHMARKS, DEFAULT_BENCHMARKS, load_suite
 
 PROMPTS = Path(__file__).with_name("redteam_prompts.yaml")
-# the repository's sibling folder shared/benchmarks (src/limner/safety/redteam.py -> repo -> ..)
-DEFAULT_BENCHMARKS = Path(__file__).resolve().parents[3].parent / "shared" / "benchmarks"
 
 
 # ----------------------------------------------------------------------------- benign prompt sets

@@ -1,0 +1,63 @@
+"""Shapes World's parts of generation, which a pipeline attaches when its model folder says
+`"world": "shapes"` (the core pipeline itself knows no world):
+
+- `notice(prompt, model)`: a warning naming words the world's captions never use;
+- `LayoutPlanner(encoder)`: places the objects a detailed prompt names (read by the rule parser) and turns
+  the plans into what a grounded denoiser reads;
+- `verifier(prompt)`: the prompt's exact constraints as a score of an image, for best-of search. It is the
+  benchmark's own grader: a research oracle, not part of the model.
+"""
+from __future__ import annotations
+
+import functools
+import random
+import re
+
+from . import captions as C
+from . import layout
+from .parse import parse_prompt
+from .scene import sample_scene
+from .scorer import detect, reward, score
+
+
+@functools.lru_cache(maxsize=1)
+def vocabulary() -> frozenset[str]:
+    """Every word the world's captions use: all caption kinds over many scenes."""
+    rng = random.Random(0)
+    text = " ".join(" ".join(C.captions(sample_scene(rng), rng).values()) for _ in range(600))
+    return frozenset(re.findall(r"[a-z]+", text.lower())) | set(C.NUMBER_WORDS) | {"center", "boxes"}
+
+
+def unknown_words(prompt: str) -> list[str]:
+    known = vocabulary()
+    return [t for t in re.findall(r"[a-z]+", prompt.lower()) if t not in known]
+
+
+def notice(prompt: str, model: str) -> str | None:
+    unknown = unknown_words(prompt)
+    if not unknown:
+        return None
+    return (f"{model} only knows Shapes World (circles, squares and triangles in red, green, blue, yellow, "
+            f"purple, orange; counts, sizes, positions): it has never seen {', '.join(sorted(set(unknown))[:8])!r}")
+
+
+def verifier(prompt: str):
+    """A function image -> how well it meets the prompt's constraints, or None if the prompt is unreadable."""
+    cons = parse_prompt(prompt)
+    return None if cons is None else (lambda img: reward(score(detect(img), cons), cons))
+
+
+class LayoutPlanner:
+    """Layouts for a grounded denoiser: each prompt that places its objects gets a plan drawn from its seed."""
+
+    def __init__(self, encoder):
+        self.phrases = layout.PhraseEmbedder(encoder)
+
+    def __call__(self, prompts: list[str], seeds: list[int]):
+        """Layout tensors for the batch, or None when no prompt places any object."""
+        placed = {p: getattr(parse_prompt(p), "objects", None) for p in dict.fromkeys(prompts)}  # candidates repeat prompts
+        plans = [layout.plan(placed[p], random.Random(s)) if placed[p] else None for p, s in zip(prompts, seeds)]
+        return layout.tensors(plans, self.phrases) if any(plans) else None
+
+
+HOOKS = {"shapes": {"notice": notice, "verifier": verifier, "planner": LayoutPlanner}}
