@@ -7,7 +7,6 @@ same data order.
 """
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import logging
@@ -22,6 +21,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..common.files import atomic_path, digest
+from ..common.progress import progress
 from ..world import captions as C
 from ..world.scene import Scene, render, sample_scene
 from ..world.suites import held_out_prompts, normalise
@@ -54,20 +55,9 @@ class Record:
     weight: float = 1.0
 
 
-def atomic_save(obj, path: str | Path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-def digest(*parts) -> str:
-    h = hashlib.sha1()
-    for p in parts:
-        h.update(p if isinstance(p, bytes) else str(p).encode())
-        h.update(b"\0")
-    return h.hexdigest()[:16]
+def save_tensors(obj, path: Path) -> None:
+    with atomic_path(path) as tmp:  # a cache entry is whole or absent
+        torch.save(obj, tmp)
 
 
 def shapes_records(cfg: DataConfig) -> list[Record]:
@@ -126,6 +116,15 @@ def load_records(cfg: DataConfig) -> list[Record]:
     raise ValueError(f"unknown data.source {cfg.source!r}: use 'shapes' or 'webdataset'")
 
 
+def training_records(cfg: DataConfig) -> tuple[list[Record], np.ndarray | None]:
+    """The records a kind trains on, and their sampling weights (None when all are 1)."""
+    records = load_records(cfg)
+    if not records:
+        raise ValueError("the data source yielded no image-caption pairs")
+    weights = np.array([r.weight for r in records]) if any(r.weight != 1.0 for r in records) else None
+    return records, weights
+
+
 def image_of(rec: Record, resolution: int) -> Image.Image:
     if rec.scene is not None:
         return render(Scene.from_dict(rec.scene), resolution)
@@ -139,11 +138,12 @@ def to_tensor(img: Image.Image) -> torch.Tensor:
     return torch.from_numpy(np.asarray(img, np.float32) / 127.5 - 1).permute(2, 0, 1)
 
 
-def cached_text(encoder, texts: list[str], cache_dir: str, chunk: int = 4096, progress=None):
+def cached_text(encoder, texts: list[str], cache_dir: str, chunk: int = 4096, show: bool = False):
     """Token states for unique texts: a flat (tokens, dim) fp16 tensor, offsets and an index by text."""
     # similar lengths batch with little padding; ties broken by the text, so that the chunks (and with them
     # the cache keys) do not depend on set order, which Python randomises per process
     unique = sorted(set(texts), key=lambda t: (len(t), t))
+    bar = progress(len(unique), "text states", unit="text", enabled=show)
     flat, lengths = [], []
     for i in range(0, len(unique), chunk):
         part = unique[i : i + chunk]
@@ -152,20 +152,21 @@ def cached_text(encoder, texts: list[str], cache_dir: str, chunk: int = 4096, pr
             states = torch.load(path)
         else:
             states = [s.half() for s in encoder.encode(part)]
-            atomic_save(states, path)
+            save_tensors(states, path)
         flat += states
         lengths += [len(s) for s in states]
-        if progress:
-            progress(min(i + chunk, len(unique)), len(unique))
+        bar.update(len(part))
+    bar.close()
     offsets = np.concatenate([[0], np.cumsum(lengths)])
     return torch.cat(flat), offsets, {t: j for j, t in enumerate(unique)}
 
 
 @torch.no_grad()
 def cached_latents(vae, vae_id: str, records: list[Record], resolution: int, cache_dir: str,
-                   chunk: int = 2048, progress=None) -> torch.Tensor:
+                   chunk: int = 2048, show: bool = False) -> torch.Tensor:
     from ..models.autoencoder import to_latent
 
+    bar = progress(len(records), "latents", unit="image", enabled=show)
     out = []
     for i in range(0, len(records), chunk):
         part = records[i : i + chunk]
@@ -179,10 +180,10 @@ def cached_latents(vae, vae_id: str, records: list[Record], resolution: int, cac
                 x = torch.stack([to_tensor(image_of(r, resolution)) for r in part[j : j + 256]])
                 zs.append(to_latent(vae, x).half())
             z = torch.cat(zs)
-            atomic_save(z, path)
+            save_tensors(z, path)
         out.append(z)
-        if progress:
-            progress(min(i + chunk, len(records)), len(records))
+        bar.update(len(part))
+    bar.close()
     return torch.cat(out)
 
 

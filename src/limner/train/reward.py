@@ -11,10 +11,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import json
-import os
 import random
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,17 +20,17 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 import yaml
-from safetensors.torch import save_file
 
 from ..common.config import build
+from ..common.progress import progress
 from ..diffusion import flow
+from ..models import folder
 from ..world import captions as C
 from ..world.parse import parse_prompt
 from ..world.scene import sample_scene
 from ..world.scorer import Constraints, detect, reward, score
 from ..world.suites import held_out_prompts, normalise
-from .data import atomic_save
-from .train import own_threads
+from .loop import Metrics, load_checkpoint, own_threads, prepare_out_dir, save_checkpoint
 
 
 @dataclass
@@ -66,6 +63,11 @@ class RewardConfig:
         unknown = set(self.caption_weights) - {"count", "spatial", "detailed"}
         if unknown:
             raise ValueError(f"caption_weights: unknown kinds {sorted(unknown)}; use count, spatial, detailed")
+        if self.kind != "reward":
+            raise ValueError(f"kind is {self.kind!r} in a reward config")
+
+
+Config = RewardConfig
 
 
 def prompts_for_round(cfg: RewardConfig, rnd: int, held_out: set[str]) -> list[tuple[str, Constraints]]:
@@ -126,29 +128,29 @@ def dpo_loss(policy, ref, xw, xl, states, mask, cfg: RewardConfig, gen):
 
 @own_threads
 def run(cfg: RewardConfig, resume: bool = False, quiet: bool = False) -> Path:
-    from ..pipeline.core import Pipeline
-    from ..safety.guard import SafetyConfig
-    from ..text.encoder import pad
+    """Rounds of rollouts and DPO updates; not the step loop (loop.py), whose fixed steps of one batch each
+    do not fit a round of sampling followed by a varying number of updates, but its checkpoints, metrics and
+    out-dir rules."""
+    from ..pipeline import Pipeline
+    from ..text.encoder import TextEncoder, pad
 
-    out = Path(cfg.out_dir)
+    out = prepare_out_dir(cfg, resume)
     ckpt_path = out / "checkpoint.pt"
-    out.mkdir(parents=True, exist_ok=True)
-    if ckpt_path.exists() and not resume:
-        raise FileExistsError(f"{ckpt_path} exists: pass --resume to continue it, or choose another out_dir")
-    (out / "config.yaml").write_text(yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False))
-    pipe = Pipeline.from_pretrained(cfg.init, safety=SafetyConfig.off())
-    policy, encoder = pipe.denoiser, pipe.encoder  # rollouts sample pipe.denoiser, the policy itself
+    policy, vae, meta = folder.load(cfg.init)
+    encoder = TextEncoder(meta.get("text_encoder", "minilm"))
+    pipe = Pipeline(policy, vae, encoder, meta)  # no guard, no hooks: rollouts sample the policy itself
     ref = copy.deepcopy(policy).requires_grad_(False).eval()
     opt = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, weight_decay=0.0, betas=(0.9, 0.99))
     start = 0
-    if resume and ckpt_path.exists():
-        ck = torch.load(ckpt_path, weights_only=False)
+    ck = load_checkpoint(ckpt_path) if resume else None
+    if ck:
         policy.load_state_dict(ck["model"]), opt.load_state_dict(ck["opt"])
         start = ck["round"]
         print(f"resumed {ckpt_path} at round {start}")
     held_out = held_out_prompts()
     empty = encoder.encode([""])[0]
-    metrics = (out / "metrics.jsonl").open("a")
+    metrics = Metrics(out / "metrics.jsonl")
+    bar = progress(cfg.rounds, "reward", unit="round", initial=start, enabled=not quiet)
     t0 = time.time()
     for rnd in range(start, cfg.rounds):
         prompts = sorted(prompts_for_round(cfg, rnd, held_out), key=lambda p: len(p[0]))  # less padding per chunk
@@ -193,26 +195,14 @@ def run(cfg: RewardConfig, resume: bool = False, quiet: bool = False) -> Path:
         row = {"round": rnd + 1, "rollout_correct": float(np.mean(correct)), "reward": float(np.mean(rewards)),
                "pairs": len(wi), "loss": float(np.mean(losses)) if losses else None,
                "implicit_acc": float(np.mean(accs)) if accs else None, "time": time.time() - t0}
-        metrics.write(json.dumps(row) + "\n")
-        metrics.flush()
-        if not quiet:
-            print(f"round {rnd + 1}/{cfg.rounds}: rollouts correct {row['rollout_correct']:.3f}, reward "
-                  f"{row['reward']:.3f}, {len(wi)} pairs, loss {row['loss']}, {row['time'] / 60:.1f} min", flush=True)
-        atomic_save({"model": policy.state_dict(), "opt": opt.state_dict(), "round": rnd + 1,
-                     "config": dataclasses.asdict(cfg)}, ckpt_path)
-    export(pipe, policy, out / "model", cfg)
-    return out / "model"
-
-
-def export(pipe, policy, folder: Path, cfg: RewardConfig):
-    """The post-trained model as a folder like the one it started from (same autoencoder and text encoder)."""
-    tmp = folder.with_name(folder.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    (tmp / "autoencoder").mkdir(parents=True)
-    pipe.vae.save_pretrained(tmp / "autoencoder")
-    save_file({k: v.contiguous() for k, v in policy.state_dict().items()}, tmp / "denoiser.safetensors")
-    meta = {k: v for k, v in pipe.meta.items() if k != "name"}
-    meta["post_training"] = {"kind": "reward", "init": cfg.init, "rounds": cfg.rounds}
-    (tmp / "limner.json").write_text(json.dumps(meta, indent=2))
-    shutil.rmtree(folder, ignore_errors=True)
-    os.replace(tmp, folder)
+        metrics.write(row)
+        bar.update(1)
+        bar.set_postfix(correct=f"{row['rollout_correct']:.3f}", reward=f"{row['reward']:.3f}", pairs=len(wi),
+                        **({"loss": f"{row['loss']:.4g}"} if losses else {}))
+        save_checkpoint({"model": policy.state_dict(), "opt": opt.state_dict(), "round": rnd + 1,
+                         "config": dataclasses.asdict(cfg)}, ckpt_path)
+    bar.close()
+    metrics.close()
+    # a folder like the one it started from (same autoencoder, text encoder and defaults), saying how it was made
+    post = {"post_training": {"kind": "reward", "init": cfg.init, "rounds": cfg.rounds}}
+    return folder.save(out / "model", policy, vae, {**meta, **post})
