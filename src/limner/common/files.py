@@ -9,8 +9,8 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import secrets
 import shutil
-import tempfile
 from pathlib import Path
 
 
@@ -27,9 +27,7 @@ def atomic_path(path: str | Path):
     otherwise it is removed and `path` is left as it was."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    tmp = Path(tmp)
+    tmp = _beside(path, lambda p: os.close(os.open(p, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)))
     try:
         yield tmp
         os.replace(tmp, path)
@@ -43,7 +41,7 @@ def atomic_dir(folder: str | Path):
     `folder`'s place (an old folder is removed first), otherwise it is removed and `folder` is kept."""
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.", suffix=".tmp"))
+    tmp = _beside(folder, os.mkdir)
     try:
         yield tmp
         if folder.exists():
@@ -51,6 +49,19 @@ def atomic_dir(folder: str | Path):
         os.replace(tmp, folder)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _beside(path: Path, make) -> Path:
+    """A new, unused `.NAME.RANDOM.tmp` beside `path`, made by `make`. Not tempfile's mkstemp/mkdtemp: they
+    create 0600 files and 0700 folders, and os.replace would keep that; made like this, the umask decides,
+    as for any file written directly."""
+    while True:
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+        try:
+            make(tmp)
+            return tmp
+        except FileExistsError:
+            continue
 
 
 def digest(*parts: bytes | str | int | float, size: int = 16) -> str:
