@@ -36,6 +36,7 @@ from typing import Protocol
 import numpy as np
 from PIL import Image
 
+from ..models.local import local_model
 from ..world import captions as C
 from ..world.scene import BACKGROUNDS, Obj, Scene, render
 from ..world.scorer import detect
@@ -205,22 +206,6 @@ def retry_after(value: str | None) -> float | None:
 # ------------------------------------------------------------------------------------------ transformers
 
 
-def local_model(path: str) -> str:
-    """A folder to load from, never a download unless HF_HUB_OFFLINE=0 is set: a local folder, or a hub name
-    already in the Hugging Face cache (or, online, the hub name itself)."""
-    if Path(path).is_dir() or os.environ.get("HF_HUB_OFFLINE") == "0":
-        return path
-    from huggingface_hub import snapshot_download
-
-    try:
-        return snapshot_download(path, local_files_only=True)
-    except (OSError, ValueError):  # not in the cache, or not even a valid hub name
-        raise FileNotFoundError(
-            f"no local model at {path!r}: pass the folder of a vision-language model (download one first, e.g. "
-            f"`hf download {path} --local-dir DIR`), or set HF_HUB_OFFLINE=0 to let transformers download it"
-        ) from None
-
-
 class TransformersCaptioner:
     """A vision-language model that transformers loads with AutoProcessor and AutoModelForImageTextToText.
 
@@ -232,7 +217,7 @@ class TransformersCaptioner:
 
     def __init__(self, path: str, prompt: str | None = None, kind: str = "vlm", max_new_tokens: int = 120,
                  batch_size: int = 8, device: str = "cpu"):
-        self.path = local_model(path)  # fails now, before any image is read
+        self.path = local_model(path, "vision-language model")  # fails now, before any image is read
         self.prompt, self.kind, self.max_new_tokens = prompt, kind, max_new_tokens
         self.batch_size, self.device = batch_size, device
         self.errors: list[str | None] = []

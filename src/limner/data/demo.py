@@ -275,7 +275,7 @@ def standin_checker(out: str | Path, patch: int = 32, threshold: float = 0.5) ->
     import torch
     from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
-    from ..safety.image_filter import CLIP_MEAN, CLIP_STD
+    from ..models.clip import CLIP_MEAN, CLIP_STD
 
     C, side, dims = 1000.0, 224, 8  # dims: (C, m, magenta, share) each with its negation: 0-1, 2-3, 4-5, 6-7
     cfg = CLIPVisionConfig(hidden_size=dims, intermediate_size=2, num_hidden_layers=2, num_attention_heads=1,

@@ -3,7 +3,6 @@ CLIPScore and CMMD, generative VQA models for VQAScore, any transformers vision 
 Each has an `identity` (its files and settings) under which its scores are cached."""
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Protocol
@@ -11,32 +10,17 @@ from typing import Protocol
 import numpy as np
 from PIL import Image
 
+from ..common.files import digest
+from ..models.local import model_folder
+
 VQA_QUESTION = 'Does this figure show "{}"? Please answer yes or no.'   # Lin et al. 2024, VQAScore
 
 
-def model_folder(path: str | Path, what: str) -> Path:
-    """A local model folder (or a hub name already in the Hugging Face cache), else a message saying what to pass."""
-    from ..data.captioners import local_model
-
-    try:
-        folder = Path(local_model(str(path)))
-    except FileNotFoundError:
-        folder = Path(path)
-    if not (folder / "config.json").is_file():
-        raise FileNotFoundError(f"{path} is not a {what} folder (no config.json): pass a folder written by "
-                                f"save_pretrained, e.g. `hf download <model> --local-dir DIR`")
-    return folder
-
-
-def digest(*parts) -> str:
-    """A short stable hash of JSON-able parts: the cache key of a scorer."""
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
 def folder_identity(folder: Path, *settings) -> str:
+    """A model's cache key: its files' fingerprint and the settings that change its scores."""
     from ..pipeline.backends import fingerprint
 
-    return digest(fingerprint(folder), *settings)
+    return digest(json.dumps(fingerprint(folder), sort_keys=True, default=str), *settings)
 
 
 class FeatureExtractor(Protocol):
@@ -71,19 +55,19 @@ class Clip:
             weights = Path(pretrained)
             self.identity = digest(self.spec, weights.stat().st_mtime_ns if weights.is_file() else None)
             return
-        from ..safety.image_filter import ClipSafetyChecker
+        from ..models.clip import ClipEmbedder
 
         folder = model_folder(spec, "CLIP model")
-        kind = json.loads((folder / "config.json").read_text()).get("model_type")
+        self._open, self._hf = None, ClipEmbedder(folder, device, batch_size)
+        kind = self._hf.config.get("model_type")
         if kind not in ("clip", "clip_vision_model"):
             raise ValueError(f"{spec} holds a {kind!r} model, not CLIP: pass a transformers CLIPModel folder")
-        self._open, self.has_text = None, kind == "clip"
-        self._hf = ClipSafetyChecker(folder, device=device, batch_size=batch_size)   # its CLIP towers, no concepts
+        self.has_text = self._hf.has_text
         self.identity = folder_identity(folder)
 
     def images(self, images: list[Image.Image]) -> np.ndarray:
         if self._open is None:
-            return self._hf.embed(images).numpy()
+            return self._hf.images(images).numpy()
         import torch
 
         with torch.no_grad():
@@ -98,7 +82,7 @@ class Clip:
         if not self.has_text:
             raise ValueError(f"{self.spec} has no CLIP text tower: CLIPScore needs a full CLIPModel folder")
         if self._open is None:
-            return np.concatenate([self._hf.embed_text(texts[i:i + 256]).numpy() for i in range(0, len(texts), 256)])
+            return np.concatenate([self._hf.texts(texts[i:i + 256]).numpy() for i in range(0, len(texts), 256)])
         import torch
 
         with torch.no_grad():

@@ -7,6 +7,7 @@ serves the generation-time filter and data curation (safety, "AI-generated" dete
   the ONNX weights, so it runs offline on CPU. Label "nsfw", a probability.
 - `ClipSafetyChecker`: the Stable Diffusion safety-checker recipe on CLIP weights the user points to:
   cosine similarity of the image embedding to concept embeddings, each concept with its own threshold.
+  Loading and embedding are `limner.models.clip`'s; only the concepts and thresholds are here.
 
 `ImageFilter` applies a policy (per-label thresholds, and block / blur / warn) to a classifier's scores.
 """
@@ -21,6 +22,8 @@ from typing import Protocol
 
 import numpy as np
 from PIL import Image, ImageFilter as PILFilter
+
+from ..models.clip import ClipEmbedder
 
 log = logging.getLogger(__name__)
 
@@ -76,8 +79,6 @@ class OpenNSFW:
 
 # ------------------------------------------------------------------------------------ CLIP safety checker
 
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 CONCEPT_FILES = ("concepts.safetensors", "concepts.npz")
 
 
@@ -85,7 +86,7 @@ class ClipSafetyChecker:
     """Stable-Diffusion-safety-checker-style filter on local CLIP weights.
 
     score(image, concept) = cosine(image embedding, concept embedding); flagged at or above the concept's
-    threshold. `path` is one of:
+    threshold. `path` is any folder `limner.models.clip.ClipEmbedder` reads:
 
     - a transformers `CLIPModel` folder (both towers): concepts from `concepts` (text phrases, embedded by
       the text tower) and/or `embeddings`;
@@ -103,67 +104,68 @@ class ClipSafetyChecker:
 
     def __init__(self, path: str | Path, concepts: dict[str, dict] | None = None,
                  embeddings: str | Path | None = None, device: str = "cpu", batch_size: int = 32):
-        path = Path(path)
-        self.path = path / "safety_checker" if (path / "safety_checker" / "config.json").exists() else path
-        if not (self.path / "config.json").exists():
-            raise FileNotFoundError(f"no CLIP model at {path}: expected a folder with config.json (a CLIPModel, "
-                                    "CLIPVisionModelWithProjection or StableDiffusionSafetyChecker)")
+        self.clip = ClipEmbedder(path, device, batch_size)
+        self.path = self.clip.path
         self.concepts = concepts or {}
         self.embeddings_file = Path(embeddings) if embeddings else None
-        self.device, self.batch_size = device, batch_size
 
     @property
     def labels(self) -> tuple[str, ...]:
-        return tuple(self._concepts["names"]) + tuple(self._model["special_names"])
+        return tuple(self._concepts["names"]) + tuple(self._special["names"])
 
     @property
     def thresholds(self) -> dict[str, float]:
         return dict(zip(self._concepts["names"], self._concepts["thresholds"].tolist()))
 
     def scores(self, images: list[Image.Image]) -> list[dict[str, float]]:
-        m, c = self._model, self._concepts
+        c, sc = self._concepts, self._special
         emb = self.embed(images)
         sims = (emb @ c["embeds"].T).numpy()
-        special = (emb @ m["special_embeds"].T).numpy()
+        special = (emb @ sc["embeds"].T).numpy()
         # diffusers: any special-care concept over its threshold makes every concept 0.01 easier to hit
-        sims += np.where((special >= m["special_thresholds"].numpy()).any(1, keepdims=True), 0.01, 0.0)
-        names = c["names"] + m["special_names"]
+        sims += np.where((special >= sc["thresholds"].numpy()).any(1, keepdims=True), 0.01, 0.0)
+        names = c["names"] + sc["names"]
         return [dict(zip(names, map(float, np.concatenate([s, sp])))) for s, sp in zip(sims, special)]
 
     def embed(self, images: list[Image.Image]):
         """L2-normalised projected image embeddings, a float32 tensor [N, D]."""
-        import torch
-
-        m = self._model
-        out = []
-        with torch.no_grad():
-            for i in range(0, len(images), self.batch_size):
-                pixels = clip_pixels(images[i : i + self.batch_size], m["size"], m["mean"], m["std"])
-                pooled = m["vision"](pixel_values=pixels.to(self.device)).pooler_output
-                out.append(torch.nn.functional.normalize(m["projection"](pooled).float(), dim=-1).cpu())
-        return torch.cat(out)
+        return self.clip.images(images)
 
     def embed_text(self, phrases: list[str]):
         """L2-normalised projected text embeddings [N, D] (needs a CLIPModel folder with its tokenizer)."""
-        import torch
-        from transformers import AutoTokenizer
-
-        model = self._model["clip"]
-        if model is None:
+        if not self.clip.has_text:
             raise ValueError(f"{self.path} has no CLIP text tower: give concept embeddings instead of phrases")
-        tok = AutoTokenizer.from_pretrained(self.path)(phrases, padding=True, truncation=True, return_tensors="pt")
-        with torch.no_grad():
-            pooled = model.text_model(input_ids=tok["input_ids"].to(self.device),
-                                      attention_mask=tok["attention_mask"].to(self.device)).pooler_output
-            return torch.nn.functional.normalize(model.text_projection(pooled).float(), dim=-1).cpu()
+        return self.clip.texts(phrases)
+
+    @cached_property
+    def _builtin(self) -> dict:
+        """A diffusers safety checker's own concepts ("concept_i") and special-care concepts; none for plain CLIP."""
+        import torch
+
+        towers = self.clip.towers
+        sd, dim = towers.safety_checker, towers.dim
+        if sd is None:
+            return {"names": [], "embeds": torch.zeros(0, dim), "thresholds": torch.zeros(0),
+                    "special": {"names": [], "embeds": torch.zeros(0, dim), "thresholds": torch.zeros(0)}}
+        special = sd.special_care_embeds.detach().float().cpu()
+        return {"names": [f"concept_{i}" for i in range(len(sd.concept_embeds))],
+                "embeds": sd.concept_embeds.detach().float().cpu(),
+                "thresholds": sd.concept_embeds_weights.detach().float().cpu(),
+                "special": {"names": [f"special_care_{i}" for i in range(len(special))],
+                            "embeds": torch.nn.functional.normalize(special, dim=-1),
+                            "thresholds": sd.special_care_embeds_weights.detach().float().cpu()}}
+
+    @property
+    def _special(self) -> dict:
+        return self._builtin["special"]
 
     @cached_property
     def _concepts(self) -> dict:
         """Every concept source merged: the safety checker's own, the embeddings file, the text phrases."""
         import torch
 
-        m = self._model
-        names, embeds, thresholds = list(m["names"]), [m["embeds"]], [m["thresholds"]]
+        b = self._builtin
+        names, embeds, thresholds = list(b["names"]), [b["embeds"]], [b["thresholds"]]
         file = self.embeddings_file or next((self.path / f for f in CONCEPT_FILES if (self.path / f).exists()), None)
         if file is not None:
             n, e, t = load_concepts(file)
@@ -177,72 +179,13 @@ class ClipSafetyChecker:
                              f"with thresholds, or an embeddings file ({' / '.join(CONCEPT_FILES)})")
         if len(set(names)) != len(names):
             raise ValueError(f"duplicate concept names: {sorted(names)}")
-        dim = m["projection"].out_features
+        dim = self.clip.towers.dim
         bad = [tuple(e.shape) for e in embeds if e.shape[1] != dim]
         if bad:
             raise ValueError(f"concept embeddings of shape {bad[0]} do not match the {dim}-d projection of the "
                              f"CLIP model at {self.path}")
         return {"names": names, "embeds": torch.nn.functional.normalize(torch.cat(embeds), dim=-1),
                 "thresholds": torch.cat(thresholds)}
-
-    @cached_property
-    def _model(self) -> dict:
-        import torch
-
-        config = json.loads((self.path / "config.json").read_text())
-        if "StableDiffusionSafetyChecker" in config.get("architectures", []):
-            from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionSafetyChecker
-
-            # transformers 5 refuses SDPA for this class; eager attention computes the same thing
-            sd = StableDiffusionSafetyChecker.from_pretrained(self.path, attn_implementation="eager")
-            sd = sd.to(self.device).eval()
-            special = sd.special_care_embeds.detach().float().cpu()
-            m = {"vision": sd.vision_model, "projection": sd.visual_projection, "clip": None,
-                 "size": sd.config.vision_config.image_size,
-                 "names": [f"concept_{i}" for i in range(len(sd.concept_embeds))],
-                 "embeds": sd.concept_embeds.detach().float().cpu(),
-                 "thresholds": sd.concept_embeds_weights.detach().float().cpu(),
-                 "special_names": [f"special_care_{i}" for i in range(len(special))],
-                 "special_embeds": torch.nn.functional.normalize(special, dim=-1),
-                 "special_thresholds": sd.special_care_embeds_weights.detach().float().cpu()}
-        elif config.get("model_type") in ("clip", "clip_vision_model"):
-            from transformers import CLIPModel, CLIPVisionModelWithProjection
-
-            text = config["model_type"] == "clip"
-            model = (CLIPModel if text else CLIPVisionModelWithProjection).from_pretrained(self.path)
-            model = model.to(self.device).eval()
-            vision_config = model.config.vision_config if text else model.config
-            dim = model.visual_projection.out_features
-            m = {"vision": model.vision_model, "projection": model.visual_projection, "clip": model if text else None,
-                 "size": vision_config.image_size, "names": [], "embeds": torch.zeros(0, dim),
-                 "thresholds": torch.zeros(0), "special_names": [], "special_embeds": torch.zeros(0, dim),
-                 "special_thresholds": torch.zeros(0)}
-        else:
-            raise ValueError(f"{self.path}/config.json is a {config.get('model_type')!r} model, not CLIP")
-        return m | _normalisation(self.path)
-
-
-def _normalisation(path: Path) -> dict:
-    """Mean/std from a preprocessor_config.json beside the weights (or the pipeline's feature_extractor/)."""
-    files = [path / "preprocessor_config.json", path.parent / "feature_extractor" / "preprocessor_config.json"]
-    cfg = next((json.loads(f.read_text()) for f in files if f.exists()), {})
-    return {"mean": np.float32(cfg.get("image_mean", CLIP_MEAN)), "std": np.float32(cfg.get("image_std", CLIP_STD))}
-
-
-def clip_pixels(images: list[Image.Image], size: int, mean=CLIP_MEAN, std=CLIP_STD):
-    """CLIP preprocessing to a [N, 3, size, size] tensor: bicubic resize of the short side, centre crop, normalise."""
-    import torch
-
-    out = []
-    for image in images:
-        im = image.convert("RGB")
-        short, long = sorted(im.size)
-        long = int(size * long / short)  # exactly as transformers rounds it, so pixels match CLIPImageProcessor
-        im = im.resize((size, long) if im.width <= im.height else (long, size), Image.BICUBIC)
-        left, top = (im.width - size) // 2, (im.height - size) // 2
-        arr = np.asarray(im.crop((left, top, left + size, top + size)), np.float32) / 255
-        out.append(torch.from_numpy((arr - np.float32(mean)) / np.float32(std)).permute(2, 0, 1))
-    return torch.stack(out)
 
 
 def load_concepts(path: str | Path):
