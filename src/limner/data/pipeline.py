@@ -18,13 +18,8 @@ stage's scores, its cluster and weight, and all its captions with their sources.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import io
 import json
-import os
-import sys
-import tarfile
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,8 +28,11 @@ import yaml
 from PIL import Image
 
 from ..common.config import build
+from ..common.files import atomic_path, digest, write_atomic
+from ..common.progress import progress
 from . import stages as S
 from .pii import PIIConfig
+from . import shards as webdataset
 from .sources import Shard, SourceConfig, read, shards
 
 MANIFEST = "manifest.parquet"
@@ -109,13 +107,6 @@ class PipelineConfig:
 # ------------------------------------------------------------------------------------------ small helpers
 
 
-def _atomic_write(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    write(tmp)
-    os.replace(tmp, path)
-
-
 def _write_rows(rows: list[dict], path: Path) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -123,7 +114,8 @@ def _write_rows(rows: list[dict], path: Path) -> None:
     # from_pylist takes its columns from the first row alone: give every row every column
     columns = list(dict.fromkeys(k for r in rows for k in r))
     rows = [{k: r.get(k) for k in columns} for r in rows]
-    _atomic_write(path, lambda tmp: pq.write_table(pa.Table.from_pylist(rows), tmp))
+    with atomic_path(path) as tmp:
+        pq.write_table(pa.Table.from_pylist(rows), tmp)
 
 
 def _read_rows(paths: list[Path]) -> list[dict]:
@@ -139,20 +131,7 @@ def _fingerprint(cfg: PipelineConfig) -> str:
     d = cfg.to_dict()
     for k in ("workers", "executor", "ray_address"):  # how it runs does not change what it makes
         d.pop(k)
-    return hashlib.sha1(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-class _Progress:
-    def __init__(self, what: str, total: int, quiet: bool):
-        self.what, self.total, self.done, self.items, self.t0, self.quiet = what, total, 0, 0, time.time(), quiet
-
-    def step(self, items: int):
-        self.done, self.items = self.done + 1, self.items + items
-        if not self.quiet:
-            rate = self.items / max(time.time() - self.t0, 1e-9)
-            end = "\n" if self.done == self.total else ""
-            print(f"\r{self.what}: {self.done}/{self.total} shards, {self.items} images, {rate:.0f} images/s",
-                  end=end, file=sys.stderr, flush=True)
+    return digest(json.dumps(d, sort_keys=True, default=str))
 
 
 # ----------------------------------------------------------------------------------------- the stages
@@ -218,9 +197,9 @@ def analyse_shard(cfg: PipelineConfig, shard: Shard, out: Path) -> int:
         row["reason"] = reason
         rows.append(row)
     if cfg.dedup.embedder and images:  # semantic near-duplicates: CLIP image embeddings
-        from ..safety.image_filter import ClipSafetyChecker
+        from ..models.clip import ClipEmbedder
 
-        emb = ClipSafetyChecker(cfg.dedup.embedder).embed([im for _, im in images]).numpy()
+        emb = ClipEmbedder(cfg.dedup.embedder).images([im for _, im in images]).numpy()
         for (j, _), e in zip(images, emb):
             rows[j]["embedding"] = e.astype(np.float32).tolist()
     # batched stages, on what the cheap ones kept
@@ -312,7 +291,7 @@ def write_shard(cfg: PipelineConfig, shard: Shard, decisions: dict[str, dict], o
             continue
         dec, _, _ = S.decode(item.data, cfg.decode)
         kept.append((i, item, dec))
-    rows, members = [], []
+    rows, samples = [], []
     synthetic: list[dict] = [{} for _ in kept]  # kind -> (caption, the captioner that wrote it)
     failures: list[list[str]] = [[] for _ in kept]
     alts = [decisions[it.key]["alt"] for _, it, _ in kept]
@@ -341,21 +320,14 @@ def write_shard(cfg: PipelineConfig, shard: Shard, decisions: dict[str, dict], o
         ext, data = _stored(item.data, dec, cfg.image_format)
         d = decisions[item.key]
         meta = {"key": item.key, "captions": caps, "sources": sources, "weight": d["weight"]}
-        members += [(f"{name}.{ext}", data), (f"{name}.json", json.dumps(meta).encode())]
+        members = {ext: data, "json": json.dumps(meta).encode()}
         if "alt" in caps:
-            members.append((f"{name}.txt", caps["alt"].encode()))
+            members["txt"] = caps["alt"].encode()
+        samples.append((name, members))
         rows.append({"key": item.key, "captions": json.dumps(caps), "caption_sources": json.dumps(sources),
                      "captions_dropped": ",".join(dropped), "caption_errors": "; ".join(failed),
                      "tar": out_tar.name, "member": name})
-
-    def write_tar(tmp):
-        with tarfile.open(tmp, "w") as tar:
-            for name, data in members:
-                info = tarfile.TarInfo(name)
-                info.size, info.mtime = len(data), 0  # fixed mtime: the same input makes the same bytes
-                tar.addfile(info, io.BytesIO(data))
-
-    _atomic_write(out_tar, write_tar)
+    webdataset.write_shard(out_tar, samples)
     _write_rows(rows, out_rows)  # written last: its presence marks the shard as done
     return len(rows)
 
@@ -385,9 +357,18 @@ def _task(args: tuple) -> int:
 
 
 def _run_tasks(cfg: PipelineConfig, tasks: list[tuple], what: str, quiet: bool) -> None:
-    bar = _Progress(what, len(tasks), quiet or not tasks)
     if not tasks:
         return
+    with progress(len(tasks), what, unit="shard", enabled=not quiet) as bar:
+        images = 0
+        for n in _results(cfg, tasks):
+            images += n
+            bar.set_postfix(images=images, refresh=False)
+            bar.update()
+
+
+def _results(cfg: PipelineConfig, tasks: list[tuple]):
+    """Each task's image count, as the tasks finish, on the configured executor."""
     if cfg.executor == "ray":
         import ray
 
@@ -400,10 +381,10 @@ def _run_tasks(cfg: PipelineConfig, tasks: list[tuple], what: str, quiet: bool) 
         results = ds.map(lambda row: {"n": _task(tuple(json.loads(row["task"])))}, num_cpus=1,
                          concurrency=cfg.workers if not cfg.ray_address else None)
         for r in results.iter_rows():
-            bar.step(r["n"])
+            yield r["n"]
     elif cfg.workers <= 1:
         for t in tasks:
-            bar.step(_task(t))
+            yield _task(t)
     else:
         import multiprocessing as mp
         from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -411,7 +392,7 @@ def _run_tasks(cfg: PipelineConfig, tasks: list[tuple], what: str, quiet: bool) 
         # spawn: workers must not inherit the parent's threads and half-initialised libraries
         with ProcessPoolExecutor(cfg.workers, mp_context=mp.get_context("spawn")) as pool:
             for fut in as_completed([pool.submit(_task, t) for t in tasks]):
-                bar.step(fut.result())
+                yield fut.result()
 
 
 def run(cfg: PipelineConfig, quiet: bool = False) -> Path:
@@ -423,7 +404,7 @@ def run(cfg: PipelineConfig, quiet: bool = False) -> Path:
     if stamp.exists() and json.loads(stamp.read_text())["fingerprint"] != _fingerprint(cfg):
         raise ValueError(f"{out} holds a run with another configuration; choose a new out_dir, or delete "
                          f"{out} to start over (finished shards are reused only with the same configuration)")
-    _atomic_write(stamp, lambda tmp: tmp.write_text(json.dumps({"fingerprint": _fingerprint(cfg), "config": cfg.to_dict()}, default=str)))
+    write_atomic(stamp, json.dumps({"fingerprint": _fingerprint(cfg), "config": cfg.to_dict()}, default=str))
     cfg_d = cfg.to_dict()
     parts = shards(cfg.source)
 
@@ -437,7 +418,7 @@ def run(cfg: PipelineConfig, quiet: bool = False) -> Path:
         for r in rows:  # what pass 3 needs of pass 1: the scrubbed alt-text and its safety verdict
             if r["key"] in decisions:
                 decisions[r["key"]].update(alt=r["alt"], alt_unsafe=r["alt_unsafe"])
-        _atomic_write(decisions_path, lambda tmp: tmp.write_text(json.dumps(decisions)))
+        write_atomic(decisions_path, json.dumps(decisions))
     decisions = json.loads(decisions_path.read_text())
 
     written = [work / f"written-{s.index:05d}.parquet" for s in parts]

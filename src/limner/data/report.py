@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..common.files import write_atomic
+
 SCORES = {"sharpness": "min_sharpness", "contrast": "min_contrast", "blockiness": "max_blockiness",
           "overexposed": "max_clipped", "underexposed": "max_clipped", "mean_luma": "min_mean_luma"}
 
@@ -154,9 +156,5 @@ def write(manifest: str | Path, out_dir: str | Path | None = None) -> Path:
     style = ("body{font-family:sans-serif;margin:2em}figure{display:inline-block;margin:4px;font-size:11px;"
              "text-align:center}figure img{width:96px;height:96px;object-fit:contain;background:#eee}"
              ".cluster{border-top:1px solid #ccc;padding:6px 0}")
-    page = out / "report.html"
-    tmp = page.with_name(".report.html.tmp")
-    tmp.write_text(f"<!doctype html><meta charset=utf-8><title>limner data report</title><style>{style}</style>"
-                   + "".join(parts))
-    tmp.replace(page)
-    return page
+    return write_atomic(out / "report.html", f"<!doctype html><meta charset=utf-8><title>limner data report</title>"
+                        f"<style>{style}</style>" + "".join(parts))

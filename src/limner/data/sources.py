@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import json
 import os
-import tarfile
 from dataclasses import dataclass, field
 from glob import glob
 from pathlib import Path
 from typing import Iterator
 
-IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff")
+from . import shards as webdataset
+
+IMAGE_EXTS = tuple(f".{e}" for e in webdataset.IMAGE_EXTS)  # a folder source takes what a shard may hold
 CAPTION_KEYS = ("alt", "caption", "text", "alt_text", "txt")
 
 
@@ -122,34 +123,20 @@ def _json_file(path: Path) -> dict:
 
 
 def _read_tar(shard: Shard) -> Iterator[Item]:
-    groups: dict[str, dict[str, bytes]] = {}
-    try:
-        with tarfile.open(shard.location) as tar:
-            for m in tar:
-                if not m.isfile() or "." not in os.path.basename(m.name):
-                    continue
-                folder, base = os.path.split(m.name)
-                stem, ext = base.split(".", 1)
-                groups.setdefault(os.path.join(folder, stem), {})[ext.lower()] = tar.extractfile(m).read()
-    except (tarfile.TarError, OSError, EOFError) as e:  # a truncated tar still yields what came before
-        groups.setdefault("__tar_error__", {})["error"] = str(e).encode()
-    for key, parts in groups.items():
-        if key == "__tar_error__":
-            yield Item(f"{Path(shard.location).name}:truncated", None, error=f"tar: {parts['error'].decode()}")
-            continue
-        ext = next((e for e in parts if "." + e in IMAGE_EXTS), None)
-        meta = {}
-        if "json" in parts:
-            try:
-                meta = json.loads(parts["json"])
-            except (json.JSONDecodeError, UnicodeDecodeError):
-                meta = {"json_error": "the .json member is not valid JSON"}
-        text = parts["txt"].decode("utf-8", "replace") if "txt" in parts else None
-        alt, meta = _alt_and_meta(text, meta if isinstance(meta, dict) else {})
-        if ext is None:
-            yield Item(key, None, alt, meta, "no image member")
+    samples, error = webdataset.read_shard(shard.location)
+    for sample in samples:
+        try:
+            meta = sample.meta()
+        except ValueError:
+            meta = {"json_error": "the .json member is not valid JSON"}
+        alt, meta = _alt_and_meta(sample.text(), meta if isinstance(meta, dict) else {})
+        image = sample.image()
+        if image is None:
+            yield Item(sample.key, None, alt, meta, "no image member")
         else:
-            yield Item(key, parts[ext], alt, meta)
+            yield Item(sample.key, image[1], alt, meta)
+    if error is not None:  # a truncated tar still yields what came before
+        yield Item(f"{Path(shard.location).name}:truncated", None, error=f"tar: {error}")
 
 
 def _read_parquet(shard: Shard, cfg: SourceConfig) -> Iterator[Item]:
