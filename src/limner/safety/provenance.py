@@ -17,6 +17,7 @@ from pathlib import Path
 from PIL import Image, PngImagePlugin
 
 from .. import __version__
+from ..common.files import atomic_path
 
 TRAINED_ALGORITHMIC_MEDIA = "http://cv.iptc.org/newscodes/digitalsourcetype/trainedAlgorithmicMedia"
 AI_SOURCE_TYPES = {TRAINED_ALGORITHMIC_MEDIA,
@@ -61,7 +62,7 @@ def sign_c2pa(in_path: str | Path, out_path: str | Path, cert_chain_pem: str | b
     trainedAlgorithmicMedia, softwareAgent limner <version> and, unless `params` is None, the generation
     parameters. `cert_chain_pem` (signing certificate first, then its issuers) and `private_key_pem` are PEM
     text/bytes or paths to PEM files. Offline unless `tsa_url` names an RFC 3161 timestamp authority.
-    The output is written atomically (temporary file, then rename); in_path may equal out_path.
+    The output is written atomically (`common.files.atomic_path`); in_path may equal out_path.
     """
     import c2pa
 
@@ -82,20 +83,16 @@ def sign_c2pa(in_path: str | Path, out_path: str | Path, cert_chain_pem: str | b
     manifest = {"claim_generator_info": [{"name": "limner", "version": __version__}],
                 "title": title or out_path.name, "format": fmt,
                 "assertions": [{"label": "c2pa.actions", "data": {"actions": [action]}}]}
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_name(f".{out_path.name}.c2pa.tmp")
     # no thumbnail: our images are thumbnail-sized already, and it would double the file
     settings = {"builder": {"thumbnail": {"enabled": False}}}
     try:
-        with c2pa.Context.from_dict(settings) as context, c2pa.Builder(manifest, context=context) as builder, \
+        with atomic_path(out_path) as tmp, c2pa.Context.from_dict(settings) as context, \
+                c2pa.Builder(manifest, context=context) as builder, \
                 c2pa.Signer.from_info(c2pa.C2paSignerInfo(alg, chain, key, tsa_url)) as signer, \
                 open(in_path, "rb") as src, open(tmp, "w+b") as dst:
             builder.sign(signer, fmt, src, dst)
-        tmp.replace(out_path)
     except c2pa.C2paError as e:
         raise ValueError(f"C2PA signing of {in_path} failed: {e}") from e
-    finally:
-        tmp.unlink(missing_ok=True)
     return out_path
 
 
