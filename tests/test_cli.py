@@ -88,3 +88,47 @@ def test_python_api_matches_cli(tmp_path):
     img = pipe("a yellow triangle", seed=1, steps=6)[0]
     limner("generate", "a yellow triangle", "--seed", "1", "--steps", "6", "--output", str(tmp_path / "y.png"))
     assert np.array_equal(np.asarray(img), np.asarray(Image.open(tmp_path / "y.png")))
+
+
+# Run the CLI in a fresh process and report, after it returns, which heavy libraries it imported: a flag the
+# pipeline would refuse must be refused before any model (weights, autoencoder, text encoder, prompt filter)
+# loads, so none of their libraries may be imported by then.
+MODEL_LIBRARIES = ("safetensors", "diffusers", "transformers", "onnxruntime")
+REPORT_IMPORTS = f"""
+import json, sys
+from limner.cli import main
+code = main(sys.argv[1:])
+print(json.dumps({{"code": code, "loaded": sorted(m for m in {MODEL_LIBRARIES!r} if m in sys.modules),
+                  "torch": "torch" in sys.modules}}))
+"""
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--steps", "0"], "steps must be between 1 and 1000, not 0"),   # was silently the model's default
+    (["--steps", "100000"], "steps must be between 1 and 1000, not 100000"),   # was refused after loading
+    (["--guidance", "-3"], "guidance must be between 0 and 50"),
+    (["--guidance", "nan"], "guidance must be between 0 and 50"),
+    (["--sampler", "magic"], "unknown sampler 'magic'"),
+    (["-n", "0"], "-n must be between 1 and 256, not 0"),
+    (["--best-of", "0"], "--best-of must be between 1 and 64, not 0"),
+    (["--best-of", "65"], "--best-of must be between 1 and 64, not 65"),
+])
+def test_generate_refuses_bad_flags_before_loading_a_model(flags, message, tmp_path):
+    out = tmp_path / "x.png"
+    res = subprocess.run([sys.executable, "-c", REPORT_IMPORTS, "generate", "a red circle", *flags, "--output", str(out)],
+                         capture_output=True, text=True, timeout=120)
+    assert f"limner: error: {message}" in res.stderr and "Traceback" not in res.stderr
+    report = json.loads(res.stdout.splitlines()[-1])
+    assert report["code"] == 2 and report["loaded"] == []
+    assert not out.exists() and not list(tmp_path.iterdir())
+
+
+def test_help_imports_no_model_code():
+    """`limner --help` builds every verb's parser; none of them may pull in torch or a model library."""
+    code = ("import sys; from limner.cli import parser; parser()\n"
+            f"print(sorted(m for m in ('torch', *{MODEL_LIBRARIES!r}) if m in sys.modules))")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == "[]"
+    res = limner("--help")
+    assert res.returncode == 0 and "generate" in res.stdout and "watermark" in res.stdout

@@ -13,8 +13,8 @@ import pytest
 from PIL import Image
 
 from limner.pipeline.backends import DiffusersBackend, LimnerBackend, OpenAIBackend, load_backend
-from limner.eval.generate import (add_eval_generate_parser, folder_names, generate_suite, read_manifest,
-                                  safe_name)
+from limner.cli.eval import add_eval_generate_parser
+from limner.eval.generate import folder_names, generate_suite, read_manifest, safe_name
 from limner.eval.suites import Prompt, load_suite
 from limner.safety import watermark as W
 from limner.safety.prompt_filter import PromptBlocked

@@ -10,7 +10,7 @@ from collections import Counter
 import pytest
 
 from limner.eval import suites
-from limner.eval.commands import cmd_suites_export, cmd_suites_list, cmd_suites_show
+from limner.cli.eval import cmd_suites_export, cmd_suites_list, cmd_suites_show
 from limner.eval.suites import SuiteFormatError, list_suites, load_suite
 
 ROOT = suites.benchmarks_dir()
@@ -296,7 +296,7 @@ def test_cli_show_a_file_with_explicit_format(tmp_path, capsys):
 def test_cli_parser_wiring(capsys):
     import argparse
 
-    from limner.eval.commands import add_eval_suites_parser
+    from limner.cli.eval import add_eval_suites_parser
 
     p = argparse.ArgumentParser(prog="limner eval")
     add_eval_suites_parser(p.add_subparsers(dest="eval_verb", required=True))

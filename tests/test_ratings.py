@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from limner.eval import ratings as R
-from limner.eval.elo_command import add_elo_parser, cmd_elo
+from limner.cli.eval import add_elo_parser, cmd_elo
 
 MODELS = ["imagen-3", "sd3", "dalle-3", "mj-v6", "imagen-2", "sdxl"]
 TRUTH = np.array([1098, 1047, 1028, 1027, 941, 860.0])   # the Imagen 3 report's overall Elo

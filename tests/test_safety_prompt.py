@@ -9,8 +9,8 @@ from argparse import Namespace
 import pytest
 
 from limner.safety import prompt_filter as pf
-from limner.safety import redteam
-from limner.safety.commands import cmd_safety_check, cmd_safety_eval
+from limner.eval import redteam
+from limner.cli.safety import cmd_safety_check, cmd_safety_eval
 from limner.safety.prompt_filter import PromptBlocked, PromptFilter, check_prompt, enforce, normalise
 
 

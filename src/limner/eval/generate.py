@@ -195,25 +195,6 @@ def _run_batch(backend, rows: list[dict], out_dir: Path, settings: dict) -> list
     return rows
 
 
-# ------------------------------------------------------------------------------------------------- CLI
-
-
-def cmd_eval_generate(args) -> int:
-    from ..pipeline.backends import load_backend
-    from .suites import load_suite
-
-    prompts = load_suite(args.suite, limit=getattr(args, "limit", None), benchmarks=getattr(args, "benchmarks", None))
-    backends = [load_backend(spec) for spec in args.model]
-    out = Path(getattr(args, "out", None) or Path("generations") / safe_name(Path(str(args.suite)).stem))
-    m = generate_suite(prompts, backends, out, seeds=getattr(args, "seeds", None) or (0,),
-                       steps=getattr(args, "steps", None), guidance=getattr(args, "guidance", None),
-                       size=parse_size(getattr(args, "size", None)), batch_size=getattr(args, "batch_size", 8),
-                       progress=not getattr(args, "no_progress", False))
-    blocked = f", {m.blocked} refused by the content policy" if m.blocked else ""
-    print(f"{m.path}: {m.generated} generated, {m.skipped} already there{blocked}")
-    return 0
-
-
 def parse_size(text: str | None) -> tuple[int, int] | None:
     if not text:
         return None
@@ -222,23 +203,3 @@ def parse_size(text: str | None) -> tuple[int, int] | None:
         raise ValueError(f"--size wants WIDTHxHEIGHT, e.g. 512x512, not {text!r}")
     return int(m[1]), int(m[2])
 
-
-def add_eval_generate_parser(eval_subparsers):
-    p = eval_subparsers.add_parser(
-        "generate", help="images for every prompt x model x seed of a suite (resumable, cached)",
-        description="Generate a suite with one or more models. A model is a shipped limner name or a folder "
-                    "with limner.json, a diffusers pipeline folder (model_index.json), or the URL of an "
-                    "OpenAI images API server (URL#model). Rerunning makes only the missing images.")
-    p.add_argument("--suite", required=True, help="a suite name (see `limner eval suites`), file, folder or URL")
-    p.add_argument("--limit", type=int, help="only the first N prompts")
-    p.add_argument("--benchmarks", help="the shared benchmarks folder [$LIMNER_BENCHMARKS]")
-    p.add_argument("--model", action="append", required=True, metavar="SPEC", help="a model (repeatable)")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0], help="seeds per prompt (default: 0)")
-    p.add_argument("--out", help="output folder (default: generations/<suite>)")
-    p.add_argument("--steps", type=int, help="sampling steps (default: each model's own)")
-    p.add_argument("--guidance", type=float, help="guidance scale (default: each model's own)")
-    p.add_argument("--size", metavar="WxH", help="image size, e.g. 512x512 (default: each model's own)")
-    p.add_argument("--batch-size", type=int, default=8, help="prompts per model call")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.set_defaults(fn=cmd_eval_generate)
-    return p

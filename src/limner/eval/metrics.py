@@ -418,7 +418,7 @@ def _embed(fn: FeatureExtractor, paths: list[Path], what: str, progress: bool, c
     return np.concatenate(out) if out else np.zeros((0, 0))
 
 
-# --- CLI --------------------------------------------------------------------------------------------
+# --- text output ------------------------------------------------------------------------------------
 
 def table(scores: dict) -> str:
     lines = []
@@ -432,37 +432,3 @@ def table(scores: dict) -> str:
         lines.append("")
     return "\n".join(lines).rstrip()
 
-
-def cmd_eval_score(args) -> int:
-    scores = score_generations(args.gen_dir, args.metric, clip=args.clip, vqa=args.vqa, features=args.features,
-                               reference=args.reference, rounds=args.rounds, seed=args.seed, device=args.device,
-                               batch_size=args.batch_size, progress=not args.no_progress)
-    out = Path(args.out or Path(args.gen_dir) / SCORES)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(scores, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-    print(json.dumps(scores, indent=1, ensure_ascii=False) if args.json else f"{table(scores)}\n\nwrote {out}")
-    return 0
-
-
-def add_eval_score_parser(eval_subparsers):
-    p = eval_subparsers.add_parser(
-        "score", help="automatic metrics of a generation folder: Shapes World, CLIPScore, VQAScore, FID, KID, CMMD",
-        description="Score the images of `limner eval generate` per model and per tag, with bootstrap 95% "
-                    "intervals over prompts. Models are local folders you point to; nothing is downloaded. "
-                    "Default metrics: shapes on Shapes World suites, plus what --clip, --vqa, --features and "
-                    "--reference make possible. Rerunning scores only new images.")
-    p.add_argument("gen_dir", help="the --out folder of `limner eval generate` (holds manifest.jsonl)")
-    p.add_argument("--metric", action="append", choices=METRICS, help="a metric (repeatable; default: see above)")
-    p.add_argument("--clip", help="CLIP for clipscore and cmmd: a transformers CLIPModel folder or open_clip:NAME[:WEIGHTS]")
-    p.add_argument("--vqa", help="a generative VQA model folder for vqascore (BLIP VQA, BLIP-2, LLaVA, ...)")
-    p.add_argument("--features", help="feature extractor for fid and kid: a transformers vision model or CLIP folder")
-    p.add_argument("--reference", help="a folder of real images for fid, kid and cmmd")
-    p.add_argument("--rounds", type=int, default=1000, help="bootstrap rounds (0: no intervals)")
-    p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
-    p.add_argument("--out", help="where to write the summary (default: GEN_DIR/scores.json)")
-    p.add_argument("--device", default="cpu", help="torch device for the models, e.g. cuda")
-    p.add_argument("--batch-size", type=int, default=16, help="images per model call")
-    p.add_argument("--json", action="store_true", help="print scores.json instead of the tables")
-    p.add_argument("--no-progress", action="store_true", help="no progress on stderr")
-    p.set_defaults(fn=cmd_eval_score)
-    return p

@@ -321,6 +321,19 @@ class Ratings:
         return "\n".join(lines)
 
 
+def parse_anchor(text: str | None) -> tuple[str, float] | None:
+    """``"sdxl=860"`` -> ``("sdxl", 860.0)``, the ``anchor`` of `rate`; nothing -> None."""
+    if not text:
+        return None
+    model, sep, value = text.rpartition("=")
+    try:
+        if not sep or not model:
+            raise ValueError
+        return model, float(value)
+    except ValueError:
+        raise ValueError(f"--anchor wants MODEL=RATING (e.g. sdxl=860), got {text!r}") from None
+
+
 def rate(votes: Votes, question: str | None = None, rounds: int = 1000, seed: int = 0,
          anchor: tuple[str, float] | None = None) -> Ratings:
     """Bradley–Terry ratings with percentile bootstrap intervals, online Elo, win rates and counts for

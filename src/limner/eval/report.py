@@ -619,36 +619,3 @@ def _samples_section(pairs: list[dict], prompts: dict, vote_rows: list[dict], vo
         parts.append('<p class="note">no prompt with images from two models in the generation folder</p>')
     return "".join(parts)
 
-
-# --- CLI --------------------------------------------------------------------------------------------
-
-def cmd_eval_report(args) -> int:
-    from .elo_command import parse_anchor
-
-    page = build_report(args.out, votes=args.votes, counts=args.counts, gen_dir=args.generations,
-                        scores=args.scores, rounds=args.rounds, seed=args.seed, anchor=parse_anchor(args.anchor),
-                        samples=args.samples)
-    print(page)
-    return 0
-
-
-def add_eval_report_parser(eval_subparsers):
-    p = eval_subparsers.add_parser(
-        "report", help="one HTML page with plots: leaderboards, win rates, counting, metrics, samples",
-        description="Write report.html, its PNG plots, samples/ and report.json into one folder: "
-                    "leaderboards per question and suite with 95%% intervals and win-rate maps (from --votes), "
-                    "counting accuracy (--counts), automatic metrics, their per-skill breakdowns and their "
-                    "agreement with the human ratings (--scores), and sample image pairs (--generations). "
-                    "Give at least --votes or --scores.")
-    p.add_argument("--votes", help="votes (.csv/.jsonl): the arena's export, or any battles in the Chatbot Arena "
-                                   "convention")
-    p.add_argument("--counts", help=f"counting answers (.csv): {COUNT_COLUMNS}")
-    p.add_argument("--generations", metavar="GEN_DIR", help="a `limner eval generate` output folder, for samples")
-    p.add_argument("--scores", help="scores.json of `limner eval score`")
-    p.add_argument("--out", default="eval-report", help="output folder (default: eval-report)")
-    p.add_argument("--rounds", type=int, default=1000, help="bootstrap rounds for the 95%% intervals (0: none)")
-    p.add_argument("--anchor", metavar="MODEL=RATING", help="pin one model's rating, e.g. sdxl=860")
-    p.add_argument("--samples", type=int, default=6, help="sample image pairs to show (default: 6)")
-    p.add_argument("--seed", type=int, default=0, help="seed for the bootstrap and the choice of samples")
-    p.set_defaults(fn=cmd_eval_report)
-    return p

@@ -16,6 +16,7 @@ one has locked (`FOR UPDATE SKIP LOCKED`), and `served` is compared and set besi
 """
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
 import random
@@ -31,6 +32,8 @@ from pathlib import Path
 from sqlalchemy import (Boolean, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint, create_engine,
                         event, func, select, update)
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+
+from ...common.files import atomic_path
 
 QUESTIONS = {
     "overall": "Which image do you prefer overall?",
@@ -429,6 +432,15 @@ class Store:
                 votes.append({"model_a": ia.model, "model_b": images[t.image_b].model, "winner": winner(a),
                               "question": t.question, **common, "image_a": rel(t.image_a), "image_b": rel(t.image_b)})
         return votes, counts
+
+
+def write_csv(rows: list[dict], fields: list[str], path: str | Path) -> Path:
+    """An export as CSV, atomically: a half-written export never replaces a good one."""
+    with atomic_path(path) as tmp, tmp.open("w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, fieldnames=fields)
+        w.writeheader()
+        w.writerows(rows)
+    return Path(path)
 
 
 def winner(a: Assignment) -> str:

@@ -1,4 +1,4 @@
-"""`limner data run | demo | report`."""
+"""`limner data run | demo | report`: curate image-text data and see what each stage did."""
 from __future__ import annotations
 
 import json
@@ -8,8 +8,8 @@ from pathlib import Path
 
 
 def cmd_run(a) -> int:
-    from .pipeline import PipelineConfig, run, summary
-    from .report import load, table
+    from ..data.pipeline import PipelineConfig, run, summary
+    from ..data.report import load, table
 
     cfg = PipelineConfig.load(a.config)
     if a.executor:
@@ -26,15 +26,15 @@ def cmd_run(a) -> int:
 
 
 def cmd_demo(a) -> int:
-    from . import demo
-    from .pipeline import PipelineConfig, run
-    from .report import load, write
+    from ..data import demo
+    from ..data.pipeline import PipelineConfig, run
+    from ..data.report import load, write
 
     root = Path(a.out)
     if not (root / "ground_truth.jsonl").exists():
         print(f"planting a messy corpus in {root / 'raw'} ...", file=sys.stderr)
         demo.build(root, n=a.n, per_defect=a.per_defect, seed=a.seed)
-    cfg = demo.configure(PipelineConfig.load(a.config or Path(__file__).with_name("demo.yaml")), root)
+    cfg = demo.configure(PipelineConfig.load(a.config or Path(demo.__file__).with_name("demo.yaml")), root)
     if a.executor:
         cfg.executor = a.executor
     manifest = run(cfg, quiet=a.quiet)
@@ -57,14 +57,14 @@ def cmd_demo(a) -> int:
 
 
 def cmd_report(a) -> int:
-    from .report import load, table, write
+    from ..data.report import load, table, write
 
     print(table(load(a.manifest)))
     print(write(a.manifest, a.out))
     return 0
 
 
-def add_data_parser(sub) -> None:
+def add_parser(sub) -> None:
     d = sub.add_parser("data", help="curate image-text data: filter, deduplicate, recaption, scrub")
     ds = d.add_subparsers(dest="data_verb", required=True)
     r = ds.add_parser("run", help="run (or resume) a curation pipeline from a YAML config")

@@ -1,26 +1,24 @@
-"""`limner arena create|invite|serve|status|export|add-model`: a human side-by-side study end to end."""
+"""`limner arena create | add-model | invite | serve | status | export`: a human side-by-side study end to end."""
 from __future__ import annotations
 
-import csv
 import json
-import os
-import tempfile
 from pathlib import Path
-
-from .store import COUNT_FIELDS, QUESTIONS, VOTE_FIELDS, ArenaError, Settings, Store, StudySpec, create_study, \
-    neighbour_pairs
 
 DEFAULT_DB = "arena.sqlite"
 
 
-def _store(args, create: bool = False) -> Store:
+def open_store(args, create: bool = False):
+    from ..eval.arena.store import Settings, Store
+
     return Store(args.db, Settings(attention_rate=getattr(args, "attention_rate", Settings.attention_rate)), create=create)
 
 
 def cmd_create(args) -> int:
+    from ..eval.arena.store import StudySpec, create_study
+
     spec = StudySpec(questions=tuple(args.questions), votes_per_item=args.votes_per_item,
                      obvious_checks=args.obvious_checks, seed=args.seed)
-    made = create_study(_store(args, create=True), args.generations, spec, models=args.model or None)
+    made = create_study(open_store(args, create=True), args.generations, spec, models=args.model or None)
     print(f"{args.db}: {made['tasks']} items over {made['pairs']} model pairs ({', '.join(made['models'])}), "
           f"{made['attention_checks']} attention checks")
     print(f"next: limner arena invite --db {args.db} -n 10 ; limner arena serve --db {args.db}")
@@ -29,7 +27,9 @@ def cmd_create(args) -> int:
 
 def cmd_add_model(args) -> int:
     """Place a new model cheaply: pairs only with its k nearest neighbours by current rating."""
-    store = _store(args)
+    from ..eval.arena.store import StudySpec, create_study, neighbour_pairs
+
+    store = open_store(args)
     pairs = neighbour_pairs(store, args.model, args.neighbours)
     meta = store.meta()
     spec = StudySpec(**{**meta["spec"], "obvious_checks": 0, "questions": tuple(meta["spec"]["questions"])})
@@ -39,7 +39,7 @@ def cmd_add_model(args) -> int:
 
 
 def cmd_invite(args) -> int:
-    tokens = _store(args).invite(args.n, args.name, admin=args.admin)
+    tokens = open_store(args).invite(args.n, args.name, admin=args.admin)
     base = args.url.rstrip("/")
     for t in tokens:
         print(f"{base}/login?token={t}")
@@ -49,9 +49,9 @@ def cmd_invite(args) -> int:
 def cmd_serve(args) -> int:
     import uvicorn
 
-    from .app import create_app
+    from ..eval.arena.app import create_app
 
-    store = _store(args)
+    store = open_store(args)
     print(f"limner arena on http://{args.host}:{args.port}/ (admin page: /admin); invite raters with "
           f"`limner arena invite --db {args.db}`", flush=True)
     uvicorn.run(create_app(store), host=args.host, port=args.port, log_level="warning")
@@ -59,7 +59,7 @@ def cmd_serve(args) -> int:
 
 
 def cmd_status(args) -> int:
-    p = _store(args).progress()
+    p = open_store(args).progress()
     if args.json:
         print(json.dumps(p, indent=1))
         return 0
@@ -74,19 +74,10 @@ def cmd_status(args) -> int:
     return 0
 
 
-def write_csv(rows: list[dict], fields: list[str], path: Path) -> None:
-    """Atomically: a half-written export never replaces a good one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w", newline="", encoding="utf-8") as f:
-        w = csv.DictWriter(f, fieldnames=fields)
-        w.writeheader()
-        w.writerows(rows)
-    os.replace(tmp, path)
-
-
 def cmd_export(args) -> int:
-    votes, counts = _store(args).export(args.min_reliability)
+    from ..eval.arena.store import COUNT_FIELDS, VOTE_FIELDS, write_csv
+
+    votes, counts = open_store(args).export(args.min_reliability)
     out = Path(args.out)
     write_csv(votes, VOTE_FIELDS, out / "votes.csv")
     write_csv(counts, COUNT_FIELDS, out / "counts.csv")
@@ -95,7 +86,9 @@ def cmd_export(args) -> int:
     return 0
 
 
-def add_arena_parser(sub) -> None:
+def add_parser(sub) -> None:
+    from ..eval.arena.store import QUESTIONS, Settings, StudySpec
+
     a = sub.add_parser("arena", help="the side-by-side human rating app: create a study, invite, serve, export")
     verbs = a.add_subparsers(dest="arena_verb", required=True)
 
@@ -144,6 +137,3 @@ def add_arena_parser(sub) -> None:
     e.add_argument("--out", default=".", help="folder to write votes.csv and counts.csv in")
     e.add_argument("--min-reliability", type=float, help="leave out raters who passed fewer attention checks")
     e.set_defaults(fn=cmd_export)
-
-
-__all__ = ["add_arena_parser", "ArenaError"]

@@ -1,17 +1,12 @@
-"""`limner safety check` and `limner safety eval`: argparse-independent command functions.
-
-cli.py registers them with `add_safety_parser(subparsers)`; each takes the parsed Namespace and
-returns the exit code.
-"""
+"""`limner safety check | eval`: the prompt filter on prompts you give, and its red-team report."""
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
 
 
-def _prompts(args) -> list[str]:
+def read_prompts(args) -> list[str]:
     """The prompt argument, else the lines of --file, else the lines of stdin ("-" or nothing)."""
     prompt = getattr(args, "prompt", None)
     if prompt is not None and prompt != "-":
@@ -31,9 +26,9 @@ def _prompts(args) -> list[str]:
 
 def cmd_safety_check(args) -> int:
     """One line per prompt; exit 0 if every prompt is allowed, 1 if any is blocked."""
-    from .prompt_filter import default_filter
+    from ..safety.prompt_filter import default_filter
 
-    prompts = _prompts(args)
+    prompts = read_prompts(args)
     verdicts = default_filter(getattr(args, "policy", None)).check_many(prompts)
     for prompt, v in zip(prompts, verdicts):
         if getattr(args, "json", False):
@@ -46,8 +41,8 @@ def cmd_safety_check(args) -> int:
 
 
 def cmd_safety_eval(args) -> int:
-    from . import redteam
-    from .prompt_filter import PromptFilter
+    from ..eval import redteam
+    from ..safety.prompt_filter import PromptFilter
 
     filt = PromptFilter.from_policy(getattr(args, "policy", None))
     report = redteam.evaluate(filt, getattr(args, "benchmarks", None) or redteam.DEFAULT_BENCHMARKS,
@@ -60,9 +55,8 @@ def cmd_safety_eval(args) -> int:
     return 0
 
 
-def add_safety_parser(subparsers) -> argparse.ArgumentParser:
-    """`limner safety check|eval`, for cli.py's subparsers."""
-    from .redteam import BENIGN_SETS, DEFAULT_BENCHMARKS, DEFAULT_BENIGN
+def add_parser(subparsers) -> None:
+    from ..eval.redteam import BENIGN_SETS, DEFAULT_BENCHMARKS, DEFAULT_BENIGN
 
     s = subparsers.add_parser("safety", help="the prompt filter: check prompts, red-team report")
     ss = s.add_subparsers(dest="safety_verb", required=True)
@@ -82,4 +76,3 @@ def add_safety_parser(subparsers) -> argparse.ArgumentParser:
     e.add_argument("--json", action="store_true", help="the whole report as JSON")
     e.add_argument("--out", help="folder for report.json and false_refusals.tsv (to tune the policy)")
     e.set_defaults(fn=cmd_safety_eval)
-    return s

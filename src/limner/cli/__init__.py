@@ -1,0 +1,31 @@
+"""`limner <verb>`: one module per verb, each with `add_parser(subparsers)` and its command functions.
+
+Building the parser imports no model code (no torch): a verb's parser needs at most the names its help
+lists. A command checks its arguments first and imports the library that does the work only then, so a
+bad flag is refused in a moment and `limner --help` stays fast.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from . import arena, data, eval, generate, safety, train, watermark, world
+
+VERBS = (generate, train, world, eval, safety, data, arena, watermark)   # in the order `limner --help` lists
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="limner", description="Imagen-3-style text-to-image, end to end.")
+    sub = p.add_subparsers(dest="verb", required=True)
+    for verb in VERBS:
+        verb.add_parser(sub)
+    return p
+
+
+def main(argv=None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except (ValueError, FileNotFoundError, FileExistsError) as e:   # a user's mistake: one line, no traceback
+        print(f"limner: error: {e}", file=sys.stderr)
+        return 2
