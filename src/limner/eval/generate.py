@@ -13,12 +13,11 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
 
+from ..common.progress import progress as progress_bar
 from .suites import Prompt
 
 MANIFEST = "manifest.jsonl"
@@ -38,6 +37,8 @@ def cache_key(identity: dict, prompt: str, seed: int, steps: int | None, guidanc
     blob = {"identity": identity, "prompt": prompt, "seed": seed, "steps": steps, "guidance": guidance}
     if size is not None:   # only when asked for, so keys made before --size existed still match
         blob["size"] = list(size)
+    # sha256, not common.files.digest: the keys (and folder_names' suffixes) live in the manifests of existing
+    # generation folders and studies, and another hash would make every image of them again
     return hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()
 
 
@@ -93,36 +94,6 @@ def read_manifest(path: Path) -> dict[str, dict]:
     return {k: r for k, r in by_key.items() if not r.get("path") or by_path[r["path"]] == k}
 
 
-class Progress:
-    """tqdm when it is installed, else a line on stderr every few seconds; both show images/s."""
-
-    def __init__(self, total: int, enabled: bool):
-        self.total, self.done, self.start, self.last = total, 0, time.monotonic(), 0.0
-        self.bar = None
-        if enabled and total:
-            try:
-                from tqdm import tqdm
-
-                self.bar = tqdm(total=total, unit="img", desc="generating", file=sys.stderr)
-            except ImportError:
-                pass
-        self.enabled = enabled and total > 0
-
-    def update(self, n: int, model: str) -> None:
-        self.done += n
-        if self.bar is not None:
-            self.bar.set_postfix_str(model, refresh=False)
-            self.bar.update(n)
-        elif self.enabled and (time.monotonic() - self.last > 5 or self.done == self.total):
-            self.last = time.monotonic()
-            rate = self.done / max(self.last - self.start, 1e-9)
-            print(f"{self.done}/{self.total} images ({model}), {rate:.2f} images/s", file=sys.stderr, flush=True)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-
-
 def generate_suite(prompts: Iterable[Prompt], backends: Sequence, out_dir: str | Path, *,
                    seeds: Sequence[int] = (0,), steps: int | None = None, guidance: float | None = None,
                    size: tuple[int, int] | None = None, batch_size: int = 8, progress: bool = True) -> Manifest:
@@ -151,7 +122,8 @@ def generate_suite(prompts: Iterable[Prompt], backends: Sequence, out_dir: str |
                 todo.append(_row(backend.name, p, int(seed), rel, key, steps, guidance))
         plans.append((backend, todo))
     settings = dict(steps=steps, guidance=guidance, size=size)
-    bar = Progress(sum(len(t) for _, t in plans), progress)
+    total = sum(len(t) for _, t in plans)
+    bar = progress_bar(total, "generating", unit="img", enabled=progress and total > 0)
     try:
         with manifest.path.open("a", encoding="utf-8") as log:
             for backend, todo in plans:
@@ -163,7 +135,8 @@ def generate_suite(prompts: Iterable[Prompt], backends: Sequence, out_dir: str |
                     log.flush()
                     manifest.rows += rows
                     manifest.generated += len(rows)
-                    bar.update(len(rows), backend.name)
+                    bar.set_postfix_str(backend.name, refresh=False)
+                    bar.update(len(rows))
     finally:
         bar.close()
     return manifest
@@ -180,7 +153,7 @@ def _row(model: str, p: Prompt, seed: int, rel: str, key: str, steps, guidance) 
 def _run_batch(backend, rows: list[dict], out_dir: Path, settings: dict) -> list[dict]:
     """Generate and save one batch. A refusal (prompt or image filter) fails a whole batch, so the batch
     is then redone one image at a time and each refusal recorded, instead of stopping the evaluation."""
-    from ..pipeline.core import save_png
+    from ..pipeline import save_png
 
     try:
         images = backend.generate([r["prompt"] for r in rows], [r["seed"] for r in rows], **settings)

@@ -22,11 +22,13 @@ import numpy as np
 from PIL import Image
 
 from .. import __version__
+from ..common.files import atomic_path, digest
+from ..common.progress import progress as progress_bar
 from ..world.scene import COLOURS, SHAPES
 from ..world.scorer import Constraints, detect, score
 from . import ratings as R
-from .generate import MANIFEST, Progress, load_generations
-from .metric_models import VQA_QUESTION, Clip, FeatureExtractor, TransformersFeatures, Vqa, digest, load_features
+from .generate import MANIFEST, load_generations
+from .metric_models import VQA_QUESTION, Clip, FeatureExtractor, TransformersFeatures, Vqa, load_features
 
 SCORES, SCORES_ROWS = "scores.json", "scores.jsonl"
 SCORERS = {"shapes": ("shapes.count_ok", "shapes.binding", "shapes.relations_ok", "shapes.correct"),
@@ -308,7 +310,7 @@ def score_generations(gen_dir: str | Path, metrics: Sequence[str] | None = None,
         for sc in scorers:
             rows_here = [r for r in images if sc.applies(r)]
             todo = [r for r in rows_here if sc.identity not in cache.get((r["cache_key"], sc.name), {})]
-            bar = _progress(len(todo), progress, f"scoring {sc.name}")
+            bar = progress_bar(len(todo), f"scoring {sc.name}", unit="img", enabled=progress and len(todo) > 0)
             try:
                 for i in range(0, len(todo), batch_size):
                     batch = todo[i:i + batch_size]
@@ -316,7 +318,7 @@ def score_generations(gen_dir: str | Path, metrics: Sequence[str] | None = None,
                         log.write(json.dumps(_entry(r) | s | {"scorers": {sc.name: sc.identity}}) + "\n")
                         _put(cache, (r["cache_key"], sc.name), sc.identity, s)
                     log.flush()
-                    bar.update(len(batch), sc.name)
+                    bar.update(len(batch))
             finally:
                 bar.close()
             scored[sc.name] = []
@@ -350,20 +352,6 @@ def _entry(row: dict) -> dict:
     return {k: row.get(k) for k in ("model", "prompt_id", "seed", "path", "cache_key")}
 
 
-def _progress(total: int, enabled: bool, desc: str) -> Progress:
-    """generate's Progress, its tqdm bar (when installed) made here so that it says what it counts."""
-    bar = Progress(total, False)
-    bar.enabled = enabled and total > 0
-    if bar.enabled:
-        try:
-            from tqdm import tqdm
-
-            bar.bar = tqdm(total=total, unit="img", desc=desc, file=sys.stderr)
-        except ImportError:
-            pass
-    return bar
-
-
 def _open(path: Path) -> Image.Image:
     with Image.open(path) as im:
         return im.convert("RGB")
@@ -371,8 +359,7 @@ def _open(path: Path) -> Image.Image:
 
 def _write_rows(path: Path, images: list[dict], cache: dict) -> None:
     """scores.jsonl compacted to one row per image of the manifest, each scorer's latest scores, atomically."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("w", encoding="utf-8") as f:
+    with atomic_path(path) as tmp, tmp.open("w", encoding="utf-8") as f:
         for r in images:
             row, which = _entry(r), {}
             for name in SCORERS:
@@ -383,7 +370,6 @@ def _write_rows(path: Path, images: list[dict], cache: dict) -> None:
                     which[name] = ident
             if which:
                 f.write(json.dumps(row | {"scorers": which}, ensure_ascii=False) + "\n")
-    tmp.replace(path)
 
 
 def set_metrics(metrics: Sequence[str], images: dict[str, list[Path]], refs: list[Path],
@@ -407,12 +393,13 @@ def set_metrics(metrics: Sequence[str], images: dict[str, list[Path]], refs: lis
 
 
 def _embed(fn: FeatureExtractor, paths: list[Path], what: str, progress: bool, chunk: int = 64) -> np.ndarray:
-    bar = _progress(len(paths), progress, "features")
+    bar = progress_bar(len(paths), "features", unit="img", enabled=progress and len(paths) > 0)
     out = []
     try:
         for i in range(0, len(paths), chunk):
             out.append(np.asarray(fn([_open(p) for p in paths[i:i + chunk]]), np.float64))
-            bar.update(len(out[-1]), what)
+            bar.set_postfix_str(what, refresh=False)
+            bar.update(len(out[-1]))
     finally:
         bar.close()
     return np.concatenate(out) if out else np.zeros((0, 0))

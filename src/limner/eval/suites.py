@@ -15,7 +15,6 @@ cached by them.
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import os
 import re
@@ -26,6 +25,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from ..common.cache import cache_root
+from ..common.files import digest, write_atomic
 
 # the repository's sibling folder shared/benchmarks (src/limner/eval/suites.py -> repo -> ..)
 DEFAULT_BENCHMARKS = Path(__file__).resolve().parents[3].parent / "shared" / "benchmarks"
@@ -404,7 +404,7 @@ def download(url: str, cache_dir: str | Path | None = None, timeout: float = 30)
     """The file at `url`, fetched once into the cache (named by a hash of the URL, so re-runs are offline)."""
     cache = Path(cache_dir or os.environ.get("LIMNER_SUITE_CACHE") or cache_root() / "suites")
     base = Path(url.split("?")[0].rstrip("/")).name or "suite"
-    path = cache / f"{hashlib.sha256(url.encode()).hexdigest()[:12]}-{base}"
+    path = cache / f"{digest(url, size=12)}-{base}"
     if path.exists():
         return path
     try:
@@ -413,11 +413,7 @@ def download(url: str, cache_dir: str | Path | None = None, timeout: float = 30)
     except (urllib.error.URLError, OSError) as e:
         raise ConnectionError(f"cannot download {url} ({e}); offline? Download it elsewhere and pass the "
                               f"file path instead") from None
-    cache.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".part")
-    tmp.write_bytes(data)
-    tmp.replace(path)   # a partial download never looks like a cached file
-    return path
+    return write_atomic(path, data)   # a partial download never looks like a cached file
 
 
 def list_suites(benchmarks: str | Path | None = None) -> dict[str, str]:
