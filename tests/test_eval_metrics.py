@@ -386,7 +386,7 @@ def test_metric_agreement_flips_lower_is_better_metrics():
 def test_cli_writes_scores_json_in_the_report_schema(gen, tiny_clip, tiny_vit, reference, tmp_path, capsys):
     import shutil
 
-    from limner.eval.report import load_scores
+    from limner.eval.report_data import load_scores
 
     folder = tmp_path / "g"
     shutil.copytree(gen, folder)

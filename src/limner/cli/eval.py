@@ -172,7 +172,7 @@ def cmd_eval_report(args) -> int:
 
 
 def add_eval_report_parser(eval_subparsers):
-    from ..eval.report import COUNT_COLUMNS
+    from ..eval.report_data import COUNT_COLUMNS
 
     p = eval_subparsers.add_parser(
         "report", help="one HTML page with plots: leaderboards, win rates, counting, metrics, samples",

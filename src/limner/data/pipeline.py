@@ -25,7 +25,6 @@ from pathlib import Path
 
 import numpy as np
 import yaml
-from PIL import Image
 
 from ..common.config import build
 from ..common.files import atomic_path, digest, write_atomic
