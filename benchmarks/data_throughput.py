@@ -59,7 +59,7 @@ def floor(items) -> None:
 
 def ours(items) -> None:
     from limner.data import stages as S
-    from limner.data.dedup import exact_key, image_hashes
+    from limner.data.hashes import exact_key, image_hashes
     from limner.data.pii import Scrubber
 
     dcfg, qcfg, scrub = S.DecodeConfig(), S.QualityConfig(), Scrubber()

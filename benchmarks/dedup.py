@@ -45,6 +45,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from limner.data import dedup as D
+from limner.data import hashes as H
 from limner.world.scene import render, sample_scene
 
 PHOTOS = ["astronaut", "coffee", "chelsea", "rocket", "hubble_deep_field", "immunohistochemistry", "retina",
@@ -211,11 +212,11 @@ class Pairs:
 def thumb_pairs(P, V, candidates) -> np.ndarray:
     """thumb_distance of the candidate pairs (bool over P's pairs); inf elsewhere."""
     idx = np.flatnonzero(candidates)
-    T = D.thumbnails(V[:, len(D.CROP_VIEWS):])
+    T = H.thumbnails(V[:, len(H.CROP_VIEWS):])
     t = np.full(len(P.i), np.inf, np.float32)
     for s in range(0, len(idx), 4096):
         k = idx[s:s + 4096]
-        t[k] = D.thumb_distance(T[P.i[k]], T[P.j[k]])
+        t[k] = H.thumb_distance(T[P.i[k]], T[P.j[k]])
     return t
 
 
@@ -223,9 +224,9 @@ def quality(a) -> dict:
     t0 = time.time()
     items, group, kind = dataset(a.shapes, a.photos, a.distinct, a.size, a.seed)
     print(f"{len(items)} images in {time.time() - t0:.0f}s", file=sys.stderr)
-    hs = [D.image_hashes(im) for im in items]
-    M, V = D.hash_matrix(hs)
-    CV = V[:, :len(D.CROP_VIEWS)]
+    hs = [H.image_hashes(im) for im in items]
+    M, V = H.hash_matrix(hs)
+    CV = V[:, :len(H.CROP_VIEWS)]
     photo = np.zeros(group.max() + 1, bool)
     photo[a.shapes:a.shapes + a.photos] = True
     P = Pairs(group, kind, photo)
@@ -239,8 +240,8 @@ def quality(a) -> dict:
     loosest = (14, 3, 8) if a.sweep else D.MAX_DISTANCE
     t = thumb_pairs(P, V, within(np.maximum(loosest, D.MAX_DISTANCE)))
     rows[f"ours {default}, hashes only, pairs"] = P.score(within(D.MAX_DISTANCE))
-    linked = within(D.MAX_DISTANCE) & (t <= D.THUMB_TOLERANCE)
-    rows[f"ours {default} + thumbnails <= {D.THUMB_TOLERANCE}, pairs"] = P.score(linked)
+    linked = within(D.MAX_DISTANCE) & (t <= H.THUMB_TOLERANCE)
+    rows[f"ours {default} + thumbnails <= {H.THUMB_TOLERANCE}, pairs"] = P.score(linked)
     ids = D.hash_clusters(M, D.MAX_DISTANCE, views=V, linkage="single")
     rows["ours, clusters (hash_clusters, single linkage)"] = P.score(ids[P.i] == ids[P.j])
     ids = D.hash_clusters(M, D.MAX_DISTANCE, views=V)
@@ -300,10 +301,10 @@ def demo_quality(a) -> dict:
 def hash_speed(images) -> dict:
     """image_hashes on 512 px decoded images, CPU seconds of this process (fair on a busy machine)."""
     for im in images[:5]:
-        D.image_hashes(im)
+        H.image_hashes(im)
     t = time.process_time()
     for im in images:
-        D.image_hashes(im)
+        H.image_hashes(im)
     return {"images_per_cpu_s": len(images) / (time.process_time() - t)}
 
 
@@ -339,10 +340,10 @@ def planted_hashes(n: int, rng: np.random.Generator):
         truth[members] = members[0]
         i += size
     # thumbnails: random words (noise images); cluster members share their base's, with a few bits flipped
-    T = rng.integers(0, 2**63, (n, D.THUMB_WORDS), dtype=np.int64).astype(np.uint64)
+    T = rng.integers(0, 2**63, (n, H.THUMB_WORDS), dtype=np.int64).astype(np.uint64)
     base = truth[:n // 10]
     T[:n // 10] = T[base]
-    off = rng.integers(0, D.THUMB_WORDS, (n // 10, 4))
+    off = rng.integers(0, H.THUMB_WORDS, (n // 10, 4))
     T[np.arange(n // 10)[:, None], off] ^= np.uint64(1)
     V = np.concatenate([V, T], 1)
     perm = rng.permutation(n)  # clusters scattered over the index range

@@ -1,5 +1,5 @@
-"""limner.data.dedup: hash robustness and discrimination, thumbnail verification, exact keys, and clustering
-against brute force."""
+"""limner.data.hashes and limner.data.dedup: hash robustness and discrimination, thumbnail verification, exact
+keys, and clustering against brute force."""
 from __future__ import annotations
 
 import io
@@ -10,6 +10,7 @@ import pytest
 from PIL import Image, ImageEnhance, ImageFilter
 
 from limner.data import dedup as D
+from limner.data import hashes as H
 from limner.world.scene import Obj, Scene, render, sample_scene
 
 
@@ -54,16 +55,16 @@ def originals():
 
 
 def _clusters(images):
-    M, V = D.hash_matrix([D.image_hashes(im) for im in images])
+    M, V = H.hash_matrix([H.image_hashes(im) for im in images])
     return D.hash_clusters(M, views=V)
 
 
 def test_hash_values():
-    h = D.image_hashes(Image.new("RGBA", (700, 500), (10, 200, 30, 128)))
-    assert set(h) == set(D.KINDS + D.CROP_VIEWS + ("dhash", "thumb"))
+    h = H.image_hashes(Image.new("RGBA", (700, 500), (10, 200, 30, 128)))
+    assert set(h) == set(H.KINDS + H.CROP_VIEWS + ("dhash", "thumb"))
     assert all(isinstance(v, int) and 0 <= v < 2**64 for k, v in h.items() if k != "thumb")
-    assert isinstance(h["thumb"], bytes) and len(h["thumb"]) == D.THUMB_WORDS * 8
-    assert D.image_hashes(Image.new("L", (20, 20), 128))["phash"] >= 0  # tiny and grey images work
+    assert isinstance(h["thumb"], bytes) and len(h["thumb"]) == H.THUMB_WORDS * 8
+    assert H.image_hashes(Image.new("L", (20, 20), 128))["phash"] >= 0  # tiny and grey images work
 
 
 def test_copies_link(originals):
@@ -130,20 +131,20 @@ DEMO_EDITS = {
 
 def test_thumbnail_words_round_trip():
     im = render(sample_scene(random.Random(3)), 256)
-    h = D.image_hashes(im)
-    t = D.thumbnails(D.thumb_words([h["thumb"]]))[0]
+    h = H.image_hashes(im)
+    t = H.thumbnails(H.thumb_words([h["thumb"]]))[0]
     ref = np.asarray(im.resize((16, 16), Image.BOX), np.float32).transpose(2, 0, 1)
     assert t.shape == (3, 16, 16) and np.abs(t - ref).max() <= 255 / 63 / 2 + 1
-    assert D.thumb_distance(t[None], t[None])[0] == 0
+    assert H.thumb_distance(t[None], t[None])[0] == 0
     with pytest.raises(ValueError, match="576 bytes"):
-        D.thumb_words([h["thumb"][:-1]])
+        H.thumb_words([h["thumb"][:-1]])
 
 
 def test_lookalikes_are_not_linked_but_their_copies_are():
     for name, (a, b, how_a, how_b) in LOOKALIKES.items():
         ims = [_draw(a, how_a), _draw(b, how_b)]
         ims += [e(ims[0]) for e in DEMO_EDITS.values()]
-        M, V = D.hash_matrix([D.image_hashes(im) for im in ims])
+        M, V = H.hash_matrix([H.image_hashes(im) for im in ims])
         # the hashes alone link the look-alike: only the thumbnail check keeps it out
         assert D.hash_clusters(M[:2], views=V[:2], thumb_tolerance=np.inf)[1] == 0, name
         ids = D.hash_clusters(M, views=V)
@@ -189,14 +190,14 @@ def test_exact_key_matches_identical_pixels_only(originals):
     im.save(a, format="PNG", compress_level=1)
     _encode(im, "PNG").save(b, format="PNG", compress_level=9, optimize=True)  # PNG -> PNG, other bytes
     assert a.getvalue() != b.getvalue()
-    key = D.exact_key(a.getvalue())
-    assert D.exact_key(b.getvalue()) == key == D.exact_key(np.asarray(im)) == D.exact_key(im.convert("RGBA"))
-    assert D.exact_key(np.asarray(im.convert("L"))) == D.exact_key(im.convert("L").convert("RGB"))
+    key = H.exact_key(a.getvalue())
+    assert H.exact_key(b.getvalue()) == key == H.exact_key(np.asarray(im)) == H.exact_key(im.convert("RGBA"))
+    assert H.exact_key(np.asarray(im.convert("L"))) == H.exact_key(im.convert("L").convert("RGB"))
     px = np.asarray(im).copy()
     px[0, 0, 0] ^= 1
-    assert D.exact_key(px) != key
-    assert D.exact_key(np.asarray(_encode(im, "JPEG", quality=95))) != key
-    assert D.exact_key(np.asarray(im)[:128]) != D.exact_key(np.asarray(im)[:128].reshape(256, 128, 3))
+    assert H.exact_key(px) != key
+    assert H.exact_key(np.asarray(_encode(im, "JPEG", quality=95))) != key
+    assert H.exact_key(np.asarray(im)[:128]) != H.exact_key(np.asarray(im)[:128].reshape(256, 128, 3))
 
 
 # --- clustering vs brute force -------------------------------------------------------------------------

@@ -171,7 +171,7 @@ class _Captions:
 
 def analyse_shard(cfg: PipelineConfig, shard: Shard, out: Path) -> int:
     """Pass 1 on one shard: a row per item with its scores, hashes and (for now) fate."""
-    from .dedup import exact_key, image_hashes
+    from .hashes import exact_key, image_hashes
 
     captions = _Captions(cfg.captions)
     rows, images = [], []
@@ -218,8 +218,8 @@ def analyse_shard(cfg: PipelineConfig, shard: Shard, out: Path) -> int:
 
 def deduplicate(cfg: PipelineConfig, rows: list[dict]) -> dict[str, dict]:
     """Pass 2 over every analysed row: {key: {"cluster", "cluster_size", "weight", "reason"}}."""
-    from .dedup import (CROP_VIEWS, KINDS, MAX_DISTANCE, cluster_weights, embedding_clusters, hash_clusters,
-                        representatives, thumb_words)
+    from .dedup import MAX_DISTANCE, cluster_weights, embedding_clusters, hash_clusters, representatives
+    from .hashes import CROP_VIEWS, KINDS, thumb_words
 
     live = [r for r in rows if r["reason"] is None]
     out = {r["key"]: {"cluster": None, "cluster_size": 1, "weight": 1.0, "reason": None} for r in live}
