@@ -68,3 +68,34 @@ def save(folder: str | Path, denoiser, vae, meta: dict) -> Path:
         save_file({k: v.contiguous() for k, v in denoiser.state_dict().items()}, tmp / "denoiser.safetensors")
         (tmp / "limner.json").write_text(json.dumps(meta, indent=2))
     return Path(folder)
+
+
+def save_planner(base: str | Path, planner, to: str | Path) -> Path:
+    """A copy of the model folder `base` with `planner` added (planner/ and limner.json's "planner")."""
+    import shutil
+
+    from safetensors.torch import save_file
+
+    base, meta = Path(base), read_meta(base)
+    meta.pop("name", None)
+    meta["planner"] = planner.cfg.to_dict()
+    with atomic_dir(to) as tmp:
+        shutil.copytree(base, tmp, dirs_exist_ok=True)
+        shutil.rmtree(tmp / "planner", ignore_errors=True)
+        (tmp / "planner").mkdir()
+        save_file({k: v.contiguous() for k, v in planner.state_dict().items()}, tmp / "planner" / "planner.safetensors")
+        (tmp / "limner.json").write_text(json.dumps(meta, indent=2))
+    return Path(to)
+
+
+def load_planner(path: str | Path, meta: dict, device: str = "cpu"):
+    """The folder's layout planner, or None when it has none."""
+    if not meta.get("planner"):
+        return None
+    from safetensors.torch import load_file
+
+    from .planner import Planner, PlannerConfig
+
+    planner = Planner(PlannerConfig(**meta["planner"]))
+    planner.load_state_dict(load_file(Path(path) / "planner" / "planner.safetensors"))
+    return planner.to(device).eval()

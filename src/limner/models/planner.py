@@ -1,0 +1,206 @@
+"""The layout planner: reads a prompt's frozen text states and proposes its objects, each a label and a box,
+one token at a time (as LayoutGPT and LLM-grounded diffusion plan layouts with an LLM, but a small decoder
+learned from captioned images with boxes). The grounded denoiser then draws each object in its box.
+
+A layout is a sequence of objects, five tokens each: label, width, height, x-centre, y-centre (coordinates are
+fractions of the canvas side, in `bins` bins). Objects come in a canonical order (by label, then x, then y)
+and the end token in a label slot closes the layout. Size comes before place so that decoding can keep every
+box inside the canvas and apart from the boxes already placed; labels are decoded greedily (a count is a
+count), places are sampled from each seed's own generator (so seeds give different arrangements).
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+SLOTS = ("label", "w", "h", "x", "y")
+Layout = list[tuple[str, tuple[float, float, float, float]]]  # (label, (x0, y0, x1, y1)) per object
+
+
+@dataclass
+class PlannerConfig:
+    labels: list[str] = field(default_factory=list)  # the object vocabulary, e.g. "small red circle"
+    text_dim: int = 384
+    width: int = 192
+    depth: int = 4
+    heads: int = 4
+    text_depth: int = 1   # self-attention layers over the text states before the decoder reads them
+    bins: int = 64
+    max_objects: int = 8
+    gap: float = 0.02     # decoding keeps boxes this far apart (Shapes World's spec) and inside the canvas
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class Planner(nn.Module):
+    def __init__(self, cfg: PlannerConfig):
+        super().__init__()
+        if not cfg.labels:
+            raise ValueError("a planner needs its label vocabulary (PlannerConfig.labels)")
+        self.cfg = cfg
+        d, n_labels = cfg.width, len(cfg.labels)
+        self.eos = n_labels                       # the end token, in label slots
+        self.text_in = nn.Sequential(nn.LayerNorm(cfg.text_dim), nn.Linear(cfg.text_dim, d))
+        layer = lambda: dict(d_model=d, nhead=cfg.heads, dim_feedforward=4 * d, dropout=0.0, batch_first=True,
+                             norm_first=True, activation="gelu")
+        self.text_layers = nn.TransformerEncoder(nn.TransformerEncoderLayer(**layer()), cfg.text_depth,
+                                                 enable_nested_tensor=False)
+        self.bos = nn.Parameter(torch.zeros(d))
+        self.label_emb = nn.Embedding(n_labels + 1, d)
+        self.coord_emb = nn.Embedding(4 * cfg.bins, d)            # one table per coordinate slot
+        self.slot_emb = nn.Embedding(len(SLOTS), d)               # the slot of the token being predicted
+        self.object_emb = nn.Embedding(cfg.max_objects + 1, d)
+        self.decoder = nn.TransformerDecoder(nn.TransformerDecoderLayer(**layer()), cfg.depth)
+        self.norm = nn.LayerNorm(d)
+        self.label_head = nn.Linear(d, n_labels + 1)
+        self.coord_head = nn.Linear(d, 4 * cfg.bins)
+
+    @property
+    def length(self) -> int:
+        return len(SLOTS) * self.cfg.max_objects + 1
+
+    def embed_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(B, T) tokens -> (B, T + 1, d) decoder inputs: BOS, then each token in its slot's table, each position
+        told which slot and which object it predicts."""
+        b, t = tokens.shape
+        pos = torch.arange(t, device=tokens.device)
+        slot = pos % len(SLOTS)
+        coord = (slot - 1).clamp(min=0) * self.cfg.bins + tokens.clamp(0, self.cfg.bins - 1)
+        label = tokens.clamp(0, self.eos)
+        x = torch.where((slot == 0)[None, :, None], self.label_emb(label), self.coord_emb(coord))
+        x = torch.cat([self.bos.expand(b, 1, -1), x], 1)
+        target = torch.arange(t + 1, device=tokens.device)
+        return x + self.slot_emb(target % len(SLOTS)) + self.object_emb((target // len(SLOTS)).clamp(max=self.cfg.max_objects))
+
+    def read(self, states, mask):
+        """The text as the decoder reads it (computed once per prompt batch when decoding)."""
+        return self.text_layers(self.text_in(states), src_key_padding_mask=~mask)
+
+    def forward(self, tokens, states, mask, memory=None):
+        """Logits for every position: (label logits (B, T+1, labels+1), coordinate logits (B, T+1, 4, bins)).
+        `tokens` (B, T) are the layout so far; `states`/`mask` the text (mask True where a token is real)."""
+        memory = self.read(states, mask) if memory is None else memory
+        x = self.embed_tokens(tokens)
+        causal = nn.Transformer.generate_square_subsequent_mask(x.shape[1], device=x.device, dtype=torch.bool)
+        h = self.norm(self.decoder(x, memory, tgt_mask=causal, memory_key_padding_mask=~mask))
+        return self.label_head(h), self.coord_head(h).unflatten(-1, (4, self.cfg.bins))
+
+    def loss(self, tokens, states, mask):
+        """Cross-entropy of every real token given the ones before it (-1 pads the end of a layout)."""
+        return layout_loss(self(tokens[:, :-1], states, mask), tokens)
+
+    # ------------------------------------------------------------------------------------------- layouts
+
+    def tokens_of(self, layout: Layout) -> list[int]:
+        """A layout as training tokens (canonical order, EOS, then -1 padding to `length`)."""
+        index = {name: i for i, name in enumerate(self.cfg.labels)}
+        q = lambda v: min(self.cfg.bins - 1, max(0, int(v * self.cfg.bins)))
+        objs = sorted(((index[name], (x0 + x1) / 2, (y0 + y1) / 2, x1 - x0, y1 - y0)
+                       for name, (x0, y0, x1, y1) in layout), key=lambda o: (o[0], o[1], o[2]))
+        out = []
+        for lab, x, y, w, h in objs[: self.cfg.max_objects]:
+            out += [lab, q(w), q(h), q(x), q(y)]
+        if len(objs) < self.cfg.max_objects:
+            out.append(self.eos)
+        return out + [-1] * (self.length - len(out))
+
+    @torch.no_grad()
+    def plan(self, states, mask, seeds: list[int], temperature: float = 1.0) -> list[Layout]:
+        """One layout per prompt, labels greedy, sizes greedy, places sampled from `torch.Generator(seed)`."""
+        cfg, b = self.cfg, states.shape[0]
+        gens = [torch.Generator().manual_seed(int(s)) for s in seeds]
+        tokens = torch.zeros(b, 0, dtype=torch.long)
+        done = torch.zeros(b, dtype=torch.bool)
+        boxes: list[list[tuple]] = [[] for _ in range(b)]
+        centres = (torch.arange(cfg.bins) + 0.5) / cfg.bins
+        memory = self.read(states, mask)
+        for t in range(self.length - 1):
+            slot = t % len(SLOTS)
+            label_logits, coord_logits = self(tokens, states, mask, memory)
+            if slot == 0:
+                logits = label_logits[:, -1].clone()
+                if t == 0:
+                    logits[:, self.eos] = -float("inf")   # a prompt asks for at least one object
+                nxt = logits.argmax(-1)
+                done |= nxt == self.eos
+            else:
+                logits = coord_logits[:, -1, slot - 1]
+                if slot in (1, 2):      # sizes: the most likely
+                    nxt = logits.argmax(-1)
+                else:
+                    nxt = torch.stack([self._place(logits[i], slot, tokens[i], boxes[i], centres, gens[i], temperature)
+                                       for i in range(b)])
+            nxt = torch.where(done & (slot != 0), torch.zeros_like(nxt), nxt)
+            tokens = torch.cat([tokens, nxt[:, None]], 1)
+            if slot == 4:
+                for i in range(b):
+                    if not done[i]:
+                        w, h, x, y = (centres[int(v)].item() for v in tokens[i, -4:])
+                        boxes[i].append((x - w / 2, y - h / 2, x + w / 2, y + h / 2))
+            if done.all():
+                break
+        layouts = []
+        for i in range(b):
+            row, out = tokens[i].tolist(), []
+            for j in range(0, len(row) - 4, len(SLOTS)):
+                if row[j] == self.eos:
+                    break
+                out.append((cfg.labels[row[j]], boxes[i][len(out)]))
+            layouts.append(out)
+        return layouts
+
+    def _place(self, logits, slot, so_far, placed, centres, gen, temperature):
+        """Sample x (slot 3) or y (slot 4) among the bins that keep the box inside the canvas and `gap` from the
+        boxes already placed (for x: bins with at least one such y). Unconstrained if no bin qualifies."""
+        cfg = self.cfg
+        w, h = centres[int(so_far[-2 if slot == 3 else -3])], centres[int(so_far[-1 if slot == 3 else -2])]
+        xs = centres if slot == 3 else centres[int(so_far[-1])].expand(1)
+        ys = centres
+        x0, x1 = xs[:, None] - w / 2, xs[:, None] + w / 2          # (X, 1)
+        y0, y1 = ys[None, :] - h / 2, ys[None, :] + h / 2          # (1, Y)
+        ok = (x0 >= 0) & (x1 <= 1) & (y0 >= 0) & (y1 <= 1)
+        for bx0, by0, bx1, by1 in placed:
+            dx = torch.clamp(torch.maximum(bx0 - x1, x0 - bx1), min=0)
+            dy = torch.clamp(torch.maximum(by0 - y1, y0 - by1), min=0)
+            gap = torch.where((dx > 0) & (dy > 0), torch.sqrt(dx**2 + dy**2), torch.maximum(dx, dy))
+            ok &= gap >= cfg.gap
+        allowed = ok.any(1) if slot == 3 else ok[0]
+        logits = logits / max(temperature, 1e-6)
+        if allowed.any():
+            logits = logits.masked_fill(~allowed, -float("inf"))
+        return torch.multinomial(logits.softmax(-1), 1, generator=gen)[0]
+
+
+def layout_loss(logits, tokens):
+    """`Planner.forward`'s logits on `tokens[:, :-1]` against `tokens` (a function of the outputs, so a
+    DDP-wrapped planner, whose forward must be the call, trains the same way)."""
+    label_logits, coord_logits = logits
+    slot = torch.arange(tokens.shape[1], device=tokens.device) % len(SLOTS)
+    is_label = (slot == 0)[None].expand_as(tokens) & (tokens >= 0)
+    is_coord = (slot > 0)[None].expand_as(tokens) & (tokens >= 0)
+    loss = F.cross_entropy(label_logits[is_label], tokens[is_label])
+    if is_coord.any():
+        which = (slot - 1).clamp(min=0)[None].expand_as(tokens)[is_coord]
+        picked = coord_logits[is_coord][torch.arange(int(is_coord.sum()), device=tokens.device), which]
+        loss = loss + F.cross_entropy(picked, tokens[is_coord])
+    return loss
+
+
+class TextPlanner:
+    """The planner as a pipeline calls it: prompts and seeds -> one layout per prompt (encoded by the same
+    frozen text encoder the planner was trained on)."""
+
+    def __init__(self, planner: Planner, encoder, temperature: float = 1.0):
+        self.planner, self.encoder, self.temperature = planner, encoder, temperature
+
+    def __call__(self, prompts: list[str], seeds: list[int]) -> list[Layout]:
+        from ..text.encoder import pad
+
+        unique = list(dict.fromkeys(prompts))
+        encoded = dict(zip(unique, self.encoder.encode(unique)))
+        states, mask = pad([encoded[p] for p in prompts])
+        return self.planner.plan(states, mask, seeds, self.temperature)

@@ -1,0 +1,257 @@
+"""Several independent captioners for a Shapes World scene, as the Imagen 3 report recaptions its data with
+several models chosen for linguistic diversity: each writer has its own vocabulary (synonyms of every size,
+colour, shape, place and relation word; British and American spelling), sentence shapes, object order, level
+of detail and number style (words, digits, articles). Training mixes them with the alt-text by weights in the
+config, so what the model learns is the scene, not one template's way of saying it.
+
+Every writer here names every object of the scene (with its count), so a caption determines the objects a
+layout planner must propose; writers differ in what else they state (sizes, places, relations, background).
+Evaluation wordings are written separately (`world/unseen_wordings.py`) and never trained on.
+"""
+from __future__ import annotations
+
+import random
+
+from . import captions as C
+from .scene import Obj, Scene
+
+COLOUR_WORDS = {
+    "red": ["red", "crimson", "scarlet", "cherry red"],
+    "green": ["green", "emerald", "grass green", "leaf green"],
+    "blue": ["blue", "cobalt", "royal blue", "deep blue"],
+    "yellow": ["yellow", "golden", "lemon yellow", "sunny yellow"],
+    "purple": ["purple", "violet", "plum", "grape purple"],
+    "orange": ["orange", "tangerine", "amber", "pumpkin orange"],
+}
+SIZE_WORDS = {"small": ["small", "little", "tiny", "mini", "smaller", "petite"],
+              "large": ["large", "big", "huge", "giant", "bigger", "oversized"]}
+SHAPE_WORDS = {  # (singular, plural)
+    "circle": [("circle", "circles"), ("disc", "discs"), ("disk", "disks"), ("dot", "dots"), ("round shape", "round shapes")],
+    "square": [("square", "squares"), ("box", "boxes"), ("block", "blocks"), ("tile", "tiles")],
+    "triangle": [("triangle", "triangles"), ("three-sided shape", "three-sided shapes"), ("triangular shape", "triangular shapes")],
+}
+BACKGROUND_WORDS = {"ivory": ["ivory", "cream", "off-white"], "light grey": ["light grey", "light gray", "pale grey", "pale gray"],
+                    "pale blue": ["pale blue", "light blue", "baby blue", "sky blue"]}
+RELATION_WORDS = {
+    "left of": ["to the left of", "left of", "on the left of", "on the left side of", "further left than", "west of"],
+    "right of": ["to the right of", "right of", "on the right of", "on the right side of", "further right than", "east of"],
+    "above": ["above", "over", "higher than", "higher up than", "on top of", "north of"],
+    "below": ["below", "under", "underneath", "beneath", "lower than", "south of"],
+}
+PLACE_WORDS = [
+    [["in the upper left", "in the top left", "in the top-left corner", "at the upper left corner", "up in the top left"],
+     ["at the top", "at the top centre", "at the top center", "along the top edge", "in the upper middle"],
+     ["in the upper right", "in the top right", "in the top-right corner", "at the upper right corner", "up in the top right"]],
+    [["on the left", "at the left side", "along the left edge", "in the middle left", "at the left"],
+     ["in the centre", "in the center", "in the middle", "at the very centre", "right in the middle"],
+     ["on the right", "at the right side", "along the right edge", "in the middle right", "at the right"]],
+    [["in the lower left", "in the bottom left", "in the bottom-left corner", "at the lower left corner", "down in the bottom left"],
+     ["at the bottom", "at the bottom centre", "at the bottom center", "along the bottom edge", "in the lower middle"],
+     ["in the lower right", "in the bottom right", "in the bottom-right corner", "at the lower right corner", "down in the bottom right"]],
+]
+BE_PLACED = ["sits", "is", "is placed", "rests", "appears", "is located", "can be seen", "stands"]
+
+
+def number(n: int, rng: random.Random, style: str) -> str:
+    """`style`: "words", "digits" or "mixed"; one object sometimes takes an article or "a single"."""
+    if n == 1 and rng.random() < 0.5:
+        return rng.choice(["a", "one", "a single", "just one"])
+    digits = style == "digits" or (style == "mixed" and rng.random() < 0.4)
+    return str(n) if digits else C.NUMBER_WORDS[n]
+
+
+def article(word: str, following: str) -> str:
+    return ("an" if following[:1] in "aeiou" else "a") if word == "a" else word
+
+
+def noun_phrase(n: int, colour: str, shape: str, rng: random.Random, size: str | None = None,
+                style: str = "mixed", synonyms: float = 0.5) -> str:
+    """'three crimson discs', '2 big blue boxes', 'a small lemon yellow triangle'."""
+    c = rng.choice(COLOUR_WORDS[colour]) if rng.random() < synonyms else colour
+    sing, plural = rng.choice(SHAPE_WORDS[shape]) if rng.random() < synonyms else SHAPE_WORDS[shape][0]
+    s = (rng.choice(SIZE_WORDS[size]) + " ") if size else ""
+    num = number(n, rng, style)
+    rest = f"{s}{c} {sing if n == 1 else plural}"
+    return f"{article(num, rest)} {rest}"
+
+
+def group_size(objs: list[Obj]) -> str | None:
+    sizes = {o.size for o in objs}
+    return sizes.pop() if len(sizes) == 1 else None
+
+
+def listing(parts: list[str], rng: random.Random, style: str = "prose") -> str:
+    if len(parts) == 1:
+        return parts[0]
+    if style == "terse":
+        return rng.choice([", ", "; ", " + "]).join(parts)
+    return ", ".join(parts[:-1]) + rng.choice([" and ", ", and ", " as well as ", " plus "]) + parts[-1]
+
+
+def groups_in_order(scene: Scene, rng: random.Random) -> list[tuple[tuple[str, str], list[Obj]]]:
+    items = list(scene.groups().items())
+    rng.shuffle(items)
+    return items
+
+
+def background(scene: Scene, rng: random.Random) -> str:
+    return rng.choice(BACKGROUND_WORDS[scene.background])
+
+
+# ----------------------------------------------------------------------------------------- the writers
+
+
+def terse(scene: Scene, rng: random.Random) -> str:
+    """A tag-like list with digits: '3 red circles, 1 small blue square' or 'red circle x3, blue box x1'."""
+    parts = []
+    form = rng.random()
+    for (colour, shape), objs in groups_in_order(scene, rng):
+        size = group_size(objs) if rng.random() < 0.4 else None
+        if form < 0.7:
+            parts.append(noun_phrase(len(objs), colour, shape, rng, size, "digits", 0.3))
+        else:
+            sing = rng.choice(SHAPE_WORDS[shape])[0] if rng.random() < 0.3 else shape
+            parts.append(f"{(size + ' ') if size else ''}{colour} {sing} x{len(objs)}")
+    text = listing(parts, rng, "terse")
+    if rng.random() < 0.3:
+        text += f", {background(scene, rng)} background"
+    return text
+
+
+def prose_count(scene: Scene, rng: random.Random) -> str:
+    """A plain sentence that counts every group: 'There are three crimson discs and a single big navy box.'"""
+    parts = [noun_phrase(len(objs), c, s, rng, group_size(objs) if rng.random() < 0.5 else None, "mixed")
+             for (c, s), objs in groups_in_order(scene, rng)]
+    body = listing(parts, rng)
+    n = len(scene.objects)
+    opener = rng.choice([
+        f"There {'is' if parts[0].split()[0] in ('a', 'an', 'one', 'just', '1') else 'are'} {body}",
+        f"The picture contains {body}",
+        f"You can see {body}",
+        f"This image has {body}",
+        f"A drawing of {body}",
+        f"{body[0].upper() + body[1:]}",
+        f"Exactly {C.NUMBER_WORDS[n]} shape{'s' if n > 1 else ''}: {body}",
+    ])
+    tail = rng.choice(["", "", f" on a {background(scene, rng)} background", f", set against {background(scene, rng)}"])
+    return opener + tail + rng.choice([".", "", "."])
+
+
+def relational(scene: Scene, rng: random.Random) -> str:
+    """Relations between groups in many words, then every group no relation names:
+    'a yellow triangle is further left than two green dots; also three blue squares'."""
+    g = scene.groups()
+    rels = C.relations(scene)
+    if not rels:
+        return prose_count(scene, rng)
+    picked = rng.sample(rels, min(len(rels), rng.choice([1, 1, 2, 3])))
+    clauses = []
+    for a, r, b in picked:
+        verb = rng.choice(["", "", "is ", "sits ", "lies "]) if len(g[a]) == 1 else rng.choice(["", "", "are "])
+        clauses.append(f"{noun_phrase(len(g[a]), *a, rng, group_size(g[a]) if rng.random() < 0.3 else None)} "
+                       f"{verb}{rng.choice(RELATION_WORDS[r])} "
+                       f"{noun_phrase(len(g[b]), *b, rng, group_size(g[b]) if rng.random() < 0.3 else None)}")
+    text = listing(clauses, rng) if len(clauses) < 3 else "; ".join(clauses)
+    named = {k for a, _, b in picked for k in (a, b)}
+    rest = [k for k in g if k not in named]
+    if rest:
+        text += rng.choice([", and also ", "; also ", ". There is also ", ", plus "]) + listing(
+            [noun_phrase(len(g[k]), *k, rng) for k in rest], rng)
+    return text[0].upper() + text[1:] if rng.random() < 0.5 else text
+
+
+def scene_walk(scene: Scene, rng: random.Random) -> str:
+    """Every object with its size and place, in many sentence shapes: 'Top left: a big red circle. A little
+    blue square sits right in the middle.' Objects in reading order or shuffled."""
+    objs = list(scene.objects)
+    if rng.random() < 0.5:
+        objs.sort(key=lambda o: (C.cell(o.x, o.y), o.x))
+    else:
+        rng.shuffle(objs)
+    sents = []
+    if rng.random() < 0.6:
+        n = len(objs)
+        sents.append(rng.choice([f"{C.NUMBER_WORDS[n].capitalize()} shape{'s' if n > 1 else ''} on a {background(scene, rng)} background.",
+                                 f"A {background(scene, rng)} canvas with {number(n, rng, 'mixed')} shape{'s' if n > 1 else ''}.",
+                                 f"The image shows {number(n, rng, 'words')} flat shape{'s' if n > 1 else ''}."]))
+    for o in objs:
+        row, col = C.cell(o.x, o.y)
+        place = rng.choice(PLACE_WORDS[row][col])
+        thing = noun_phrase(1, o.colour, o.shape, rng, o.size, "words")
+        form = rng.randrange(5)
+        if form == 0:
+            sents.append(f"{thing[0].upper() + thing[1:]} {rng.choice(BE_PLACED)} {place}.")
+        elif form == 1:
+            sents.append(f"{place[0].upper() + place[1:]} there is {thing}.")
+        elif form == 2:
+            sents.append(f"{place[0].upper() + place[1:]}, {thing}.")
+        elif form == 3:
+            sents.append(f"There is {thing} {place}.")
+        else:
+            sents.append(f"{place.split(' ', 1)[1].capitalize() if ' ' in place else place.capitalize()}: {thing}.")
+    return " ".join(sents)
+
+
+def inventory(scene: Scene, rng: random.Random) -> str:
+    """A structured list by group, sizes per object, places sometimes:
+    'Objects: red circle x2 (one large, one small); blue square (small, upper left).'"""
+    parts = []
+    with_place = rng.random() < 0.5
+    for (colour, shape), objs in groups_in_order(scene, rng):
+        details = []
+        for o in objs:
+            bits = [rng.choice(SIZE_WORDS[o.size])]
+            if with_place:
+                row, col = C.cell(o.x, o.y)
+                bits.append(rng.choice(PLACE_WORDS[row][col]).replace("in the ", "").replace("at the ", "").replace("on the ", ""))
+            details.append(", ".join(bits) if len(objs) == 1 else " ".join(bits))
+        head = f"{rng.choice(COLOUR_WORDS[colour])} {SHAPE_WORDS[shape][0][0]}"
+        count = f" x{len(objs)}" if len(objs) > 1 and rng.random() < 0.5 else (f" ({C.NUMBER_WORDS[len(objs)]})" if len(objs) > 1 else "")
+        parts.append(f"{head}{count} ({'; '.join(details)})")
+    lead = rng.choice(["Objects: ", "Shapes: ", "Contents: ", ""])
+    return lead + "; ".join(parts) + rng.choice(["", "."])
+
+
+def british_detailed(scene: Scene, rng: random.Random) -> str:
+    """A long description in British spelling, group by group, with every object's size and place and a
+    relation or two: colour, grey, centre."""
+    g = scene.groups()
+    n = len(scene.objects)
+    bg = scene.background.replace("gray", "grey")
+    sents = [rng.choice([f"The picture is a {bg} rectangle holding {C.NUMBER_WORDS[n]} coloured shape{'s' if n > 1 else ''}.",
+                         f"Against a plain {bg} backdrop we see {C.NUMBER_WORDS[n]} flat, single-colour shape{'s' if n > 1 else ''}."])]
+    for (colour, shape), objs in groups_in_order(scene, rng):
+        plural = len(objs) > 1
+        sents.append(f"{noun_phrase(len(objs), colour, shape, rng, None, 'words', 0.4).capitalize()} "
+                     f"{'are' if plural else 'is'} drawn" + (":" if plural else "") + ("" if plural else ","))
+        places = []
+        for o in objs:
+            row, col = C.cell(o.x, o.y)
+            place = rng.choice(PLACE_WORDS[row][col]).replace("center", "centre")
+            size = rng.choice(SIZE_WORDS[o.size])
+            places.append(f"one {size} {place}" if plural else f"{size}, {place}")
+        sents[-1] += " " + listing(places, rng) + "."
+    for a, r, b in rng.sample(C.relations(scene), min(2, len(C.relations(scene)))):
+        sents.append(f"The {a[0]} {C.PLURALS[a[1]] if len(g[a]) > 1 else a[1]} {'are' if len(g[a]) > 1 else 'is'} "
+                     f"{rng.choice(RELATION_WORDS[r])} the {b[0]} {C.PLURALS[b[1]] if len(g[b]) > 1 else b[1]}.")
+    sents.append(rng.choice(["No shapes overlap, and the colours are flat with no shading.",
+                             "The colours are uniform and nothing else is in the frame."]))
+    return " ".join(sents)
+
+
+# the original templates (captions.py), spatial naming every group, as one more voice
+def templates(scene: Scene, rng: random.Random) -> str:
+    kind = rng.choice(["count", "spatial", "detailed"])
+    return C.spatial(scene, rng, complete=True) if kind == "spatial" else C.WRITERS[kind](scene, rng)
+
+
+CAPTIONERS = {"terse": terse, "prose_count": prose_count, "relational": relational, "scene_walk": scene_walk,
+              "inventory": inventory, "british_detailed": british_detailed, "templates": templates}
+
+
+def caption(scene: Scene, rng: random.Random, names=tuple(CAPTIONERS)) -> dict[str, str]:
+    """One caption from each named captioner."""
+    unknown = [n for n in names if n not in CAPTIONERS]
+    if unknown:
+        raise ValueError(f"unknown captioners {unknown}; known: {', '.join(CAPTIONERS)}")
+    return {n: CAPTIONERS[n](scene, rng) for n in names}
