@@ -10,11 +10,12 @@ DEFAULT_DB = "arena.sqlite"
 def open_store(args, create: bool = False):
     from ..eval.arena.store import Settings, Store
 
-    return Store(args.db, Settings(attention_rate=getattr(args, "attention_rate", Settings.attention_rate)), create=create)
+    settings = Settings(attention_rate=getattr(args, "attention_rate", Settings.attention_rate))
+    return Store(args.db, settings, create=create)
 
 
 def cmd_create(args) -> int:
-    from ..eval.arena.store import StudySpec, create_study
+    from ..eval.arena.study import StudySpec, create_study
 
     spec = StudySpec(questions=tuple(args.questions), votes_per_item=args.votes_per_item,
                      obvious_checks=args.obvious_checks, seed=args.seed)
@@ -27,7 +28,7 @@ def cmd_create(args) -> int:
 
 def cmd_add_model(args) -> int:
     """Place a new model cheaply: pairs only with its k nearest neighbours by current rating."""
-    from ..eval.arena.store import StudySpec, create_study, neighbour_pairs
+    from ..eval.arena.study import StudySpec, create_study, neighbour_pairs
 
     store = open_store(args)
     pairs = neighbour_pairs(store, args.model, args.neighbours)
@@ -87,7 +88,8 @@ def cmd_export(args) -> int:
 
 
 def add_parser(sub) -> None:
-    from ..eval.arena.store import QUESTIONS, Settings, StudySpec
+    from ..eval.arena.store import QUESTIONS, Settings
+    from ..eval.arena.study import StudySpec
 
     a = sub.add_parser("arena", help="the side-by-side human rating app: create a study, invite, serve, export")
     verbs = a.add_subparsers(dest="arena_verb", required=True)
