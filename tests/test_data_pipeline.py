@@ -382,7 +382,7 @@ def test_bad_configuration_is_a_clear_error(tmp_path):
 
 def test_train_reads_the_pipeline_shards_with_their_captions_and_weights(curated, tmp_path):
     from limner.train.data import DataConfig, load_records
-    from limner.train.train import run as train
+    from limner.train import run as train
 
     root, cfg, rows, _ = curated
     shards = str(Path(cfg.out_dir) / "shards" / "*.tar")

@@ -35,15 +35,24 @@ def _flat_fields() -> list:
 
 
 def _load(cls, path: str | Path):
+    import yaml
+
     from . import load_config
 
-    return build(cls, dataclasses.asdict(load_config(path)), str(path))  # checked by the kind's own config
+    load_config(path)  # checked by the kind's own config: unknown keys, nested ones too, and values
+    return _flat(cls, yaml.safe_load(Path(path).read_text()) or {}, str(path))
 
 
 def _from_dict(cls, raw: dict, where: str = "config"):
     from . import load_config
 
-    return build(cls, dataclasses.asdict(load_config(raw)), where)
+    load_config(raw)
+    return _flat(cls, raw, where)
+
+
+def _flat(cls, raw: dict, where: str):
+    # keeps `model:` as written (a preset, not the widths it implies), so a CLI override of the preset works
+    return build(cls, {k: {} if k in ("data", "model") and v is None else v for k, v in raw.items()}, where)
 
 
 def _typed(self):
@@ -54,8 +63,9 @@ def _typed(self):
 
 
 TrainConfig = dataclasses.make_dataclass(
-    "TrainConfig", _flat_fields(), module=__name__,
+    "TrainConfig", _flat_fields(),
     namespace={"load": classmethod(_load), "from_dict": classmethod(_from_dict), "typed": _typed})
+TrainConfig.__module__ = __name__
 
 
 def run(cfg, resume: bool = False, quiet: bool = False) -> Path:
