@@ -1,0 +1,87 @@
+"""The training captioners (many voices, every object named) and the held-out wordings (never trained on)."""
+import ast
+import random
+import re
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from limner.world import captioners as CAP
+from limner.world import captions as C
+from limner.world import unseen_wordings as U
+from limner.world.scene import sample_scene
+from limner.world.scorer import Constraints, detect, score
+from limner.world.scene import Scene, render
+
+SRC = Path(__file__).resolve().parents[1] / "src" / "limner"
+
+
+def scenes(n, seed=0):
+    rng = random.Random(seed)
+    return [(sample_scene(rng), rng) for _ in range(n)]
+
+
+def words_of(texts):
+    return Counter(w for t in texts for w in re.findall(r"[a-z]+", t.lower()))
+
+
+def test_every_captioner_names_every_group_with_its_colour_and_shape():
+    for scene, rng in scenes(150):
+        for name, text in CAP.caption(scene, rng).items():
+            low = text.lower()
+            for (colour, shape), objs in scene.groups().items():
+                assert any(w in low for w in CAP.COLOUR_WORDS[colour]), (name, colour, text)
+                assert any(s in low for s, _ in CAP.SHAPE_WORDS[shape]) or C.PLURALS[shape] in low, (name, shape, text)
+
+
+def test_captioners_speak_differently():
+    by_name = {name: [] for name in CAP.CAPTIONERS}
+    for scene, rng in scenes(200, seed=1):
+        for name, text in CAP.caption(scene, rng).items():
+            by_name[name].append(text)
+    templates = words_of(C.captions(s, r)["count"] for s, r in scenes(200, seed=2))
+    everything = words_of(t for texts in by_name.values() for t in texts)
+    new_words = set(everything) - set(templates)
+    # synonyms of every kind of word the templates use one way
+    for word in ("crimson", "tiny", "huge", "block", "disk", "underneath", "gray", "grey", "center", "centre", "middle"):
+        assert word in everything, word
+    assert len(new_words) > 60
+    # different sentence shapes: each captioner's most common first word differs from most others'
+    openings = {name: Counter(t.split()[0].lower() for t in texts).most_common(1)[0][0] for name, texts in by_name.items()}
+    assert len(set(openings.values())) >= 4, openings
+    assert any(re.search(r"\b[2-8]\b", t) for t in by_name["terse"]) and any(
+        re.search(r"\b(two|three|four)\b", t) for t in by_name["prose_count"])
+
+
+def test_unseen_wordings_are_never_what_training_captioners_write():
+    train_text = [t for scene, rng in scenes(1500, seed=3) for t in CAP.caption(scene, rng).values()]
+    train_text += [t for scene, rng in scenes(500, seed=4) for t in C.captions(scene, rng).values()]
+    joined = "\n".join(t.lower() for t in train_text)
+    prompts = [it["prompt"] for s in U.SUITES for it in U.build(s, 10)]
+    assert not {p.lower() for p in prompts} & {t.lower() for t in train_text}
+    for marker in ("please draw", "could you make", "a trio of", "half a dozen", "coloured red", "to its right",
+                   "dead centre", "towards the left", "start with a", "can i get", "-coloured"):
+        assert any(marker in p.lower() for p in prompts), marker           # the grammar uses it...
+        assert marker not in joined, marker                                # ...and no training caption does
+
+
+def test_nothing_that_trains_imports_the_unseen_wordings():
+    trainers = [*(SRC / "train").glob("*.py"), SRC / "world" / "captioners.py", SRC / "world" / "captions.py",
+                *(SRC / "data").glob("*.py")]
+    for path in trainers:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                names = [a.name for a in node.names]
+                assert "unseen_wordings" not in (node.module or "") and "unseen_wordings" not in names, path
+
+
+@pytest.mark.parametrize("suite", U.SUITES)
+def test_unseen_suites_have_exact_constraints_that_their_own_scenes_meet(suite):
+    items = U.build(suite, 3)
+    assert len({it["prompt"] for it in items}) == len(items)
+    assert [it["prompt"] for it in U.build(suite, 2)] == [it["prompt"] for it in items if int(it["id"].rsplit("-", 1)[1]) < 2]
+    if suite == "detailed":   # the scene a long prompt was written from meets it, read back from its rendering
+        for it in items:
+            found = detect(render(Scene.from_dict(it["tags"]["scene"]), 256))
+            assert score(found, Constraints.from_dict(it["constraints"]))["correct"], it["prompt"]
