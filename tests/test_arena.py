@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from arena_fixtures import CLI, free_port, invite, make_generations, start_server
-from limner.eval.arena.store import (VOTE_FIELDS, Settings, Store, StudySpec, Task, create_study, neighbour_pairs,
-                                     write_csv)
+from limner.eval.arena.store import VOTE_FIELDS, Settings, Store, Task, write_csv
+from limner.eval.arena.study import StudySpec, create_study, neighbour_pairs
 from limner.eval.ratings import load_votes, rate
 
 MODELS = ("good", "poor", "worse")
