@@ -134,6 +134,8 @@ class ArenaError(ValueError):
 
 
 def hash_token(token: str) -> str:
+    """What the database keeps of a rater's token. sha256, not common.files.digest (a short cache key, not for
+    security): this one guards access, and tokens already handed out must keep working."""
     return hashlib.sha256(token.encode()).hexdigest()
 
 
