@@ -119,9 +119,7 @@ def test_generate_refuses_bad_flags_before_loading_a_model(flags, message, tmp_p
     res = subprocess.run([sys.executable, "-c", REPORT_IMPORTS, *argv], capture_output=True, text=True, timeout=120)
     assert f"limner: error: {message}" in res.stderr and "Traceback" not in res.stderr
     report = json.loads(res.stdout.splitlines()[-1])
-    assert report["code"] == 2 and report["loaded"] == []
-    # report["torch"] is still True: validate() lives in pipeline/core.py beside torch (moving it to a torch-free
-    # module would make the refusal ~1 s faster; then assert it is False here)
+    assert report["code"] == 2 and report["loaded"] == [] and report["torch"] is False
     assert not out.exists() and not list(tmp_path.iterdir())
 
 

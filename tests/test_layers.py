@@ -27,15 +27,15 @@ RANK = {pkg: i for i, layer in enumerate(LAYERS) for pkg in layer}
 CORE_FORBIDDEN = {"limner.pipeline.core": ("world", "safety")}
 
 
-def module_name(path: Path) -> tuple[str, bool]:
-    parts = list(path.relative_to(SRC).with_suffix("").parts)
+def module_name(path: Path, src: Path = SRC) -> tuple[str, bool]:
+    parts = list(path.relative_to(src).with_suffix("").parts)
     is_pkg = parts[-1] == "__init__"
     return ".".join(parts[:-1] if is_pkg else parts), is_pkg
 
 
-def imports(path: Path):
+def imports(path: Path, src: Path = SRC):
     """(line, imported module, imported names) for every limner import in the file, however deeply nested."""
-    mod, is_pkg = module_name(path)
+    mod, is_pkg = module_name(path, src)
     for node in ast.walk(ast.parse(path.read_text(), str(path))):
         if isinstance(node, ast.ImportFrom):
             if node.level:
@@ -63,14 +63,14 @@ def layer_of(module: str) -> str | None:
 def violations(src: Path = SRC) -> list[str]:
     found = []
     for path in sorted((src / "limner").rglob("*.py")):
-        mod, _ = module_name(path)
+        mod, _ = module_name(path, src)
         here = layer_of(mod)
         if here is None:  # limner/__init__.py: the public API, above every layer
             continue
         if here not in RANK:
             found.append(f"{mod}: package {here!r} is in no layer (add it to LAYERS in tests/test_layers.py)")
             continue
-        for line, target, names in imports(path):
+        for line, target, names in imports(path, src):
             if not target.startswith("limner"):
                 continue
             there = layer_of(target)
@@ -78,9 +78,6 @@ def violations(src: Path = SRC) -> list[str]:
                 bad = [n for n in names if n != "__version__"] or ([] if names else ["limner"])
                 found += [f"{mod}:{line} imports {n!r} from the package root" for n in bad]
                 continue
-            if there not in RANK and (target + "." + names[0] if names else target).count(".") >= 1:
-                # `from limner import world` style: the name is the package
-                pass
             if there not in RANK:
                 found.append(f"{mod}:{line} imports {target}, which is in no layer")
             elif RANK[there] > RANK[here]:

@@ -69,3 +69,13 @@ def test_core_runs_with_world_and_safety_unimportable(tmp_path):
     r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout.strip() == "ok []"
+
+
+def test_request_checks_know_every_sampler_and_refuse_zero_steps(parts):
+    from limner.diffusion.sampling import SAMPLERS
+    from limner.pipeline import request
+
+    assert set(request.SAMPLERS) == set(SAMPLERS)
+    denoiser, vae, encoder, meta = parts
+    with pytest.raises(ValueError, match="steps must be between 1 and 1000, not 0"):
+        Pipeline(denoiser, vae, encoder, meta)("two red circles", steps=0)   # was the model's default

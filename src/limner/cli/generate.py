@@ -9,7 +9,7 @@ def check(a) -> None:
     """Refuse bad flags before any model loads (the pipeline checks the same ranges again on each call).
     A flag left out means the model's own default, valid by construction: the lowest allowed value stands
     in for it here, so only what the user typed is judged."""
-    from ..pipeline.core import validate
+    from ..pipeline.request import validate
 
     validate([a.prompt], steps=1 if a.steps is None else a.steps, guidance=0.0 if a.guidance is None else a.guidance,
              sampler=a.sampler or "euler", num_images=a.n, best_of=1 if a.best_of is None else a.best_of)

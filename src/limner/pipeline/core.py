@@ -18,6 +18,7 @@ from ..models import autoencoder as AE
 from ..models import folder
 from ..models.dit import DiT
 from ..text.encoder import TextEncoder, pad
+from .request import validate
 
 MAX_BATCH = 64
 CANDIDATE_STRIDE = 1_000_003  # seed offset between best-of candidates, far from the seed + i of -n images
@@ -59,7 +60,7 @@ class Pipeline:
         seeds = [int(s) for s in seed] if isinstance(seed, (list, tuple)) else [int(seed)] * len(prompts)
         if len(seeds) != len(prompts):
             raise ValueError(f"give one seed, or one per prompt: got {len(seeds)} seeds for {len(prompts)} prompts")
-        steps = int(steps or self.defaults.get("steps", 20))
+        steps = int(self.defaults.get("steps", 20) if steps is None else steps)  # 0 is an error, not the default
         guidance = float(self.defaults.get("guidance", 3.0) if guidance is None else guidance)
         sampler = sampler or self.defaults.get("sampler", "euler")
         best_of = int(self.defaults.get("best_of", 1) if best_of is None else best_of)
@@ -132,18 +133,3 @@ class Pipeline:
         """Latents to uint8 images, (B, H, W, 3)."""
         imgs = AE.to_image(self.vae, z)
         return ((imgs + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
-
-
-def validate(prompts, steps, guidance, sampler, num_images, best_of=1):
-    if not prompts or any(not isinstance(p, str) or not p.strip() for p in prompts):
-        raise ValueError("the prompt is empty: describe the image you want, e.g. 'three red circles'")
-    if not 1 <= steps <= 1000:
-        raise ValueError(f"steps must be between 1 and 1000, not {steps}")
-    if not 0 <= guidance <= 50:
-        raise ValueError(f"guidance must be between 0 and 50, not {guidance}")
-    if sampler not in SAMPLERS:
-        raise ValueError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
-    if not 1 <= num_images <= 256:
-        raise ValueError(f"-n must be between 1 and 256, not {num_images}")
-    if not 1 <= best_of <= 64:
-        raise ValueError(f"--best-of must be between 1 and 64, not {best_of}")
