@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ..common.files import write_atomic
+
 # --- suites -----------------------------------------------------------------------------------------
 
 
@@ -41,9 +43,8 @@ def cmd_suites_show(args) -> int:
 def cmd_suites_export(args) -> int:
     prompts = load_prompts(args)
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     # the JSONL that load_suite reads back (format "jsonl"), ids and constraints kept
-    out.write_text("".join(json.dumps(p.to_dict(), ensure_ascii=False) + "\n" for p in prompts), encoding="utf-8")
+    write_atomic(out, "".join(json.dumps(p.to_dict(), ensure_ascii=False) + "\n" for p in prompts))
     print(f"wrote {len(prompts)} prompts to {out}")
     return 0
 
@@ -125,8 +126,7 @@ def cmd_eval_score(args) -> int:
                                reference=args.reference, rounds=args.rounds, seed=args.seed, device=args.device,
                                batch_size=args.batch_size, progress=not args.no_progress)
     out = Path(args.out or Path(args.gen_dir) / SCORES)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(scores, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    write_atomic(out, json.dumps(scores, indent=1, ensure_ascii=False) + "\n")
     print(json.dumps(scores, indent=1, ensure_ascii=False) if args.json else f"{table(scores)}\n\nwrote {out}")
     return 0
 

@@ -19,6 +19,7 @@ import statistics
 import time
 from pathlib import Path
 
+from ..common.files import atomic_path, write_atomic
 from ..safety.prompt_filter import PromptFilter, Verdict
 from .suites import BENCHMARKS, DEFAULT_BENCHMARKS, load_suite
 
@@ -259,8 +260,8 @@ def write_outputs(r: dict, out: str | Path) -> list[Path]:
     """report.json and false_refusals.tsv (set, category, layer, matched, prompt) in `out`."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "report.json").write_text(json.dumps(r, indent=2) + "\n")
-    with (out / "false_refusals.tsv").open("w", newline="") as f:
+    write_atomic(out / "report.json", json.dumps(r, indent=2) + "\n")
+    with atomic_path(out / "false_refusals.tsv") as tmp, tmp.open("w", newline="") as f:
         w = csv.writer(f, delimiter="\t")
         w.writerow(["set", "category", "layer", "matched", "prompt"])
         w.writerows([fr["set"], fr["category"], fr["layer"], fr["matched"], fr["prompt"]] for fr in r["false_refusals"])
