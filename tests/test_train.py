@@ -178,9 +178,13 @@ def test_lr_schedule_warms_up_and_decays():
 
 
 def test_every_kind_config_constructs_with_its_defaults():
-    for Config in (AutoencoderTrainConfig, DenoiserTrainConfig, RewardConfig):
-        cfg = Config()
-        assert load_config({"kind": cfg.kind}) == cfg  # and a YAML naming only the kind gives the same
+    from limner.train import kind_module
+
+    for kind in KINDS:
+        cfg = kind_module(kind).Config()
+        assert cfg.kind == kind and load_config({"kind": kind}) == cfg  # a YAML naming only the kind: the same
+    assert (AutoencoderTrainConfig, DenoiserTrainConfig, RewardConfig) == tuple(
+        kind_module(k).Config for k in ("autoencoder", "denoiser", "reward"))
     assert isinstance(AutoencoderTrainConfig().model, AutoencoderConfig)
     assert isinstance(DenoiserTrainConfig().model, DiTConfig)
     assert type(load_config({})) is DenoiserTrainConfig  # no `kind:`: a denoiser, as before kinds were modules
@@ -194,7 +198,7 @@ def test_shipped_configs_load_as_their_kind():
         assert type(cfg).__module__ == f"limner.train.{cfg.kind}"
         if cfg.kind != "reward":
             assert type(cfg.model) is (AutoencoderConfig if cfg.kind == "autoencoder" else DiTConfig)
-    assert set(kinds.values()) == set(KINDS)
+    assert {"autoencoder", "denoiser", "reward"} <= set(kinds.values()) <= set(KINDS)
     assert load_config(ROOT / "configs/shapes-default.yaml").model.grounding is True
 
 
@@ -211,7 +215,7 @@ def test_config_errors_are_clear(tmp_path):
         load_config(ROOT / "configs/denoiser-tiny.yaml", overrides=["model.deph=3"])
     with pytest.raises(ValueError, match="model: unknown preset 'XXL'"):
         load_config({"model": {"preset": "XXL"}})
-    with pytest.raises(ValueError, match="kind must be one of autoencoder, denoiser, reward, not 'vae'"):
+    with pytest.raises(ValueError, match="kind must be one of autoencoder, denoiser, planner, reward, not 'vae'"):
         load_config({"kind": "vae"})
     with pytest.raises(FileNotFoundError, match="does not exist"):
         load_config(tmp_path / "missing.yaml")

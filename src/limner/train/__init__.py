@@ -3,6 +3,7 @@
     loop.py         the one step loop (DDP/FSDP, AdamW + schedule, EMA, checkpoints, resume, metrics, progress)
     autoencoder.py  kind: autoencoder   the image autoencoder
     denoiser.py     kind: denoiser      the diffusion transformer (needs a trained autoencoder)
+    planner.py      kind: planner       the layout planner, exported into a copy of the model folder it plans for
     reward.py       kind: reward        post-training of an exported model against the Shapes World scorer
     data.py         the training data: Shapes World or WebDataset shards, cached latents and text states
 
@@ -14,7 +15,7 @@ from __future__ import annotations
 import importlib
 from pathlib import Path
 
-KINDS = ("autoencoder", "denoiser", "reward")  # each a module of this package
+KINDS = ("autoencoder", "denoiser", "planner", "reward")  # each a module of this package
 DEFAULT_KIND = "denoiser"  # what a config without `kind:` trains (as before kinds were modules)
 
 
