@@ -2,12 +2,24 @@
 
 Latents are normalised with the folder's `shift_factor` and `scaling_factor` (SD3/FLUX convention),
 so the denoiser always sees roughly unit-variance inputs.
+
+`autoencoder_kl()` imports diffusers' class by the lightest path: `from diffusers import AutoencoderKL`
+runs the `__init__` of diffusers.models.autoencoders, which imports every autoencoder diffusers has
+(and through them every UNet and transformer): ~2 s of a ~5 s `limner generate`.
 """
 from __future__ import annotations
 
+import contextlib
+import functools
+import importlib.util
+import sys
+import types
 from dataclasses import asdict, dataclass, field
 
 import torch
+
+# The packages whose __init__ imports all their siblings; AutoencoderKL needs a few modules from each.
+_EAGER_PACKAGES = ("diffusers.models.autoencoders", "diffusers.models.unets", "diffusers.models.transformers")
 
 
 @dataclass
@@ -20,11 +32,47 @@ class AutoencoderConfig:
         return asdict(self)
 
 
-def build(cfg: AutoencoderConfig):
+@contextlib.contextmanager
+def _bare_packages(names):
+    """Stand-ins for `names` in sys.modules while the block runs: empty packages with the real search
+    path, so a submodule imports without its package's __init__. Removed afterwards, so a later ordinary
+    import runs the real __init__, which finds the submodules already loaded (the same classes)."""
+    added = {}
+    try:
+        for name in names:
+            if name not in sys.modules:
+                spec = importlib.util.find_spec(name)   # imports the parents (lazy in diffusers), not `name`
+                package = types.ModuleType(name)
+                package.__path__ = list(spec.submodule_search_locations)
+                sys.modules[name] = added[name] = package
+        yield
+    finally:
+        for name, package in added.items():
+            if sys.modules.get(name) is package:
+                del sys.modules[name]
+            parent, _, child = name.rpartition(".")
+            if getattr(sys.modules.get(parent), child, None) is package:
+                delattr(sys.modules[parent], child)
+
+
+@functools.cache
+def autoencoder_kl() -> type:
+    """diffusers' AutoencoderKL class, without importing the rest of diffusers' models where it can."""
+    if all(name not in sys.modules for name in _EAGER_PACKAGES):
+        try:
+            with _bare_packages(_EAGER_PACKAGES):
+                from diffusers.models.autoencoders.autoencoder_kl import AutoencoderKL
+            return AutoencoderKL
+        except (ImportError, AttributeError):   # a diffusers laid out otherwise: the ordinary import below
+            pass
     from diffusers import AutoencoderKL
 
+    return AutoencoderKL
+
+
+def build(cfg: AutoencoderConfig):
     n = len(cfg.channels)
-    return AutoencoderKL(
+    return autoencoder_kl()(
         in_channels=3, out_channels=3, latent_channels=cfg.latent_channels,
         down_block_types=("DownEncoderBlock2D",) * n, up_block_types=("UpDecoderBlock2D",) * n,
         block_out_channels=tuple(cfg.channels), layers_per_block=cfg.layers_per_block,
@@ -34,9 +82,7 @@ def build(cfg: AutoencoderConfig):
 
 
 def load(path: str):
-    from diffusers import AutoencoderKL
-
-    return AutoencoderKL.from_pretrained(path).eval().requires_grad_(False)
+    return autoencoder_kl().from_pretrained(path).eval().requires_grad_(False)
 
 
 def factor(vae) -> int:
