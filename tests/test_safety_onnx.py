@@ -10,7 +10,7 @@ import torch
 
 import limner
 from limner.common import cache as C
-from limner.safety import redteam
+from limner.eval import redteam
 from limner.safety.prompt_filter import PromptFilter, load_policy
 from limner.text import encoder as E
 from limner.text import onnx_runtime as O
@@ -243,3 +243,41 @@ def test_filter_works_without_the_int8_stage(monkeypatch, caplog):
     torch_policy = copy.deepcopy(load_policy())
     torch_policy["semantic"]["runtime"] = "torch"
     assert PromptFilter(torch_policy).semantic.int8 is None               # the int8 stage needs ONNX Runtime
+
+
+# ----------------------------------------------------------------------------- one check per graph file
+
+
+def test_cached_graph_is_checked_once_per_file(tmp_path, monkeypatch, counted_exports):
+    monkeypatch.setenv("LIMNER_CACHE", str(tmp_path / "cache"))        # where passed checks are remembered
+    checks = count_calls(monkeypatch, O, "max_difference")
+    tok, model = tiny_encoder()
+    first = O.load_onnx(tok, model, cache=tmp_path)
+    assert len(counted_exports) == 1 and len(checks) == 1 and first._session is not None
+    again = O.load_onnx(tok, model, cache=tmp_path)
+    assert len(checks) == 1 and again.path == first.path and again._session is None   # no check, no session yet
+    ids, mask = (np.array([[2, 9, 3]]), np.ones((1, 3), np.int64))
+    assert np.array_equal(again(ids, mask), first(ids, mask)) and again._session is not None
+    assert O.load_onnx(tok, model, cache=tmp_path, threads=2) is not None and len(checks) == 2   # other settings
+    first.path.write_bytes(b"not a graph")                              # another file: not trusted, exported again
+    assert O.load_onnx(tok, model, cache=tmp_path) is not None and len(checks) == 3 and len(counted_exports) == 2
+    assert O.load_onnx(tok, model, cache=tmp_path) is not None and len(checks) == 3   # the new file's check holds
+
+
+def test_check_is_not_shared_with_another_encoder(tmp_path, monkeypatch, counted_exports):
+    """A checked graph of other weights moved under this encoder's name is checked, fails and is replaced."""
+    monkeypatch.setenv("LIMNER_CACHE", str(tmp_path / "cache"))
+    tok, model = tiny_encoder()
+    path = O.load_onnx(tok, model, cache=tmp_path).path
+    os.replace(O.load_onnx(*tiny_encoder(seed=1), cache=tmp_path / "other").path, path)
+    runner = O.load_onnx(tok, model, cache=tmp_path)
+    assert len(counted_exports) == 3 and O.max_difference(runner, tok, model) < O.TOLERANCE
+
+
+def test_fingerprint_follows_the_file_and_the_settings(tmp_path, monkeypatch):
+    monkeypatch.setenv("LIMNER_CACHE", str(tmp_path / "cache"))
+    runner = O.load_onnx(*tiny_encoder(), cache=tmp_path)
+    print_ = runner.fingerprint
+    assert O.fingerprint(runner.path) == print_ and O.fingerprint(runner.path, threads=2) != print_
+    runner.path.write_bytes(b"other bytes")
+    assert O.fingerprint(runner.path) != print_

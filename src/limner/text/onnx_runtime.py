@@ -3,9 +3,12 @@
 The encoder is exported once with `torch.onnx.export` (input_ids and attention_mask in, the last hidden
 state out; batch and sequence axes dynamic) and cached under `limner.cache_root()` as
 text_onnx/<key>.onnx, the key the encoder's identity (`limner.text.encoder.identity`: configuration,
-vocabulary, weight files) with this recipe, so other weights never meet a stale graph. Every load
-checks the graph against the PyTorch model on a padded probe batch of other shapes than the export's,
-and gives up (the caller keeps PyTorch) unless the hidden states agree within `TOLERANCE`.
+vocabulary, weight files) with this recipe, so other weights never meet a stale graph. A graph is
+checked against the PyTorch model on a padded probe batch of other shapes than the export's, and not
+used (the caller keeps PyTorch) unless the hidden states agree within `TOLERANCE`. The check runs once
+per graph file: a pass is remembered under onnx_checked/, keyed by the file's content digest, the
+encoder's identity, the library versions and the session settings; a remembered graph's session is
+only made at its first call (a prompt the screen clears never needs one).
 
     runner = load_onnx(encoder.tokenizer, encoder.model)   # None: onnxruntime or onnx missing, export failed
     states = runner(input_ids, attention_mask)             # int64 numpy arrays -> (B, L, hidden) float32
@@ -16,16 +19,17 @@ when the export or the check fails, `load_onnx` logs why and returns None.
 """
 from __future__ import annotations
 
+import json
 import logging
-import os
-import tempfile
+import threading
 import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from ..common.cache import cache_root
+from ..common.cache import cache_root, file_digest
+from ..common.files import atomic_path, digest, write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -43,17 +47,33 @@ def cache_dir() -> Path:
 
 
 class OnnxEncoder:
-    """The last hidden state of an exported encoder, through one ONNX Runtime session."""
+    """The last hidden state of an exported encoder, through one ONNX Runtime session (made now, or at
+    the first call when `lazy`: ~0.1-0.2 s that a process which never calls it does not pay)."""
 
-    def __init__(self, path: str | Path, threads: int = 1, level: str = "all"):
-        import onnxruntime as ort
+    def __init__(self, path: str | Path, threads: int = 1, level: str = "all", lazy: bool = False):
+        self.path, self.threads, self.level = Path(path), threads, level
+        self._session = None
+        self._lock = threading.Lock()
+        if not lazy:
+            self.session  # noqa: B018  (made now: a damaged file raises here, where callers expect it)
 
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, LEVELS[level])
-        self.path = Path(path)
-        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    @property
+    def session(self):
+        with self._lock:
+            if self._session is None:
+                import onnxruntime as ort
+
+                options = ort.SessionOptions()
+                options.intra_op_num_threads = self.threads
+                options.inter_op_num_threads = 1
+                options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, LEVELS[self.level])
+                self._session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
+            return self._session
+
+    @property
+    def fingerprint(self) -> str:
+        """What this runner's numbers depend on (see `fingerprint`)."""
+        return fingerprint(self.path, self.threads, self.level)
 
     def __call__(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
         feed = {"input_ids": np.asarray(input_ids, np.int64), "attention_mask": np.asarray(attention_mask, np.int64)}
@@ -78,22 +98,15 @@ def export(tokenizer, model, path: str | Path) -> None:
     args = (batch["input_ids"], batch["attention_mask"])
     wrapper = _LastHiddenState(model).eval()   # eval: the exporter restores the wrapper's mode afterwards
     was_training = model.training
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    os.close(fd)
     try:
-        with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
+        with atomic_path(path) as tmp, warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
             warnings.simplefilter("ignore")          # the TorchScript exporter's deprecation and tracer notes
-            torch.onnx.export(wrapper, args, tmp, dynamo=False, opset_version=OPSET,
+            torch.onnx.export(wrapper, args, str(tmp), dynamo=False, opset_version=OPSET,
                               input_names=["input_ids", "attention_mask"], output_names=["last_hidden_state"],
                               dynamic_axes={name: {0: "batch", 1: "sequence"}
                                             for name in ("input_ids", "attention_mask", "last_hidden_state")})
-        os.replace(tmp, path)
     finally:
         model.train(was_training)
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def max_difference(runner: OnnxEncoder, tokenizer, model, texts: list[str] = PROBE) -> float:
@@ -113,8 +126,6 @@ def load_int8(runner: OnnxEncoder, threads: int = 1) -> OnnxEncoder | None:
     it only where a margin covers the difference. None (logged) when quantisation fails."""
     path = runner.path.with_name(f"{runner.path.stem}.int8-{INT8_RECIPE}.onnx")
     if not path.is_file() or path.stat().st_mtime_ns < runner.path.stat().st_mtime_ns:  # none, or of a replaced graph
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-        os.close(fd)
         try:
             from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -122,18 +133,15 @@ def load_int8(runner: OnnxEncoder, threads: int = 1) -> OnnxEncoder | None:
             level = root.level
             root.setLevel(logging.ERROR)   # quantize_dynamic logs a "pre-process first" hint on the root logger
             try:
-                quantize_dynamic(runner.path, tmp, weight_type=QuantType.QInt8, per_channel=True,
-                                 op_types_to_quantize=["MatMul"])
+                with atomic_path(path) as tmp:
+                    quantize_dynamic(runner.path, tmp, weight_type=QuantType.QInt8, per_channel=True,
+                                     op_types_to_quantize=["MatMul"])
             finally:
                 root.setLevel(level)
-            os.replace(tmp, path)
         except Exception as e:
             log.warning("text encoder: int8 quantisation failed (%s: %s); the fp32 graph decides alone",
                         type(e).__name__, e)
             return None
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
     try:
         return OnnxEncoder(path, threads=threads)
     except Exception as e:   # a damaged file: made again at the next load
@@ -142,20 +150,43 @@ def load_int8(runner: OnnxEncoder, threads: int = 1) -> OnnxEncoder | None:
         return None
 
 
+def graph_path(tokenizer, model, cache: str | Path | None = None) -> Path:
+    """Where the encoder's graph is cached: named by the encoder's identity and this recipe."""
+    from .encoder import identity
+
+    key = identity(tokenizer, model, onnx_recipe=RECIPE, opset=OPSET)
+    return (Path(cache) if cache is not None else cache_dir()) / f"{key}.onnx"
+
+
+def fingerprint(path: str | Path, threads: int = 1, level: str = "all") -> str:
+    """A digest of what a graph's outputs depend on: the file's content (its digest, remembered by stat),
+    the ONNX Runtime version and the session settings. Keys what is computed through it."""
+    import onnxruntime
+
+    return digest(file_digest(path), onnxruntime.__version__, threads, level, size=24)
+
+
+def check_record(path: Path, threads: int, level: str) -> Path:
+    """The file that remembers a passed check of this very graph file against this encoder (the graph's name
+    is the encoder's identity), with this torch, ONNX Runtime and these session settings."""
+    key = digest(path.name, fingerprint(path, threads, level), torch.__version__, TOLERANCE, *PROBE, size=24)
+    return cache_root() / "onnx_checked" / f"{key}.json"
+
+
 def load_onnx(tokenizer, model, cache: str | Path | None = None, threads: int = 1,
               level: str = "all") -> OnnxEncoder | None:
     """The encoder through ONNX Runtime, from the cache, else exported now; None (with a log line
-    saying why) when onnxruntime or onnx is missing or the graph cannot be made to match PyTorch."""
+    saying why) when onnxruntime or onnx is missing or the graph cannot be made to match PyTorch.
+    A cached graph that passed the check before is returned unchecked, its session made at first call."""
     try:
         import onnxruntime  # noqa: F401
     except ImportError:
         log.info("text encoder: onnxruntime is not installed; running the encoder in PyTorch")
         return None
-    from .encoder import identity
-
-    key = identity(tokenizer, model, onnx_recipe=RECIPE, opset=OPSET)
-    path = (Path(cache) if cache is not None else cache_dir()) / f"{key}.onnx"
+    path = graph_path(tokenizer, model, cache)
     for attempt in ("cached", "exported"):
+        if attempt == "cached" and path.is_file() and check_record(path, threads, level).is_file():
+            return OnnxEncoder(path, threads=threads, level=level, lazy=True)
         if attempt == "exported" or not path.is_file():
             attempt = "exported"
             try:
@@ -177,6 +208,10 @@ def load_onnx(tokenizer, model, cache: str | Path | None = None, threads: int = 
             log.warning("text encoder: cannot run the %s ONNX graph %s (%s: %s)", attempt, path, type(e).__name__, e)
             diff = float("inf")
         if diff <= TOLERANCE:
+            try:
+                write_atomic(check_record(path, threads, level), json.dumps({"graph": path.name, "difference": diff}))
+            except OSError:   # a read-only cache: checked again at the next load
+                pass
             return runner
         if attempt == "cached":
             log.warning("text encoder: the cached ONNX graph %s differs from PyTorch (%.2g); exporting it again",
