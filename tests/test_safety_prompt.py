@@ -278,3 +278,46 @@ def test_lexical_layer_is_fast(lexical):
     start = time.perf_counter()
     lexical.check_many(prompts)
     assert (time.perf_counter() - start) / len(prompts) < 0.005   # the budget for the whole filter
+
+
+# ----------------------------------------------------------------------------- start-up: nothing rebuilt
+
+
+def test_example_embeddings_are_computed_once_per_policy(tmp_path, monkeypatch):
+    """The policy's examples are embedded at the first start and read back at the next: the same numbers;
+    another example makes another cache entry."""
+    import copy
+
+    import torch
+
+    from test_safety_screen import count_calls
+
+    monkeypatch.setenv("LIMNER_CACHE", str(tmp_path))
+    policy = copy.deepcopy(pf.load_policy())
+    policy["semantic"]["runtime"] = "torch"          # nothing to export into the empty cache
+    policy["semantic"]["screen"]["enabled"] = False
+    embedded = count_calls(monkeypatch, pf.SemanticLayer, "embed")
+    first = pf.SemanticLayer(policy)
+    assert len(embedded) == len(first.examples) + 1                     # each category's examples, the benign ones
+    again = pf.SemanticLayer(policy)
+    assert len(embedded) == len(first.examples) + 1                     # read back
+    for a, b in zip([*first.example_emb, first.benign_emb], [*again.example_emb, again.benign_emb]):
+        assert torch.equal(a, b)
+    v = PromptFilter(policy).check("a woman lying on a sofa with no clothing at all")
+    assert (v.allowed, v.category, v.layer) == (False, "sexual", "semantic")
+    before = len(embedded)
+    policy["categories"][first.categories[0]]["examples"].append("a new example of that category")
+    pf.SemanticLayer(policy)
+    assert len(embedded) == before + len(first.examples) + 1
+
+
+def test_a_prompt_the_screen_clears_loads_no_onnx_session():
+    """At a warm start the examples come from the cache and the screen clears a plain prompt: neither the
+    fp32 graph's session nor the int8 graph is loaded (~0.3 s a `limner generate` does not pay)."""
+    PromptFilter.from_policy().semantic                                 # warms the caches, if a first start
+    filt = PromptFilter.from_policy()
+    assert filt.check("three red circles and a blue square").layer == "screen"
+    layer = filt.semantic
+    assert layer.runtime == "onnx" and layer.onnx._session is None and "int8" not in vars(layer)
+    assert filt.check("a woman lying on a sofa with no clothing at all").category == "sexual"
+    assert layer.int8 is not None and layer.onnx._session is not None   # loaded when a prompt needed them

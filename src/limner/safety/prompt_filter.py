@@ -32,6 +32,7 @@ from pathlib import Path
 from anyascii import anyascii
 
 DEFAULT_POLICY = Path(__file__).with_name("policy.yaml")
+EMBEDDING_RECIPE = 1   # bump when SemanticLayer.embed changes what it computes: cached example embeddings are then ignored
 
 
 # ----------------------------------------------------------------------------- verdicts
@@ -239,7 +240,7 @@ def load_policy(path: str | Path | None = None) -> dict:
 
 class SemanticLayer:
     """Mean-pooled, L2-normalised sentence embeddings from limner's frozen text encoder, compared
-    with the policy's examples (embedded once, kept in memory)."""
+    with the policy's examples (embedded once per policy and encoder, and cached: `example_embeddings`)."""
 
     def __init__(self, policy: dict, cascade: bool = True):
         import torch
@@ -254,29 +255,26 @@ class SemanticLayer:
         if self.runtime not in ("onnx", "torch"):
             raise ValueError(f"policy: semantic.runtime must be 'onnx' or 'torch', not {self.runtime!r}")
         self.onnx = None
+        self.threads = cfg.get("onnx_threads", 1)
         if self.runtime == "onnx":
             from ..text.onnx_runtime import load_onnx
 
-            self.onnx = load_onnx(self.encoder.tokenizer, self.encoder.model, threads=cfg.get("onnx_threads", 1))
+            self.onnx = load_onnx(self.encoder.tokenizer, self.encoder.model, threads=self.threads)
             if self.onnx is None:
                 self.runtime = "torch"
-        # the same graph with int8 weights between the screen and the encoder: ~3x faster, scores within
-        # ~0.05 of the fp32 ones; it allows what scores more than its band below every threshold
-        self.int8 = None
+        # the same graph with int8 weights between the screen and the encoder (`int8`, loaded when first
+        # needed): ~3x faster, scores within ~0.05 of the fp32 ones; it allows what scores more than its
+        # band below every threshold
         int8_cfg = cfg.get("int8") or {}
         self.int8_band = float(int8_cfg.get("band", 0.05))
-        if cascade and self.onnx is not None and int8_cfg.get("enabled", True):
-            from ..text.onnx_runtime import load_int8
-
-            self.int8 = load_int8(self.onnx, threads=cfg.get("onnx_threads", 1))
+        self.use_int8 = cascade and int8_cfg.get("enabled", True)
         self.min_similarity = cfg.get("min_similarity", 0.0)
         self.top_k = cfg.get("top_k", 1)
         self.categories = [c for c in policy["enabled"] if policy["categories"][c].get("examples")]
         specs = [policy["categories"][c] for c in self.categories]
         self.examples = [[spec["description"], *spec["examples"]] for spec in specs]   # per category
         benign = [*policy.get("benign_examples", []), *policy.get("allow", [])]
-        self.example_emb = [self.embed(texts) for texts in self.examples]
-        self.benign_emb = self.embed(benign)
+        *self.example_emb, self.benign_emb = self.example_embeddings([*self.examples, benign])
         self.thresholds = torch.tensor([spec["threshold"] for spec in specs])
         self.screen: Screen | None = None   # the fast screen in front of the encoder (screen.py)
         screen_cfg = cfg.get("screen") or {}
@@ -286,6 +284,46 @@ class SemanticLayer:
             self.screen = Screen(table, self.encoder.tokenizer, [e.numpy() for e in self.example_emb],
                                  self.benign_emb.numpy(), limits, self.top_k, self.encoder.max_length,
                                  fit_texts=[t for texts in self.examples for t in texts] + benign)
+
+    @functools.cached_property
+    def int8(self):
+        """The int8 graph (text/onnx_runtime.load_int8), or None: no ONNX runtime, turned off, or failed.
+        Loaded (and quantised, once per graph) at first use: a prompt the screen clears never needs it."""
+        if not self.use_int8 or self.onnx is None:
+            return None
+        from ..text.onnx_runtime import load_int8
+
+        return load_int8(self.onnx, threads=self.threads)
+
+    def example_embeddings(self, groups: list[list[str]]) -> list:
+        """`embed` of each group of texts, cached under limner.cache_root()/prompt_filter/, keyed by the texts,
+        the token limit and what computes them (the checked ONNX graph's fingerprint, or the PyTorch
+        encoder's identity and torch version): embedding the policy's ~300 texts is ~1.5 s of every start."""
+        import numpy as np
+        import torch
+
+        from ..common.cache import cache_root
+        from ..common.files import atomic_path, digest
+        from ..text.encoder import identity
+
+        if self.onnx is not None:
+            computed_by = ("onnx", self.onnx.fingerprint)
+        else:
+            computed_by = ("torch", identity(self.encoder.tokenizer, self.encoder.model), torch.__version__)
+        key = digest(EMBEDDING_RECIPE, *computed_by, self.encoder.max_length, json.dumps(groups), size=24)
+        path = cache_root() / "prompt_filter" / f"{key}.npz"
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                return [torch.from_numpy(z[str(i)]) for i in range(len(groups))]
+        except (OSError, ValueError, KeyError):   # not cached yet (or a damaged file): computed now
+            pass
+        out = [self.embed(texts) for texts in groups]
+        try:
+            with atomic_path(path) as tmp, open(tmp, "wb") as f:
+                np.savez(f, **{str(i): e.numpy() for i, e in enumerate(out)})
+        except OSError:   # a read-only cache: computed again next time
+            pass
+        return out
 
     def embed(self, texts: list[str], runner=None):
         """Unit sentence embeddings, through `runner` (an ONNX graph: the int8 one) if given."""
