@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from limner.safety import prompt_filter as pf
-from limner.safety import redteam
+from limner.eval import redteam
 from limner.safety import screen as S
 from limner.safety.prompt_filter import PromptFilter
 
@@ -85,6 +85,68 @@ def test_damaged_cache_file_is_computed_again(tmp_path, counted):
     (tmp_path / f"{key}.npz").write_bytes(b"not a table")
     assert S.load_table(tok, model, cache=tmp_path, dims=8, n_sentences=40)["key"] == key and len(counted) == 2
     assert S.load_table(tok, model, cache=tmp_path, dims=8, n_sentences=40) and len(counted) == 2
+
+
+def saved_tiny_encoder(folder, seed=0):
+    """A tiny encoder saved to `folder` and loaded back, so that it has weight files as limner's real one."""
+    from limner.text import encoder as E
+
+    tok, model = tiny_encoder(seed)
+    tok.save_pretrained(folder)
+    model.save_pretrained(folder)
+    return E.load.__wrapped__(str(folder))[:2]
+
+
+# ----------------------------------------------------------------------------- the shipped table
+
+
+def test_shipped_table_is_the_default_encoders(tmp_path, monkeypatch, counted):
+    """The shipped table records the inputs of the default encoder and the current recipe: a first start,
+    with an empty cache, uses it, and distils and caches nothing."""
+    from limner.text import encoder as E
+
+    monkeypatch.setenv("LIMNER_CACHE", str(tmp_path))
+    tok, model, _ = E.load(E.resolve(E.DEFAULT))
+    with np.load(S.SHIPPED) as z:
+        inputs = str(z["inputs"])
+    assert S.table_inputs(tok, model, dims=S.DIMS, n_sentences=S.SENTENCES) == inputs
+    table = S.load_table(tok, model)
+    assert len(counted) == 0 and table["key"] == inputs and table["codes"].shape[1] == S.DIMS
+    assert sorted(k for k in table if k != "key") == sorted(S.TABLE)
+    assert not (tmp_path / "prompt_screen").exists()
+    assert S.load_shipped(tok, model, dims=S.DIMS // 2, n_sentences=S.SENTENCES) is None   # another recipe
+
+
+def test_shipped_table_serves_only_its_encoder(tmp_path, counted, caplog):
+    tok, model = saved_tiny_encoder(tmp_path / "enc")
+    params = {"dims": 8, "n_sentences": 40}
+    inputs = S.table_inputs(tok, model, **params)
+    assert inputs is not None and S.table_inputs(tok, model, dims=4, n_sentences=40) != inputs
+    assert S.table_inputs(*saved_tiny_encoder(tmp_path / "other", seed=1), **params) != inputs
+    assert S.table_inputs(*tiny_encoder(), **params) is None                       # no weight files: no shipped table
+    shipped = tmp_path / "shipped.npz"
+    S.save_table(S.distil(tok, model, **params), shipped, compressed=True, inputs=np.array(inputs))
+    table = S.load_table(tok, model, cache=tmp_path / "cache", shipped=shipped, **params)
+    assert len(counted) == 1 and table["key"] == inputs and not (tmp_path / "cache").exists()
+    S.load_table(*saved_tiny_encoder(tmp_path / "other", seed=1), cache=tmp_path / "cache", shipped=shipped, **params)
+    assert len(counted) == 2                                                       # another encoder: distilled
+    shipped.write_bytes(b"not a table")
+    assert S.load_table(tok, model, cache=tmp_path / "cache", shipped=shipped, **params)["key"] != inputs
+    assert len(counted) == 3 and "unreadable shipped table" in caplog.text
+
+
+@pytest.mark.slow
+def test_shipped_table_is_what_the_release_step_builds(tmp_path):
+    """`python -m limner.safety.screen` (minutes): the same table as the shipped one (the same bytes on the
+    machine that built it; other CPUs may round a few int8 codes the other way)."""
+    built = S.build_shipped(tmp_path / "prompt_screen.npz")
+    with np.load(built) as a, np.load(S.SHIPPED) as b:
+        assert str(a["inputs"]) == str(b["inputs"])
+        assert np.array_equal(a["ids"], b["ids"]) and np.array_equal(a["weights"], b["weights"])
+        codes = a["codes"].astype(int) - b["codes"]
+        assert np.abs(codes).max() <= 1 and (codes != 0).mean() < 1e-3
+        for k in ("scales", "gram", "cross"):
+            assert np.allclose(a[k], b[k], rtol=1e-3, atol=1e-6), k
 
 
 def test_cache_dir(monkeypatch, tmp_path):

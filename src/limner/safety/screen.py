@@ -25,25 +25,29 @@ The table, built in `distil`:
   or a data set, so one table serves every policy;
 - the map folded into the rows, reduced by SVD to `dims` and stored as int8 with a scale per row.
 
-It is computed once per encoder (~1 minute on one idle core for MiniLM) and cached on disk under
-`limner.cache_root()` ($LIMNER_CACHE, else $XDG_CACHE_HOME/limner, else ~/.cache/limner) as
-prompt_screen/<key>.npz (7 MB for MiniLM), the key a digest of the encoder's configuration,
-vocabulary and weights (its weight files' digests, remembered by file stat) and of this recipe:
-another encoder, or other weights under the same name, get their own table, never a stale one.
+The default encoder's table ships with limner (prompt_screen.npz beside this file, 7 MB compressed:
+distilling it takes ~1-6 minutes on one core, the whole budget of a first `limner generate`). It is
+made by the release step `python -m limner.safety.screen` (`build_shipped`) and records the digest of
+its inputs (`table_inputs`: vocabulary, weight files, recipe), so it is used only for that encoder.
+Any other encoder's table is computed once and cached on disk under `limner.cache_root()`
+($LIMNER_CACHE, else $XDG_CACHE_HOME/limner, else ~/.cache/limner) as prompt_screen/<key>.npz, the
+key a digest of the encoder's configuration, vocabulary and weights (its weight files' digests,
+remembered by file stat) and of this recipe: another encoder, or other weights under the same name,
+get their own table, never a stale one.
 """
 from __future__ import annotations
 
+import json
 import logging
 import math
-import os
 import re
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-from ..common.cache import cache_root
+from ..common.cache import cache_root, file_digest
+from ..common.files import atomic_path, digest
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +56,13 @@ DIMS = 256            # kept by the SVD: 27,623 MiniLM tokens x 256 int8 = 7.1 M
 SENTENCES = 8000      # pseudo-sentences the map is fitted on
 RIDGE = 1.0
 POLICY_WEIGHT = 5.0   # weight of each policy text against a pseudo-sentence when the map is fitted again
+
+SHIPPED = Path(__file__).with_name("prompt_screen.npz")   # the default encoder's table (`build_shipped`)
+TABLE = ("ids", "weights", "codes", "scales", "gram", "cross")
+# the configuration fields that shape the encoder's outputs (the rest of a saved configuration varies
+# with the transformers version that wrote it)
+ARCHITECTURE = ("model_type", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+                "hidden_act", "layer_norm_eps", "max_position_embeddings", "position_embedding_type")
 
 # Long prompts are split into sentences, and the worst sentence counts: the semantic layer's rule.
 SENTENCE_END = re.compile(r"(?<=[.;!?])\s+|\n+")
@@ -173,10 +184,51 @@ def _solve(gram: np.ndarray, cross: np.ndarray) -> np.ndarray:
     return np.linalg.solve(gram + reg, cross)
 
 
-def load_table(tokenizer, model, cache: str | Path | None = None, **params) -> dict[str, np.ndarray]:
-    """The table for this encoder, from the cache, else distilled now and cached (written atomically,
-    so that two processes starting together at worst both compute it)."""
+def table_inputs(tokenizer, model, **params) -> str | None:
+    """A digest of what a table is computed from that no library version changes: the vocabulary, the
+    weight files' contents, the architecture and the recipe. None for a model without weight files."""
+    from ..text.encoder import vocabulary, weight_files
+
+    files = weight_files(model)
+    if not files:
+        return None
+    arch = {k: getattr(model.config, k, None) for k in ARCHITECTURE}
+    return digest(RECIPE, json.dumps({"params": params, "architecture": arch}, sort_keys=True, default=str),
+                  vocabulary(tokenizer), *(f"{f.name}:{file_digest(f)}" for f in files), size=24)
+
+
+def load_shipped(tokenizer, model, path: str | Path = SHIPPED, **params) -> dict[str, np.ndarray] | None:
+    """The shipped table if it was made from this encoder with these parameters, else None."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    inputs = table_inputs(tokenizer, model, **params)
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            if inputs is None or str(z["inputs"]) != inputs:
+                return None
+            return {**{k: z[k] for k in TABLE}, "key": inputs}
+    except (OSError, ValueError, KeyError) as e:   # a damaged file: the cache, or distilling, takes over
+        log.warning("prompt screen: ignoring the unreadable shipped table %s (%s)", path, e)
+        return None
+
+
+def save_table(table: dict[str, np.ndarray], path: str | Path, compressed: bool = False, **extra) -> None:
+    """Write a table (and `extra` arrays) atomically: a reader never sees a part of one."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        (np.savez_compressed if compressed else np.savez)(f, **{k: table[k] for k in TABLE}, **extra)
+
+
+def load_table(tokenizer, model, cache: str | Path | None = None, shipped: str | Path | None = SHIPPED,
+               **params) -> dict[str, np.ndarray]:
+    """The table for this encoder: the shipped one if it was made from this encoder, else from the cache,
+    else distilled now and cached (written atomically, so that two processes starting together at worst
+    both compute it)."""
     params = {"dims": DIMS, "n_sentences": SENTENCES, **params}
+    if shipped is not None:
+        table = load_shipped(tokenizer, model, shipped, **params)
+        if table is not None:
+            return table
     key = encoder_identity(tokenizer, model, **params)
     folder = Path(cache) if cache is not None else cache_dir()
     path = folder / f"{key}.npz"
@@ -193,13 +245,22 @@ def load_table(tokenizer, model, cache: str | Path | None = None, **params) -> d
     log.info("prompt screen: table of %d tokens x %d distilled in %.0f s", *table["codes"].shape,
              time.perf_counter() - start)
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=folder, suffix=".tmp", delete=False) as f:
-            np.savez(f, **table)
-        os.replace(f.name, path)
+        save_table(table, path)
     except OSError as e:   # a read-only home: the screen still works, it is just distilled again next time
         log.warning("prompt screen: could not cache the table in %s (%s)", folder, e)
     return {**table, "key": key}
+
+
+def build_shipped(path: str | Path = SHIPPED) -> Path:
+    """The release step: distil the default encoder's table with the default recipe and write it where
+    limner ships it, with the digest of its inputs. Deterministic on one machine (the same bytes again)."""
+    from ..text.encoder import DEFAULT, load, resolve
+
+    tokenizer, model, _ = load(resolve(DEFAULT))
+    params = {"dims": DIMS, "n_sentences": SENTENCES}
+    table = distil(tokenizer, model, **params)
+    save_table(table, path, compressed=True, inputs=np.array(table_inputs(tokenizer, model, **params)))
+    return Path(path)
 
 
 # ----------------------------------------------------------------------------- the screen
@@ -281,3 +342,7 @@ class Screen:
         scores = self.scores(texts)
         clear = (scores < self.limits).all(1)   # NaN compares False: never cleared
         return [float(m) if c else None for m, c in zip(scores.max(1), clear)]
+
+
+if __name__ == "__main__":   # python -m limner.safety.screen: rebuild the shipped table (a release step, minutes)
+    print(build_shipped())
