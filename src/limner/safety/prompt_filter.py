@@ -224,11 +224,13 @@ def _merge(base: dict, over: dict) -> dict:
 def load_policy(path: str | Path | None = None) -> dict:
     import yaml
 
-    policy = yaml.safe_load(DEFAULT_POLICY.read_text())
+    # libyaml's safe loader where PyYAML was built with it: the same data, ~15x faster than pure Python
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    policy = yaml.load(DEFAULT_POLICY.read_text(), Loader=loader)
     if path is not None and Path(path).resolve() != DEFAULT_POLICY.resolve():
         if not Path(path).is_file():
             raise FileNotFoundError(f"policy file {path} not found")
-        policy = _merge(policy, yaml.safe_load(Path(path).read_text()) or {})
+        policy = _merge(policy, yaml.load(Path(path).read_text(), Loader=loader) or {})
     unknown = set(policy["enabled"]) - set(policy["categories"])
     if unknown:
         raise ValueError(f"policy {path}: enabled names unknown categories {sorted(unknown)}")
