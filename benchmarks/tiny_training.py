@@ -8,7 +8,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from limner.train.train import TrainConfig, run
+from limner.train import load_config, run
 
 ROOT = Path(__file__).resolve().parents[1]
 with tempfile.TemporaryDirectory() as tmp:
@@ -16,7 +16,7 @@ with tempfile.TemporaryDirectory() as tmp:
     t0 = time.time()
     ae = None
     for kind in ("autoencoder", "denoiser"):
-        cfg = TrainConfig.load(ROOT / f"configs/{kind}-tiny.yaml")
+        cfg = load_config(ROOT / f"configs/{kind}-tiny.yaml")
         cfg.out_dir, cfg.data.cache_dir, cfg.threads = f"{tmp}/{kind}", f"{tmp}/cache", 1
         if ae:
             cfg.autoencoder = str(ae)

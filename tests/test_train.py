@@ -20,6 +20,7 @@ from limner.train import KINDS, load_config, run
 from limner.train.autoencoder import AutoencoderTrainConfig
 from limner.train.data import DataConfig, Record, batch_indices, shapes_records
 from limner.train.denoiser import DenoiserTrainConfig
+from limner.models.planner import PlannerConfig
 from limner.train.loop import lr_at
 from limner.train.reward import RewardConfig
 from limner.world.scene import render, sample_scene
@@ -197,8 +198,9 @@ def test_shipped_configs_load_as_their_kind():
         kinds[path.stem] = cfg.kind
         assert type(cfg).__module__ == f"limner.train.{cfg.kind}"
         if cfg.kind != "reward":
-            assert type(cfg.model) is (AutoencoderConfig if cfg.kind == "autoencoder" else DiTConfig)
-    assert {"autoencoder", "denoiser", "reward"} <= set(kinds.values()) <= set(KINDS)
+            assert type(cfg.model) is {"autoencoder": AutoencoderConfig, "denoiser": DiTConfig,
+                                       "planner": PlannerConfig}[cfg.kind]
+    assert {"autoencoder", "denoiser", "planner", "reward"} <= set(kinds.values()) <= set(KINDS)
     assert load_config(ROOT / "configs/shapes-default.yaml").model.grounding is True
 
 
@@ -463,7 +465,7 @@ def test_layout_dropout_trains_the_text_only_path_beside_the_adapter(trained, tm
     """A grounding model trained from scratch (the shipped recipe): `layout_dropout` drops whole layouts from
     that share of the batch, so base and adapter weights both learn; 0 keeps every layout."""
     from limner.train.denoiser import batch as denoiser_batch
-    from limner.world.layout import PhraseEmbedder
+    from limner.models.grounding import PhraseEmbedder
 
     class Enc:
         dim = 4

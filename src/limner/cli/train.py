@@ -1,42 +1,21 @@
-"""`limner train CONFIG`: train an autoencoder or a denoiser, or post-train one against a reward."""
+"""`limner train CONFIG`: train what the config's `kind:` names (autoencoder, denoiser, planner), or post-train
+a model against a reward."""
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 
 def cmd_train(a) -> int:
-    import dataclasses
+    from ..train import load_config, run
 
-    import yaml
-
-    from ..common.config import build
-    from ..train.train import TrainConfig, run
-
-    Config = TrainConfig
-    if Path(a.config).exists() and (yaml.safe_load(Path(a.config).read_text()) or {}).get("kind") == "reward":
-        from ..train import reward  # post-training of an exported model against the Shapes World scorer
-
-        Config, run = reward.RewardConfig, reward.run
-    cfg = Config.load(a.config)
-    if a.set:
-        raw = dataclasses.asdict(cfg)
-        for kv in a.set:
-            key, _, value = kv.partition("=")
-            *parents, leaf = key.split(".")
-            node = raw
-            for p in parents:
-                node = node[p]
-            node[leaf] = yaml.safe_load(value)
-        cfg = build(Config, raw, a.config)
-    path = run(cfg, resume=a.resume)
+    path = run(load_config(a.config, overrides=a.set or ()), resume=a.resume)
     if os.environ.get("RANK", "0") == "0":   # under torchrun, one process prints the model folder
         print(path)
     return 0
 
 
 def add_parser(sub) -> None:
-    t = sub.add_parser("train", help="train an autoencoder or denoiser from a YAML config")
+    t = sub.add_parser("train", help="train an autoencoder, denoiser or layout planner from a YAML config")
     t.add_argument("config")
     t.add_argument("--resume", action="store_true")
     t.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config value, e.g. steps=100")

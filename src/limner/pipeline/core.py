@@ -7,6 +7,7 @@ to it. `from_pretrained` attaches the ones a model folder's metadata names (`pip
 """
 from __future__ import annotations
 
+import functools
 import warnings
 
 import torch
@@ -15,8 +16,9 @@ from PIL import Image
 from .. import __version__
 from ..diffusion.sampling import SAMPLERS, guided, timesteps
 from ..models import autoencoder as AE
-from ..models import folder
+from ..models import folder, grounding
 from ..models.dit import DiT
+from ..models.planner import TextPlanner
 from ..text.encoder import TextEncoder, pad
 from .request import validate
 
@@ -28,8 +30,8 @@ class Pipeline:
     def __init__(self, denoiser: DiT, vae, encoder: TextEncoder, meta: dict, guard=None, planner=None,
                  verifier=None, notice=None):
         """`guard`: `check_prompt(prompt)` before sampling, `finish(images, params, model)` after decoding
-        (None: images get their parameters and nothing else). `planner(prompts, seeds)`: layout tensors for
-        a grounded denoiser, or None. `verifier(prompt)`: image -> score for best-of search, or None for a
+        (None: images get their parameters and nothing else). `planner(prompts, seeds)`: a layout (phrase, box) list or
+        None per prompt, for a grounded denoiser. `verifier(prompt)`: image -> score for best-of search, or None for a
         prompt it cannot read. `notice(prompt, model)`: a warning about the prompt, or None."""
         self.denoiser, self.vae, self.encoder, self.meta = denoiser.eval(), vae.eval(), encoder, meta
         self.guard, self.planner, self.verifier, self.notice = guard, planner, verifier, notice
@@ -38,14 +40,26 @@ class Pipeline:
         self.name = meta.get("name", "limner")
 
     @classmethod
-    def from_pretrained(cls, name_or_path: str = "shapes-default", device: str = "cpu", safety=None) -> "Pipeline":
+    def from_pretrained(cls, name_or_path: str = "shapes-default", device: str = "cpu", safety=None,
+                        layout: str = "auto") -> "Pipeline":
         """A model folder (or shipped name) with the guard (`safety`: a SafetyConfig; None: everything on) and
-        the hooks its metadata names."""
+        the hooks its metadata names. `layout`: "learned" (the folder's planner), "rule" (its world's rule
+        parser: a research baseline), "none", or "auto" (learned if the folder has a planner, else rule)."""
         from .extras import extras  # the layer above the core: safety and world parts
 
+        if layout not in ("auto", "learned", "rule", "none"):
+            raise ValueError(f"layout must be auto, learned, rule or none, not {layout!r}")
         denoiser, vae, meta = folder.load(name_or_path, device)
         encoder = TextEncoder(meta.get("text_encoder", "minilm"))
-        return cls(denoiser, vae, encoder, meta, **extras(meta, encoder, safety))
+        parts = extras(meta, encoder, safety)
+        learned = folder.load_planner(folder.resolve(name_or_path), meta, device) if layout in ("auto", "learned") else None
+        if layout == "learned" and learned is None:
+            raise ValueError(f"{meta['name']} has no learned layout planner (train one: kind: planner)")
+        if learned is not None:
+            parts["planner"] = TextPlanner(learned, encoder)
+        elif layout == "none":
+            parts["planner"] = None
+        return cls(denoiser, vae, encoder, meta, **parts)
 
     @torch.no_grad()
     def __call__(self, prompt: str | list[str], negative_prompt: str | None = None, seed: int | list[int] = 0,
@@ -118,10 +132,15 @@ class Pipeline:
         return SAMPLERS[sampler](v, self.noise(seeds), timesteps(steps))
 
     def layouts(self, prompts, seeds):
-        """A grounded denoiser's layout tensors from the planner, or None (no planner, or nothing placed)."""
+        """A grounded denoiser's layout tensors from the planner's layouts, or None (no planner, or nothing placed)."""
         if not self.denoiser.cfg.grounding or self.planner is None:
             return None
-        return self.planner(prompts, seeds)
+        plans = self.planner(prompts, seeds)
+        return grounding.tensors(plans, self.phrases) if any(plans) else None
+
+    @functools.cached_property
+    def phrases(self):
+        return grounding.PhraseEmbedder(self.encoder)
 
     def noise(self, seeds) -> torch.Tensor:
         """Starting latents, one generator per seed: an image depends on its own seed, not on its batch."""

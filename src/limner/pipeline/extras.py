@@ -10,6 +10,5 @@ from ..world.hooks import HOOKS
 def extras(meta: dict, encoder, safety: SafetyConfig | None = None) -> dict:
     """Keyword arguments for `Pipeline(...)`: guard, planner, verifier, notice."""
     hooks = HOOKS.get(meta.get("world") or "", {})
-    planner = hooks.get("planner")
-    return {"guard": Guard(safety), "planner": planner(encoder) if planner else None,
-            "verifier": hooks.get("verifier"), "notice": hooks.get("notice")}
+    return {"guard": Guard(safety), "planner": hooks.get("planner"), "verifier": hooks.get("verifier"),
+            "notice": hooks.get("notice")}

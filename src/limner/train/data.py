@@ -10,9 +10,7 @@ from __future__ import annotations
 import io
 import json
 import logging
-import os
 import random
-import tarfile
 from dataclasses import dataclass, field
 from glob import glob
 from pathlib import Path
@@ -22,7 +20,9 @@ import torch
 from PIL import Image
 
 from ..common.files import atomic_path, digest
+from ..common.cache import cache_root
 from ..common.progress import progress
+from ..data.shards import read_shard
 from ..world import captions as C
 from ..world.scene import Scene, render, sample_scene
 from ..world.suites import held_out_prompts, normalise
@@ -44,7 +44,7 @@ class DataConfig:
     complete_spatial: bool = False
     # how often each caption kind is picked when an image has it (alt-text vs synthetic kinds)
     caption_weights: dict = field(default_factory=lambda: {"alt": 0.1, "count": 0.4, "spatial": 0.25, "detailed": 0.25})
-    cache_dir: str = ".cache/limner"
+    cache_dir: str | None = None  # cached latents and text states; None: <limner cache>/train
 
 
 @dataclass
@@ -84,25 +84,19 @@ def webdataset_records(pattern: str) -> list[Record]:
         raise FileNotFoundError(f"no WebDataset shards match {pattern!r}")
     out = []
     for path in paths:
-        groups: dict[str, dict[str, bytes]] = {}
-        with tarfile.open(path) as tar:
-            for m in tar:
-                if not m.isfile() or "." not in os.path.basename(m.name):
-                    continue
-                folder, base = os.path.split(m.name)
-                stem, ext = base.split(".", 1)
-                key = os.path.join(folder, stem)
-                groups.setdefault(key, {})[ext.lower()] = tar.extractfile(m).read()
-        for key, parts in groups.items():
-            image = next((parts[e] for e in IMAGE_EXTS if e in parts), None)
+        samples, error = read_shard(path)
+        if error is not None:
+            raise ValueError(f"WebDataset shard {path} is damaged ({error}): rewrite it, or leave it out of data.shards")
+        for s in samples:
+            image = s.image(IMAGE_EXTS)
             if image is None:
                 continue
-            meta = json.loads(parts["json"]) if "json" in parts else {}
+            meta, text = s.meta(), s.text()
             caps = dict(meta.get("captions", {}))
-            if "txt" in parts:
-                caps.setdefault("alt", parts["txt"].decode("utf-8", "replace").strip())
+            if text is not None:
+                caps.setdefault("alt", text.strip())
             if caps:
-                out.append(Record(caps, image=image, weight=float(meta.get("weight", 1.0))))
+                out.append(Record(caps, image=image[1], weight=float(meta.get("weight", 1.0))))
     return out
 
 
@@ -138,7 +132,12 @@ def to_tensor(img: Image.Image) -> torch.Tensor:
     return torch.from_numpy(np.asarray(img, np.float32) / 127.5 - 1).permute(2, 0, 1)
 
 
-def cached_text(encoder, texts: list[str], cache_dir: str, chunk: int = 4096, show: bool = False):
+def cache_folder(cache_dir: str | None) -> Path:
+    """Where cached latents and text states live: `data.cache_dir`, else the limner cache's train/ folder."""
+    return Path(cache_dir) if cache_dir else cache_root() / "train"
+
+
+def cached_text(encoder, texts: list[str], cache_dir: str | None, chunk: int = 4096, show: bool = False):
     """Token states for unique texts: a flat (tokens, dim) fp16 tensor, offsets and an index by text."""
     # similar lengths batch with little padding; ties broken by the text, so that the chunks (and with them
     # the cache keys) do not depend on set order, which Python randomises per process
@@ -147,7 +146,7 @@ def cached_text(encoder, texts: list[str], cache_dir: str, chunk: int = 4096, sh
     flat, lengths = [], []
     for i in range(0, len(unique), chunk):
         part = unique[i : i + chunk]
-        path = Path(cache_dir) / "text" / f"{digest(encoder.name, encoder.max_length, *part)}.pt"
+        path = cache_folder(cache_dir) / "text" / f"{digest(encoder.name, encoder.max_length, *part)}.pt"
         if path.exists():
             states = torch.load(path)
         else:
@@ -162,7 +161,7 @@ def cached_text(encoder, texts: list[str], cache_dir: str, chunk: int = 4096, sh
 
 
 @torch.no_grad()
-def cached_latents(vae, vae_id: str, records: list[Record], resolution: int, cache_dir: str,
+def cached_latents(vae, vae_id: str, records: list[Record], resolution: int, cache_dir: str | None,
                    chunk: int = 2048, show: bool = False) -> torch.Tensor:
     from ..models.autoencoder import to_latent
 
@@ -171,7 +170,7 @@ def cached_latents(vae, vae_id: str, records: list[Record], resolution: int, cac
     for i in range(0, len(records), chunk):
         part = records[i : i + chunk]
         key = digest(vae_id, resolution, *[json.dumps(r.scene, sort_keys=True) if r.scene else r.image for r in part])
-        path = Path(cache_dir) / "latents" / f"{key}.pt"
+        path = cache_folder(cache_dir) / "latents" / f"{key}.pt"
         if path.exists():
             z = torch.load(path)
         else:

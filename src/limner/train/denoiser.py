@@ -90,7 +90,7 @@ class DenoiserTask(Task):
                         "trained and exported without the layout adapter")
             dcfg = dataclasses.replace(dcfg, grounding=False)
         if dcfg.grounding:  # every record's layout, and the few phrases of a world's objects, embedded once
-            from ..world.layout import PhraseEmbedder
+            from ..models.grounding import PhraseEmbedder
 
             embed = PhraseEmbedder(encoder)
             for p in {p for lay in layouts if lay for p, _ in lay}:
@@ -133,7 +133,7 @@ def batch(cfg: DenoiserTrainConfig, records, latents, text, idx, step, ground=No
     states = [flat[offsets[index[c]] : offsets[index[c] + 1]].float() for c in caps]
     x, mask = pad(states)
     if ground is not None:
-        from ..world.layout import tensors as layout_tensors
+        from ..models.grounding import tensors as layout_tensors
 
         layouts, embed = ground
         ground = layout_tensors([None if rng.random() < cfg.layout_dropout else layouts[i] for i in idx], embed)

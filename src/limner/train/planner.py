@@ -36,7 +36,7 @@ class PlannerData:
     seed: int = 1  # not the denoiser's data seed: other scenes
     # how often each captioner's caption is picked (every captioner writes one per scene)
     captioners: dict = field(default_factory=lambda: {name: 1.0 for name in CAP.CAPTIONERS})
-    cache_dir: str = ".cache/limner"
+    cache_dir: str | None = None  # cached text states; None: <limner cache>/train
 
     def __post_init__(self):
         unknown = [n for n in self.captioners if n not in CAP.CAPTIONERS]

@@ -2,8 +2,8 @@
 `"world": "shapes"` (the core pipeline itself knows no world):
 
 - `notice(prompt, model)`: a warning naming words the world's captions never use;
-- `LayoutPlanner(encoder)`: places the objects a detailed prompt names (read by the rule parser) and turns
-  the plans into what a grounded denoiser reads;
+- `rule_planner(prompts, seeds)`: places the objects a detailed prompt names, read by the rule parser (a
+  research baseline: a model folder with a learned planner uses that instead);
 - `verifier(prompt)`: the prompt's exact constraints as a score of an image, for best-of search. It is the
   benchmark's own grader: a research oracle, not part of the model.
 """
@@ -47,17 +47,11 @@ def verifier(prompt: str):
     return None if cons is None else (lambda img: reward(score(detect(img), cons), cons))
 
 
-class LayoutPlanner:
-    """Layouts for a grounded denoiser: each prompt that places its objects gets a plan drawn from its seed."""
-
-    def __init__(self, encoder):
-        self.phrases = layout.PhraseEmbedder(encoder)
-
-    def __call__(self, prompts: list[str], seeds: list[int]):
-        """Layout tensors for the batch, or None when no prompt places any object."""
-        placed = {p: getattr(parse_prompt(p), "objects", None) for p in dict.fromkeys(prompts)}  # candidates repeat prompts
-        plans = [layout.plan(placed[p], random.Random(s)) if placed[p] else None for p, s in zip(prompts, seeds)]
-        return layout.tensors(plans, self.phrases) if any(plans) else None
+def rule_planner(prompts: list[str], seeds: list[int]) -> list:
+    """Layouts read by the rule parser: each prompt that places its objects (the detailed template's wording)
+    gets a plan drawn from its seed, the others None. A research baseline for the learned planner."""
+    placed = {p: getattr(parse_prompt(p), "objects", None) for p in dict.fromkeys(prompts)}  # candidates repeat prompts
+    return [layout.plan(placed[p], random.Random(s)) if placed[p] else None for p, s in zip(prompts, seeds)]
 
 
-HOOKS = {"shapes": {"notice": notice, "verifier": verifier, "planner": LayoutPlanner}}
+HOOKS = {"shapes": {"notice": notice, "verifier": verifier, "planner": rule_planner}}

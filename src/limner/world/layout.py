@@ -1,4 +1,5 @@
-"""Layouts: each object of an image as a phrase and a box, what a grounded denoiser reads (GLIGEN).
+"""Layouts of Shapes World scenes: each object as a phrase and a box, what a grounded denoiser reads (GLIGEN;
+the tensors it reads are made by `models/grounding.py`).
 
 Training takes a scene's true boxes. At inference `plan` is the layout stage (as in LLM-grounded
 diffusion): it puts every object that a detailed prompt places into the cell of the 3 x 3 grid the prompt
@@ -7,8 +8,6 @@ names, at a random spot (one plan per seed, so best-of candidates differ), boxes
 from __future__ import annotations
 
 import random
-
-import torch
 
 from .captions import cell
 from .scene import SIZES, Obj, box_gap
@@ -51,27 +50,3 @@ def plan(objects: list[dict], rng: random.Random, inset: float = 0.03, gap: floa
         if len(placed) == len(order):
             return placed
     return None
-
-
-def tensors(layouts: list[Layout | None], embed: "PhraseEmbedder"):
-    """(phrases (B, K, dim), boxes (B, K, 4), mask (B, K)) for a batch. An image without a layout gets no
-    tokens (the denoiser then acts as its base model)."""
-    k = max([len(lay) for lay in layouts if lay] + [1])
-    phrases, boxes = torch.zeros(len(layouts), k, embed.dim), torch.zeros(len(layouts), k, 4)
-    mask = torch.zeros(len(layouts), k, dtype=torch.bool)
-    for i, lay in enumerate(layouts):
-        for j, (p, b) in enumerate(lay or []):
-            phrases[i, j], boxes[i, j], mask[i, j] = embed(p), torch.tensor(b), True
-    return phrases, boxes, mask
-
-
-class PhraseEmbedder:
-    """The frozen text encoder's mean token state of a phrase, remembered (a world has few phrases)."""
-
-    def __init__(self, encoder):
-        self.encoder, self.dim, self.memo = encoder, encoder.dim, {}
-
-    def __call__(self, text: str) -> torch.Tensor:
-        if text not in self.memo:
-            self.memo[text] = self.encoder.encode([text])[0].mean(0)
-        return self.memo[text]

@@ -1,0 +1,115 @@
+"""The learned layout planner: decoding keeps boxes in the canvas and apart, a tiny one trains through
+`limner train` and its plans read back into the objects its captions ask for, and a model folder carrying
+one generates through it with no parser."""
+import random
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import torch
+
+from limner.models import folder
+from limner.models.grounding import tensors
+from limner.models.planner import Planner, PlannerConfig, layout_loss
+from limner.train import load_config, run
+from limner.train.planner import scenes_and_captions, world_labels
+from limner.world.layout import of_scene
+from limner.world.scene import box_gap, sample_scene
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def untrained(max_objects=8):
+    torch.manual_seed(0)
+    return Planner(PlannerConfig(labels=world_labels(), width=32, depth=1, heads=2, max_objects=max_objects)).eval()
+
+
+def test_tokens_round_trip_and_the_loss_reads_every_real_token():
+    p = untrained()
+    scene = sample_scene(random.Random(4))
+    layout = of_scene(scene.objects)
+    tokens = p.tokens_of(layout)
+    assert len(tokens) == p.length and tokens[len(layout) * 5] == p.eos and tokens[-1] == -1
+    names = [p.cfg.labels[t] for t in tokens[: len(layout) * 5 : 5]]
+    assert Counter(names) == Counter(name for name, _ in layout)
+    t = torch.tensor([tokens])
+    states, mask = torch.randn(1, 6, 384), torch.ones(1, 6, dtype=torch.bool)
+    loss = layout_loss(p(t[:, :-1], states, mask), t)
+    assert torch.isfinite(loss) and loss > 0
+    worse = t.clone()
+    worse[0, len(layout) * 5 + 1:] = 0   # padding read as tokens would change the loss
+    assert layout_loss(p(worse[:, :-1], states, mask), worse) != loss
+
+
+def test_decoding_keeps_boxes_inside_the_canvas_and_apart():
+    p = untrained()
+    with torch.no_grad():   # sizes as a trained planner gives them (10% of the side); places left untrained
+        bins = p.cfg.bins
+        p.coord_head.weight[: 2 * bins] = 0
+        p.coord_head.bias[: 2 * bins] = -10
+        p.coord_head.bias[[6, bins + 6]] = 10
+    states, mask = torch.randn(6, 5, 384), torch.ones(6, 5, dtype=torch.bool)
+    layouts = p.plan(states, mask, seeds=list(range(6)))
+    assert all(1 <= len(lay) <= 8 for lay in layouts)
+    for lay in layouts:
+        boxes = [b for _, b in lay]
+        for i, (x0, y0, x1, y1) in enumerate(boxes):
+            assert 0 <= x0 < x1 <= 1 and 0 <= y0 < y1 <= 1
+            assert all(box_gap(boxes[i], other) >= 0.02 - 1e-6 for other in boxes[i + 1:])
+    # the same seed plans the same layout; tensors for the denoiser have one token per object
+    assert p.plan(states[:1], mask[:1], [0]) == layouts[:1]
+    class Phrases:   # a stand-in phrase embedder
+        dim = 4
+
+        def __call__(self, text):
+            return torch.ones(4)
+
+    phrases, boxes, gmask = tensors(layouts, Phrases())
+    assert gmask.sum(1).tolist() == [len(lay) for lay in layouts]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """A tiny planner trained by `limner train`'s path, attached to a copy of the shipped model."""
+    out = tmp_path_factory.mktemp("planner")
+    cfg = load_config(ROOT / "configs/planner-tiny.yaml", overrides=[f"out_dir={out}", f"data.cache_dir={out}/cache"])
+    return cfg, run(cfg, quiet=True)
+
+
+def test_tiny_planner_trains_and_reads_its_captions_back(tiny):
+    cfg, model_dir = tiny
+    meta = folder.read_meta(model_dir)
+    assert meta["planner"]["labels"] == world_labels() and (model_dir / "denoiser.safetensors").exists()
+    planner = folder.load_planner(model_dir, meta)
+    from limner.models.planner import TextPlanner
+    from limner.text.encoder import TextEncoder
+
+    plan = TextPlanner(planner, TextEncoder("minilm"))
+    scenes, captions = scenes_and_captions(cfg.data)   # what it trained on: a tiny model learns these
+    texts = [next(iter(caps.values())) for caps in captions[:60]]
+    layouts = plan(texts, list(range(len(texts))))
+    want = [Counter((o.colour, o.shape) for o in s.objects) for s in scenes[:60]]
+    got = [Counter(tuple(name.split()[1:]) for name, _ in lay) for lay in layouts]
+    exact = sum(w == g for w, g in zip(want, got)) / len(want)
+    assert exact >= 0.4, exact   # 0.55 measured; an untrained planner reads back ~0
+
+
+def test_a_folder_with_a_planner_generates_without_the_parser(tiny, monkeypatch):
+    _, model_dir = tiny
+    import limner.world.hooks as hooks
+    from limner.pipeline import Pipeline
+    from limner.safety.guard import SafetyConfig
+
+    def no_parser(*a, **k):
+        raise AssertionError("the rule parser was called on the default path")
+
+    monkeypatch.setattr(hooks, "rule_planner", no_parser)
+    monkeypatch.setitem(hooks.HOOKS["shapes"], "planner", no_parser)
+    pipe = Pipeline.from_pretrained(str(model_dir), safety=SafetyConfig.off())
+    calls = []
+    real = pipe.planner
+    pipe.planner = lambda prompts, seeds: calls.append(prompts) or real(prompts, seeds)
+    img = pipe("3 red circles, 1 blue square", seed=0, steps=2, best_of=1)[0]
+    assert img.size == (64, 64) and calls == [["3 red circles, 1 blue square"]]
+    with pytest.raises(ValueError, match="no learned layout planner"):
+        Pipeline.from_pretrained("shapes-default", layout="learned")
