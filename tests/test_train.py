@@ -3,6 +3,7 @@ import dataclasses
 import io
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -23,6 +24,7 @@ from limner.train.denoiser import DenoiserTrainConfig
 from limner.models.planner import PlannerConfig
 from limner.train.loop import lr_at
 from limner.train.reward import RewardConfig
+from limner.world import captions as C
 from limner.world.scene import render, sample_scene
 from limner.world.suites import held_out_prompts, normalise
 
@@ -157,10 +159,23 @@ def test_text_and_latents_are_cached_by_content(trained):
 
 
 def test_training_never_sees_held_out_prompts():
+    """Every suite a report can build (any per_cell) is in the exclusion set, and training captions avoid it.
+    Fails on the old leak: suites drawn from one stream per suite made per_cell=20 prompts that the
+    per_cell=25 exclusion did not hold (56 of 160 counting prompts were training captions)."""
+    from limner.world.suites import MAX_PER_CELL, SUITES, build
+
     held = held_out_prompts()
-    recs = shapes_records(DataConfig(scenes=3000, seed=0))
-    seen = {normalise(c) for r in recs for c in r.captions.values()}
-    assert not seen & held
+    for per_cell in (1, 4, 20, MAX_PER_CELL):
+        assert {normalise(it["prompt"]) for s in SUITES for it in build(s, per_cell)} <= held, per_cell
+    with pytest.raises(ValueError, match="per_cell must be between 1 and"):
+        build("counting", MAX_PER_CELL + 1)
+    recs = shapes_records(DataConfig(scenes=20000, seed=0, detailed_fraction=0.0))
+    captions = {normalise(c) for r in recs for c in r.captions.values()}
+    assert not captions & held
+    # the check has teeth: short count captions do hit suite prompts, and those are what training dropped
+    rng = random.Random(0)
+    raw = {normalise(C.count(sample_scene(rng), rng)) for _ in range(20000)}
+    assert raw & held
 
 
 def test_batches_are_a_function_of_step():

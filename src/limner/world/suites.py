@@ -1,11 +1,13 @@
 """Shapes World prompt suites with exact constraints: counting, binding, spatial, detailed.
 
 Every item is a dict {"id", "suite", "prompt", "constraints", "tags"}; the scorer checks images
-against "constraints". Suites are drawn from their own seeds, and training drops any caption equal
-to a suite prompt, so the suites stay held out.
+against "constraints". Each item is drawn from its own seeded stream (suite, seed, cell, index), so a suite
+of `per_cell` items is the first `per_cell` items of every larger one; training drops any caption equal to
+any prompt of the largest suite (`MAX_PER_CELL`), so every suite a report can build is held out.
 """
 from __future__ import annotations
 
+import functools
 import random
 
 from . import captions as C
@@ -14,6 +16,7 @@ from .scorer import Constraints
 
 SUITES = ("counting", "binding", "spatial", "detailed")
 HELD_OUT_SEED = 2024
+MAX_PER_CELL = 25   # the most items per cell a suite has: training excludes all of them
 
 
 def _num(n: int, rng: random.Random) -> str:
@@ -66,9 +69,10 @@ def detailed(rng: random.Random, n: int) -> tuple[str, Constraints, dict]:
     return text, cons, {"objects": n, "words": len(text.split()), "scene": scene.to_dict()}
 
 
-def build(suite: str, per_cell: int = 25, seed: int = HELD_OUT_SEED) -> list[dict]:
+def build(suite: str, per_cell: int = MAX_PER_CELL, seed: int = HELD_OUT_SEED) -> list[dict]:
     """A suite with `per_cell` prompts for each cell (count, pair number, relation, object number)."""
-    rng = random.Random(f"{suite}-{seed}")
+    if not 1 <= per_cell <= MAX_PER_CELL:
+        raise ValueError(f"per_cell must be between 1 and {MAX_PER_CELL} (training holds out that many), not {per_cell}")
     cells = {
         "counting": (counting, range(1, 9)),
         "binding": (binding, [2, 3]),
@@ -81,14 +85,16 @@ def build(suite: str, per_cell: int = 25, seed: int = HELD_OUT_SEED) -> list[dic
     items = []
     for v in values:
         for j in range(per_cell):
-            prompt, cons, tags = fn(rng, v)
+            prompt, cons, tags = fn(random.Random(f"{suite}-{seed}-{v}-{j}"), v)
             items.append({"id": f"{suite}-{v}-{j}".replace(" ", "_"), "suite": suite, "prompt": prompt,
                           "constraints": cons.to_dict(), "tags": tags})
     return items
 
 
-def held_out_prompts(per_cell: int = 25) -> set[str]:
-    return {normalise(it["prompt"]) for s in SUITES for it in build(s, per_cell)}
+@functools.lru_cache(maxsize=2)
+def held_out_prompts(seed: int = HELD_OUT_SEED) -> frozenset[str]:
+    """Every prompt of every suite that `build` can make with this seed (normalised)."""
+    return frozenset(normalise(it["prompt"]) for s in SUITES for it in build(s, MAX_PER_CELL, seed))
 
 
 def normalise(text: str) -> str:
