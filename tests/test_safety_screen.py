@@ -169,6 +169,25 @@ def tiny_screen():
     return S.Screen(table, tok, [unit(3), unit(2)], unit(4), limits=[0.0, 0.0], top_k=2)
 
 
+def test_fit_is_cached_for_a_keyed_table(tmp_path, monkeypatch):
+    """A table from load_table (it has a key) has its map fitted once per policy: read back the same."""
+    monkeypatch.setenv("LIMNER_CACHE", str(tmp_path))
+    fits = count_calls(monkeypatch, S.Screen, "_fit")
+    tok, model = tiny_encoder()
+    table = S.load_table(tok, model, cache=tmp_path / "tables", dims=8, n_sentences=40)
+    rng = np.random.default_rng(0)
+    unit = lambda n: (lambda x: x / np.linalg.norm(x, axis=1, keepdims=True))(rng.normal(size=(n, 16)))
+    examples, benign = [unit(3), unit(2)], unit(4)
+    texts = ["a red cat", "a dog", "blue", "the man", "a knife", "a sofa", "red", "cat", "dog"]
+    make = lambda texts: S.Screen(table, tok, examples, benign, limits=[0.0, 0.0], fit_texts=texts)
+    first, again = make(texts), make(texts)
+    assert len(fits) == 1 and np.array_equal(first.proj, again.proj) and np.array_equal(first.bias, again.bias)
+    make(texts[:-1] + ["cats"])                                              # other policy texts: fitted again
+    S.Screen({k: v for k, v in table.items() if k != "key"}, tok, examples, benign, [0.0, 0.0], fit_texts=texts)
+    assert len(fits) == 3                                                    # a table without a key: not cached
+    assert len(list((tmp_path / "prompt_screen_fit").iterdir())) == 2
+
+
 def test_worst_sentence_counts(tiny_screen):
     one, two = tiny_screen.scores(["a red cat.", "a knife and blood"])
     assert np.allclose(tiny_screen.scores(["a red cat. a knife and blood"])[0], np.maximum(one, two))

@@ -286,17 +286,41 @@ class Screen:
         self.spans = np.cumsum([0, *map(len, examples)])
         targets = np.concatenate([*examples, benign]).astype(np.float32)
         self.examples = targets.T.copy()   # (hidden, all examples)
-        # The map into the encoder's space: the table's fit on pseudo-sentences, plus, when given, the
-        # policy's texts (`fit_texts`, in the order of examples then benign) with their encoder
-        # embeddings: the screen is then most faithful near the examples, where the decisions are.
+        fit = self._cached_fit(table, targets, list(fit_texts), fit_weight)
+        self.proj, self.bias = fit[:-1], fit[-1]
+
+    def _fit(self, table: dict, targets: np.ndarray, fit_texts: list[str], fit_weight: float) -> np.ndarray:
+        """The map into the encoder's space: the table's fit on pseudo-sentences, plus, when given, the
+        policy's texts (`fit_texts`, in the order of examples then benign) with their encoder
+        embeddings: the screen is then most faithful near the examples, where the decisions are."""
         gram, cross = table["gram"], table["cross"]
         if len(fit_texts):
-            x = self._mean_rows(list(fit_texts))
+            x = self._mean_rows(fit_texts)
             ok = ~np.isnan(x).any(1)
             g, c = _normal_equations(x[ok], targets[ok])
             gram, cross = gram + fit_weight * g, cross + fit_weight * c
-        fit = _solve(gram, cross).astype(np.float32)
-        self.proj, self.bias = fit[:-1], fit[-1]
+        return _solve(gram, cross).astype(np.float32)
+
+    def _cached_fit(self, table: dict, targets: np.ndarray, fit_texts: list[str], fit_weight: float) -> np.ndarray:
+        """`_fit`, cached under limner.cache_root()/prompt_screen_fit/ for a table that has a key (one from
+        `load_table`), keyed by it and everything else the fit reads. Why: the solve is small, but
+        OpenBLAS runs it on all cores, and on a busy machine that alone has cost 0.15 s of every start."""
+        if table.get("key") is None:
+            return self._fit(table, targets, fit_texts, fit_weight)
+        key = digest(table["key"], RECIPE, RIDGE, fit_weight, self.max_length, json.dumps(fit_texts),
+                     targets.tobytes(), size=24)
+        path = cache_root() / "prompt_screen_fit" / f"{key}.npy"
+        try:
+            return np.load(path, allow_pickle=False)
+        except (OSError, ValueError):   # not cached yet (or a damaged file): computed now
+            pass
+        fit = self._fit(table, targets, fit_texts, fit_weight)
+        try:
+            with atomic_path(path) as tmp, open(tmp, "wb") as f:
+                np.save(f, fit)
+        except OSError:   # a read-only cache: computed again next time
+            pass
+        return fit
 
     def _mean_rows(self, texts: list[str]) -> np.ndarray:
         """The weighted mean of each text's token rows; NaN for a text with no known token."""
