@@ -32,19 +32,12 @@ ROOT = Path(__file__).resolve().parents[1]
 CLI = [sys.executable, "-m", "limner.cli"]
 
 
-def tiny(kind: str, tmp: Path, **over):
-    """configs/{kind}-tiny.yaml writing under `tmp`, on one thread, with `over` replacing config fields."""
-    cfg = load_config(ROOT / f"configs/{kind}-tiny.yaml")
-    data = dataclasses.replace(cfg.data, cache_dir=str(tmp / "cache"))
-    return dataclasses.replace(cfg, **{"out_dir": str(tmp / kind), "data": data, "threads": 1, **over})
-
-
 def tiny_model(**over) -> DiTConfig:
     return dataclasses.replace(load_config(ROOT / "configs/denoiser-tiny.yaml").model, **over)
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
+def trained(tmp_path_factory, tiny):
     """A tiny autoencoder and a tiny denoiser trained for real (a few hundred steps in all)."""
     tmp = tmp_path_factory.mktemp("train")
     ae = run(tiny("autoencoder", tmp), quiet=True)
@@ -52,7 +45,8 @@ def trained(tmp_path_factory):
     return tmp, ae, dn  # its wall time is a benchmark (benchmarks/tiny_training.py), not an assertion
 
 
-def test_a_run_gives_the_caller_its_thread_count_back(tmp_path):
+@pytest.mark.slow
+def test_a_run_gives_the_caller_its_thread_count_back(tmp_path, tiny):
     before = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
@@ -90,6 +84,7 @@ def own_caption_wins(pipe, scenes: int = 256, seed: int = 5) -> float:
     return (err["own"] < err["other"]).float().mean().item()
 
 
+@pytest.mark.slow
 def test_tiny_training_runs_learns_and_exports(trained):
     from limner.pipeline import Pipeline
 
@@ -108,6 +103,7 @@ def test_tiny_training_runs_learns_and_exports(trained):
     assert not np.array_equal(a, b)
 
 
+@pytest.mark.slow
 def test_exported_model_generates_reproducibly(trained):
     from limner.pipeline.core import Pipeline
 
@@ -121,6 +117,7 @@ def test_exported_model_generates_reproducibly(trained):
     assert not np.array_equal(np.asarray(a), np.asarray(c))
 
 
+@pytest.mark.slow
 def test_best_of_keeps_the_candidate_the_scorer_rates_best(trained):
     from limner.pipeline.core import CANDIDATE_STRIDE, Pipeline
     from limner.safety.guard import SafetyConfig
@@ -147,6 +144,7 @@ def test_best_of_keeps_the_candidate_the_scorer_rates_best(trained):
             pipe(prompt, best_of=bad)
 
 
+@pytest.mark.slow
 def test_text_and_latents_are_cached_by_content(trained):
     tmp, ae, _ = trained
     cache = tmp / "cache"
@@ -256,6 +254,7 @@ def train_cmd(tmp, out, ae, *extra):
                   "--set", "steps=300", "--set", "ckpt_every=50", "--set", "sample_every=100000", *extra]
 
 
+@pytest.mark.slow
 def test_resume_after_kill_continues_exactly(trained, tmp_path):
     tmp, ae, _ = trained
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -296,6 +295,7 @@ def test_resume_after_kill_continues_exactly(trained, tmp_path):
     assert torch.allclose(outs[0], outs[2], atol=1e-4) and torch.allclose(outs[1], outs[3], atol=1e-4)
 
 
+@pytest.mark.slow
 def test_distributed_two_processes_ddp_and_fsdp_agree(trained, tmp_path):
     tmp, ae, _ = trained
     losses = {}
@@ -332,6 +332,7 @@ def write_shard(path: Path, n: int):
                 tar.addfile(info, io.BytesIO(data))
 
 
+@pytest.mark.slow
 def test_trains_from_webdataset_shards(trained, tmp_path):
     _, ae, _ = trained
     write_shard(tmp_path / "shard-000.tar", 12)
@@ -373,6 +374,7 @@ def test_reward_prompts_are_exact_reproducible_and_never_held_out():
     assert first not in [p for p, _ in R.prompts_for_round(cfg, 3, {normalise(first)})]
 
 
+@pytest.mark.slow
 def test_dpo_loss_starts_at_log2_and_a_step_prefers_the_winner(trained):
     from limner.pipeline.core import Pipeline
 
@@ -393,6 +395,7 @@ def test_dpo_loss_starts_at_log2_and_a_step_prefers_the_winner(trained):
     assert after.item() < np.log(2) - 0.01 and acc > 0.5
 
 
+@pytest.mark.slow
 def test_reward_run_exports_resumes_and_refuses_to_overwrite(trained, tmp_path):
     from limner.pipeline.core import Pipeline
 
@@ -411,6 +414,7 @@ def test_reward_run_exports_resumes_and_refuses_to_overwrite(trained, tmp_path):
     assert img.size == (meta["resolution"],) * 2
 
 
+@pytest.mark.slow
 def test_cli_trains_a_reward_config_with_overrides(trained, tmp_path):
     cfg = tmp_path / "r.yaml"
     cfg.write_text(f"kind: reward\ninit: {trained[2]}\nout_dir: {tmp_path / 'r'}\nrounds: 5\n")
@@ -433,7 +437,8 @@ def test_reward_config_errors_are_clear(tmp_path):
         R.RewardConfig.load(bad)
 
 
-def test_grounding_adapter_trains_only_its_own_weights(trained, tmp_path):
+@pytest.mark.slow
+def test_grounding_adapter_trains_only_its_own_weights(trained, tmp_path, tiny):
     """`init` + `train_new_only`: the base model stays as it was, the new grounding weights train, and the
     exported model draws ungrounded prompts exactly as its base and plans a layout for detailed ones."""
     from safetensors.torch import load_file
@@ -463,7 +468,8 @@ def test_grounding_adapter_trains_only_its_own_weights(trained, tmp_path):
     assert not np.array_equal(np.asarray(g(detailed, seed=1, steps=2)[0]), np.asarray(b(detailed, seed=1, steps=2)[0]))
 
 
-def test_adapter_config_errors_are_clear(trained, tmp_path):
+@pytest.mark.slow
+def test_adapter_config_errors_are_clear(trained, tmp_path, tiny):
     with pytest.raises(ValueError, match="train_new_only needs `init:`"):
         load_config({"kind": "denoiser", "autoencoder": "x", "train_new_only": True})
     tmp, ae, base = trained
@@ -476,7 +482,8 @@ def test_adapter_config_errors_are_clear(trained, tmp_path):
         run(same, quiet=True)
 
 
-def test_layout_dropout_trains_the_text_only_path_beside_the_adapter(trained, tmp_path):
+@pytest.mark.slow
+def test_layout_dropout_trains_the_text_only_path_beside_the_adapter(trained, tmp_path, tiny):
     """A grounding model trained from scratch (the shipped recipe): `layout_dropout` drops whole layouts from
     that share of the batch, so base and adapter weights both learn; 0 keeps every layout."""
     from limner.train.denoiser import batch as denoiser_batch
