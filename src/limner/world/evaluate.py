@@ -13,11 +13,13 @@ CELL = {"counting": "count", "binding": "pairs", "spatial": "relation", "detaile
 
 
 def run_suites(pipe, per_cell: int = 25, suites=SUITES, seed: int = 0, steps=None, guidance=None,
-               sampler=None, details: dict | None = None, batch: int = 64, best_of: int | None = None) -> dict[str, float]:
-    """Headline accuracy per suite; with `details` (a dict) also per cell and per image results."""
+               sampler=None, details: dict | None = None, batch: int = 64, best_of: int | None = None,
+               builder=build) -> dict[str, float]:
+    """Headline accuracy per suite; with `details` (a dict) also per cell and per image results. `builder`
+    makes a suite's items (`suites.build`, the template wordings, or `unseen_wordings.build`)."""
     summary = {}
     for suite in suites or SUITES:
-        items = build(suite, per_cell)
+        items = builder(suite, per_cell)
         results = []
         for i in range(0, len(items), batch):
             part = items[i : i + batch]
@@ -37,6 +39,7 @@ def run_suites(pipe, per_cell: int = 25, suites=SUITES, seed: int = 0, steps=Non
             for it, r in results:
                 cells[str(it["tags"][CELL[suite]])].append(r[key])
             details[suite] = {"headline": summary[suite], "metric": key, "n": len(results),
+                              "hits": sum(r[key] for _, r in results),
                               "whole_scene": sum(r["correct"] for _, r in results) / len(results),
                               # objects drawn outside the asked groups, per image: what a prompt did not ask for
                               "extras": sum(r["extras"] for _, r in results) / len(results),
