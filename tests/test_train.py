@@ -514,3 +514,14 @@ def test_layout_dropout_trains_the_text_only_path_beside_the_adapter(trained, tm
 
     w = load_file(run(cfg, quiet=True) / "denoiser.safetensors")
     assert all(w[k].abs().sum() > 0 for k in w if k.endswith(".ground.weight"))  # zero-initialised, trained
+
+
+def test_more_captioners_add_voices_without_changing_the_scenes():
+    plain = shapes_records(DataConfig(scenes=40))
+    more = shapes_records(DataConfig(scenes=40, captioners=["terse", "scene_walk"]))
+    assert [r.scene for r in plain] == [r.scene for r in more]
+    assert all({k: v for k, v in m.captions.items() if k not in ("terse", "scene_walk")} == p.captions
+               for p, m in zip(plain, more))
+    assert sum("terse" in m.captions and "scene_walk" in m.captions for m in more) >= 35   # a few hit held-out prompts
+    with pytest.raises(ValueError, match="data.captioners: unknown"):
+        DataConfig(captioners=["poet"])

@@ -24,6 +24,7 @@ from ..common.cache import cache_root
 from ..common.progress import progress
 from ..data.shards import read_shard
 from ..world import captions as C
+from ..world.captioners import caption
 from ..world.scene import Scene, render, sample_scene
 from ..world.suites import held_out_prompts, normalise
 
@@ -44,7 +45,17 @@ class DataConfig:
     complete_spatial: bool = False
     # how often each caption kind is picked when an image has it (alt-text vs synthetic kinds)
     caption_weights: dict = field(default_factory=lambda: {"alt": 0.1, "count": 0.4, "spatial": 0.25, "detailed": 0.25})
+    # shapes: more captioners (world/captioners.py: terse, prose_count, relational, scene_walk, inventory,
+    # british_detailed, templates), each adding its caption under its own name; weigh them in caption_weights
+    captioners: list = field(default_factory=list)
     cache_dir: str | None = None  # cached latents and text states; None: <limner cache>/train
+
+    def __post_init__(self):
+        from ..world.captioners import CAPTIONERS
+
+        unknown = [c for c in self.captioners if c not in CAPTIONERS]
+        if unknown:
+            raise ValueError(f"data.captioners: unknown {unknown}; known: {', '.join(CAPTIONERS)}")
 
 
 @dataclass
@@ -67,8 +78,10 @@ def shapes_records(cfg: DataConfig) -> list[Record]:
     for i in range(cfg.scenes):
         scene = sample_scene(rng)
         kinds = ["alt", "count", "spatial"] + (["detailed"] if rng.random() < cfg.detailed_fraction else [])
-        caps = {k: v for k, v in C.captions(scene, rng, kinds, cfg.complete_spatial).items()
-                if normalise(v) not in held}
+        caps = C.captions(scene, rng, kinds, cfg.complete_spatial)
+        if cfg.captioners:   # their own stream: the scenes and template captions stay those of the same config without
+            caps |= caption(scene, random.Random(f"captioners-{cfg.seed}-{i}"), cfg.captioners)
+        caps = {k: v for k, v in caps.items() if normalise(v) not in held}
         out.append(Record(caps, scene=scene.to_dict()))
     return out
 
