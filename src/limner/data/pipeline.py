@@ -7,9 +7,10 @@ run shard by shard in parallel:
    alt-text's PII scrub and safety check. Cheap stages first, so expensive ones see fewer images.
 2. deduplicate (global): exact copies and near-duplicate clusters over every surviving image's hashes;
    keep one representative of each cluster, or keep all and down-weight them (weight ~ size^-alpha).
-3. write (per shard): synthetic captions for the kept images, their scrub and safety check, then
-   WebDataset shards (`KEY.jpg|png|webp`, `KEY.txt` alt-text, `KEY.json` with every caption and the
-   sampling weight), which `limner train` reads.
+3. write (per shard): synthetic captions for the kept images, their scrub and safety check, optionally
+   object boxes from an open-vocabulary detector queried with the captions' phrases (boxes.py), then
+   WebDataset shards (`KEY.jpg|png|webp`, `KEY.txt` alt-text, `KEY.json` with every caption, the
+   sampling weight and any boxes), which `limner train` reads.
 
 Every shard's result is written atomically and finished shards are skipped, so a killed run resumes
 where it stopped. `manifest.parquet` has one row per input: its fate (kept, or dropped and why), each
@@ -30,6 +31,7 @@ from ..common.config import build
 from ..common.files import atomic_path, digest, write_atomic
 from ..common.progress import progress
 from . import stages as S
+from .boxes import BoxConfig
 from .pii import PIIConfig
 from . import shards as webdataset
 from .sources import Shard, SourceConfig, read, shards
@@ -81,6 +83,7 @@ class PipelineConfig:
     ai_generated: S.AIGeneratedConfig = field(default_factory=S.AIGeneratedConfig)
     dedup: DedupConfig = field(default_factory=DedupConfig)
     captions: CaptionConfig = field(default_factory=CaptionConfig)
+    boxes: BoxConfig = field(default_factory=BoxConfig)  # object boxes from a detector; off unless boxes.detector is set
 
     def __post_init__(self):
         if self.executor not in ("local", "ray"):
@@ -130,6 +133,8 @@ def _fingerprint(cfg: PipelineConfig) -> str:
     d = cfg.to_dict()
     for k in ("workers", "executor", "ray_address"):  # how it runs does not change what it makes
         d.pop(k)
+    if not cfg.boxes.detector:  # the stage off: runs from before it existed resume
+        d.pop("boxes")
     return digest(json.dumps(d, sort_keys=True, default=str))
 
 
@@ -302,7 +307,8 @@ def write_shard(cfg: PipelineConfig, shard: Shard, decisions: dict[str, dict], o
             synthetic[j].update({kind: (text, cap.kind) for kind, text in g.items()})
             if getattr(cap, "errors", None) and cap.errors[j]:
                 failures[j].append(f"{cap.kind}: {cap.errors[j]}")
-    for (i, item, dec), alt, alt_unsafe, syn, failed in zip(kept, alts, unsafe_alts, synthetic, failures):
+    cleaned = []  # (captions, their sources, what was dropped) per kept image
+    for alt, alt_unsafe, syn in zip(alts, unsafe_alts, synthetic):
         caps, sources, dropped = {}, {}, []
         if cfg.captions.keep_alt and alt:
             if alt_unsafe:
@@ -315,17 +321,26 @@ def write_shard(cfg: PipelineConfig, shard: Shard, decisions: dict[str, dict], o
                 dropped.append(f"{kind}:unsafe_{unsafe}")
             elif text:
                 caps[kind], sources[kind] = text, source
+        cleaned.append((caps, sources, dropped))
+    boxes = [None] * len(kept)
+    if cfg.boxes.detector:  # after the captions: their phrases are the detector's queries
+        from .boxes import find_boxes
+
+        boxes = find_boxes(cfg.boxes, [dec.image for _, _, dec in kept], [caps for caps, _, _ in cleaned])
+    for (i, item, dec), (caps, sources, dropped), failed, found in zip(kept, cleaned, failures, boxes):
         name = f"{shard.index:05d}_{i:06d}"  # tar keys may hold no dots; the source key is in the JSON
         ext, data = _stored(item.data, dec, cfg.image_format)
         d = decisions[item.key]
         meta = {"key": item.key, "captions": caps, "sources": sources, "weight": d["weight"]}
+        if found is not None:
+            meta["boxes"] = found
         members = {ext: data, "json": json.dumps(meta).encode()}
         if "alt" in caps:
             members["txt"] = caps["alt"].encode()
         samples.append((name, members))
         rows.append({"key": item.key, "captions": json.dumps(caps), "caption_sources": json.dumps(sources),
                      "captions_dropped": ",".join(dropped), "caption_errors": "; ".join(failed),
-                     "tar": out_tar.name, "member": name})
+                     "tar": out_tar.name, "member": name, **({} if found is None else {"boxes": json.dumps(found)})})
     webdataset.write_shard(out_tar, samples)
     _write_rows(rows, out_rows)  # written last: its presence marks the shard as done
     return len(rows)
@@ -396,6 +411,10 @@ def _results(cfg: PipelineConfig, tasks: list[tuple]):
 
 def run(cfg: PipelineConfig, quiet: bool = False) -> Path:
     """Run (or resume) the pipeline; returns the manifest's path."""
+    if cfg.boxes.detector:  # a wrong folder fails now, not after the analysis pass
+        from .boxes import detector_kind
+
+        detector_kind(cfg.boxes.detector)
     out = Path(cfg.out_dir)
     work = out / "work"
     work.mkdir(parents=True, exist_ok=True)
@@ -429,6 +448,7 @@ def run(cfg: PipelineConfig, quiet: bool = False) -> Path:
 
 def write_manifest(out: Path, rows: list[dict], decisions: dict, written: list[dict]) -> Path:
     by_key = {w["key"]: w for w in written}
+    boxes = any("boxes" in w for w in written)  # a column only when the boxes stage ran
     manifest = []
     for r in rows:
         d = decisions.get(r["key"], {})
@@ -440,7 +460,8 @@ def write_manifest(out: Path, rows: list[dict], decisions: dict, written: list[d
                          "captions": w.get("captions", json.dumps({"alt": r["alt"]} if r["alt"] else {})),
                          "caption_sources": w.get("caption_sources"), "captions_dropped": w.get("captions_dropped"),
                          "caption_errors": w.get("caption_errors"),
-                         "tar": w.get("tar"), "member": w.get("member")})
+                         "tar": w.get("tar"), "member": w.get("member"),
+                         **({"boxes": w.get("boxes")} if boxes else {})})
     path = out / MANIFEST
     _write_rows(manifest, path)
     return path
