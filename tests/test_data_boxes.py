@@ -8,7 +8,7 @@ import tarfile
 import pytest
 from PIL import Image
 
-from limner.data.boxes import BoxConfig, Detector, detector_kind, phrases, to_layout
+from limner.data.boxes import BoxConfig, Detector, detector_kind, phrases, suppress, to_layout
 from limner.data.pipeline import PipelineConfig, run
 from limner.data.report import load
 from limner.world.scene import render, sample_scene
@@ -153,6 +153,19 @@ def test_grounding_dino_boxes_carry_the_query_they_match(tiny_grounding_dino):
             x0, y0, x1, y1 = b["box"]
             assert 0 <= x0 < x1 <= 1 and 0 <= y0 < y1 <= 1
     assert Detector(BoxConfig(detector=str(tiny_grounding_dino))).threshold == 0.3  # the kind's own default
+
+
+def test_an_object_found_twice_is_one_box_but_objects_of_other_labels_may_overlap():
+    boxes = [{"label": "dog", "box": [0.1, 0.1, 0.5, 0.5], "score": 0.9},
+             {"label": "dog", "box": [0.12, 0.1, 0.52, 0.5], "score": 0.8},   # the same dog again (IoU 0.9)
+             {"label": "ball", "box": [0.1, 0.1, 0.5, 0.5], "score": 0.7},    # another label, same place
+             {"label": "dog", "box": [0.3, 0.3, 0.7, 0.7], "score": 0.6},     # a second dog (IoU 0.14)
+             {"label": "dog", "box": [0.6, 0.6, 0.9, 0.9], "score": 0.5}]
+    assert [b["score"] for b in suppress(boxes, 0.5)] == [0.9, 0.7, 0.6, 0.5]
+    assert [b["score"] for b in suppress(boxes, 0.1)] == [0.9, 0.7, 0.5]
+    assert suppress(boxes, 1.0) == boxes
+    with pytest.raises(ValueError, match="nms_iou must be in"):
+        BoxConfig(nms_iou=0)
 
 
 # ------------------------------------------------------------------------------------------ the queries

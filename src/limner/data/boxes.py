@@ -35,6 +35,9 @@ class BoxConfig:
     threshold: float | None = None  # the score a box needs; None: 0.1 for OWL models, 0.3 for Grounding DINO
     text_threshold: float = 0.25  # Grounding DINO: the score a token needs to be part of a box's label
     max_boxes: int = 16  # per image, the best scoring
+    # a box overlapping a better one of the same label by more than this IoU is the same object found twice
+    # (transformers' post-processing keeps every box; a layout must count each object once); 1.0: keep all
+    nms_iou: float = 0.5
     batch_size: int = 8
     device: str = "cpu"
 
@@ -47,6 +50,8 @@ class BoxConfig:
             raise ValueError(f"boxes.labels must be 'captions' or a non-empty list of phrases, not {self.labels!r}")
         if self.threshold is not None and not 0 <= self.threshold < 1:
             raise ValueError(f"boxes.threshold must be in [0, 1), not {self.threshold}")
+        if not 0 < self.nms_iou <= 1:
+            raise ValueError(f"boxes.nms_iou must be in (0, 1], not {self.nms_iou}")
         for name in ("max_labels", "max_boxes", "batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"boxes.{name} must be at least 1, not {getattr(self, name)}")
@@ -208,7 +213,24 @@ class Detector:
                 continue  # a label no query matches, or a box outside the image (in OWLv2's padding) or without area
             found.append({"label": label, "box": [round(v, 4) for v in box], "score": round(score, 4)})
         found.sort(key=lambda b: -b["score"])
-        return found[: self.cfg.max_boxes]
+        return suppress(found, self.cfg.nms_iou)[: self.cfg.max_boxes]
+
+
+def iou(a: list[float], b: list[float]) -> float:
+    w, h = min(a[2], b[2]) - max(a[0], b[0]), min(a[3], b[3]) - max(a[1], b[1])
+    inter = max(w, 0.0) * max(h, 0.0)
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def suppress(boxes: list[dict], max_iou: float) -> list[dict]:
+    """Non-maximum suppression per label: boxes (best first) less those overlapping a kept box of the same
+    label by more than `max_iou`. Boxes of different labels may overlap (a cup on a table)."""
+    kept: list[dict] = []
+    for b in boxes:
+        if all(k["label"] != b["label"] or iou(k["box"], b["box"]) <= max_iou for k in kept):
+            kept.append(b)
+    return kept
 
 
 def matching(text: str, queries: list[str]) -> str | None:
