@@ -525,3 +525,20 @@ def test_more_captioners_add_voices_without_changing_the_scenes():
     assert sum("terse" in m.captions and "scene_walk" in m.captions for m in more) >= 35   # a few hit held-out prompts
     with pytest.raises(ValueError, match="data.captioners: unknown"):
         DataConfig(captioners=["poet"])
+
+
+def test_layouts_come_from_scenes_or_from_curated_boxes():
+    from PIL import Image as PILImage
+
+    from limner.train.data import layout_of
+
+    scene = sample_scene(random.Random(2))
+    assert len(layout_of(Record({"alt": "x"}, scene=scene.to_dict()))) == len(scene.objects)
+    buf = io.BytesIO()
+    PILImage.new("RGB", (200, 100)).save(buf, format="PNG")   # a wide image: training draws its centre square
+    rec = Record({"alt": "a dog"}, image=buf.getvalue(),
+                 boxes=[{"label": "dog", "box": [0.5, 0.2, 0.75, 0.6], "score": 0.9},
+                        {"label": "far left", "box": [0.0, 0.0, 0.1, 0.5], "score": 0.9}])   # outside the square
+    (label, box), = layout_of(rec)
+    assert label == "dog" and box == pytest.approx((0.5, 0.2, 1.0, 0.6))
+    assert layout_of(Record({"alt": "x"}, image=buf.getvalue())) is None

@@ -64,6 +64,7 @@ class Record:
     scene: dict | None = None  # shapes
     image: bytes | None = None  # webdataset
     weight: float = 1.0
+    boxes: list[dict] | None = None  # webdataset: KEY.json's "boxes" (`limner data`'s boxes stage)
 
 
 def save_tensors(obj, path: Path) -> None:
@@ -109,8 +110,24 @@ def webdataset_records(pattern: str) -> list[Record]:
             if text is not None:
                 caps.setdefault("alt", text.strip())
             if caps:
-                out.append(Record(caps, image=image[1], weight=float(meta.get("weight", 1.0))))
+                out.append(Record(caps, image=image[1], weight=float(meta.get("weight", 1.0)), boxes=meta.get("boxes")))
     return out
+
+
+def layout_of(rec: Record):
+    """A record's layout [(phrase, (x0, y0, x1, y1))] on the square that `image_of` draws: a Shapes World scene's
+    true boxes, or a detector's boxes from curation; None without either (such images train the text path)."""
+    if rec.scene is not None:
+        from ..world.layout import of_scene
+
+        return of_scene(Scene.from_dict(rec.scene).objects)
+    if not rec.boxes:
+        return None
+    from ..data.boxes import to_layout
+
+    with Image.open(io.BytesIO(rec.image)) as im:   # reads the header only
+        width, height = im.size
+    return to_layout(rec.boxes, width, height) or None
 
 
 def load_records(cfg: DataConfig) -> list[Record]:

@@ -23,7 +23,7 @@ from ..diffusion import flow
 from ..models import autoencoder as AE
 from ..models import folder
 from ..models.dit import DiT, DiTConfig
-from .data import DataConfig, batch_indices, cached_latents, cached_text, pick_captions, training_records
+from .data import DataConfig, batch_indices, cached_latents, cached_text, layout_of, pick_captions, training_records
 from .loop import LoopConfig, Metrics, Task, train
 
 log = logging.getLogger("limner.train")
@@ -155,14 +155,6 @@ def flow_loss(net, x0, states, mask, gen, split: bool = True, short: int = 48, g
         part = None if ground is None else tuple(x[g] for x in ground)
         total = total + flow.loss(net, x0[g], states[g, :n], mask[g, :n], generator=gen, ground=part) * (g.sum() / len(g))
     return total
-
-
-def layout_of(rec):
-    """A Shapes World record's true layout; None for images without one (they train the base path)."""
-    from ..world.layout import of_scene
-    from ..world.scene import Scene
-
-    return of_scene(Scene.from_dict(rec.scene).objects) if rec.scene else None
 
 
 def start_from(model, init: str, new_only: bool, show: bool):
