@@ -112,6 +112,20 @@ def byte_chars_fixture():
     return byte_chars
 
 
+# ------------------------------------------------------------------------------ a tiny diffusion transformer
+
+
+@pytest.fixture(scope="session")
+def tiny_dit():
+    """tiny_dit(**options): a fresh tiny DiT (8x8x4 latents, patch 2, 32-d text) with DiTConfig `options`."""
+    def build(**kw):
+        from limner.models.dit import DiT, DiTConfig
+
+        return DiT(DiTConfig(preset="tiny", latent_size=8, in_channels=4, patch=2, text_dim=32, **kw))
+
+    return build
+
+
 # ------------------------------------------------------------------------------ a tiny Stable Diffusion
 
 
@@ -235,6 +249,21 @@ class TinyEncoder:
 def tiny_encoder():
     """tiny_encoder(seed=0, vocab=...): (tokenizer, model), a tiny random BERT; `.words` and `.vocab` its words."""
     return TinyEncoder()
+
+
+@pytest.fixture(scope="session")
+def saved_tiny_encoder(tiny_encoder):
+    """saved_tiny_encoder(folder, seed=0): a tiny encoder saved to `folder` and loaded back as limner loads its
+    real one, so that it has weight files."""
+    def save(folder, seed=0):
+        from limner.text import encoder as E
+
+        tok, model = tiny_encoder(seed)
+        tok.save_pretrained(folder)
+        model.save_pretrained(folder)
+        return E.load.__wrapped__(str(folder))[:2]
+
+    return save
 
 
 def count_calls_of(monkeypatch, owner, name: str) -> list:

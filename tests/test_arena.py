@@ -6,6 +6,7 @@ import io
 import os
 import shutil
 import subprocess
+import sys
 import threading
 import time
 from collections import Counter
@@ -13,16 +14,16 @@ from pathlib import Path
 
 import pytest
 
-from arena_fixtures import CLI, free_port, invite, make_generations, start_server
 from limner.eval.arena.store import VOTE_FIELDS, Settings, Store, Task, write_csv
 from limner.eval.arena.study import StudySpec, create_study, neighbour_pairs
 from limner.eval.ratings import load_votes, rate
 
+CLI = [sys.executable, "-m", "limner.cli"]
 MODELS = ("good", "poor", "worse")
 
 
 @pytest.fixture(scope="module")
-def gen_dir(tmp_path_factory):
+def gen_dir(tmp_path_factory, make_generations):
     out = tmp_path_factory.mktemp("gen")
     make_generations(out, models=MODELS)
     return out
@@ -209,7 +210,7 @@ def test_abandoned_items_go_back_to_the_pool(tmp_path, gen_dir):
         assert s.get(Task, task).served == 2        # a late answer still counts
 
 
-def test_new_model_is_placed_against_its_neighbours(tmp_path):
+def test_new_model_is_placed_against_its_neighbours(tmp_path, make_generations):
     gen = tmp_path / "gen"
     make_generations(gen, models=("good", "poor", "worse"), suites=("shapes-counting",))
     store = fresh_db(tmp_path, gen, questions=("overall",), obvious_checks=0)
@@ -237,7 +238,7 @@ def test_new_model_is_placed_against_its_neighbours(tmp_path):
 
 
 @pytest.fixture
-def server(tmp_path, gen_dir):
+def server(tmp_path, gen_dir, start_server, invite):
     db = tmp_path / "arena.sqlite"
     subprocess.run(CLI + ["arena", "create", str(gen_dir), "--db", str(db)], check=True, capture_output=True)
     url, proc = start_server(db)
@@ -345,6 +346,7 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic"
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
 
+@pytest.mark.slow
 def test_rater_and_admin_pages_in_chromium(server, tmp_path):
     from playwright.sync_api import sync_playwright
 
@@ -404,7 +406,7 @@ def test_rater_and_admin_pages_in_chromium(server, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def postgres():
+def postgres(free_port):
     """A throwaway PostgreSQL cluster (Debian's server binaries), or LIMNER_TEST_POSTGRES_URL."""
     if os.environ.get("LIMNER_TEST_POSTGRES_URL"):
         yield os.environ["LIMNER_TEST_POSTGRES_URL"]
@@ -436,6 +438,7 @@ def postgres():
         shutil.rmtree(data, ignore_errors=True)
 
 
+@pytest.mark.slow
 def test_postgresql_store(postgres, tmp_path, gen_dir):
     from sqlalchemy import text
 

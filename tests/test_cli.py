@@ -14,6 +14,7 @@ def limner(*args, **kw):
     return subprocess.run(CLI + list(args), capture_output=True, text=True, timeout=300, **kw)
 
 
+@pytest.mark.slow
 def test_generate_writes_png_with_parameters(tmp_path):
     out = tmp_path / "img.png"
     res = limner("generate", "three red circles and a blue square", "--output", str(out), "--seed", "7", "--steps", "8")
@@ -26,6 +27,7 @@ def test_generate_writes_png_with_parameters(tmp_path):
     assert params["model"] == "shapes-default"
 
 
+@pytest.mark.slow
 def test_generate_many_reproducible_with_negative_prompt(tmp_path):
     args = ["generate", "two green triangles", "-n", "2", "--steps", "6", "--guidance", "2",
             "--negative-prompt", "red", "--sampler", "heun"]
@@ -55,6 +57,7 @@ def test_bad_input_gets_clear_errors(args, message, tmp_path):
     assert not (tmp_path / "x.png").exists()
 
 
+@pytest.mark.slow
 def test_prompt_outside_the_world_warns(tmp_path):
     res = limner("generate", "a photo of a cat on a sofa", "--steps", "2", "--output", str(tmp_path / "c.png"))
     assert res.returncode == 0
@@ -72,6 +75,7 @@ def test_world_sample_and_score_round_trip(tmp_path):
     assert summary["scene"]["n"] == 12 and summary["scene"]["correct"] == 1.0
 
 
+@pytest.mark.slow
 def test_world_score_reads_generated_prompts(tmp_path):
     limner("generate", "two blue squares", "--steps", "6", "--output", str(tmp_path / "g" / "a.png"))
     res = limner("world", "score", str(tmp_path / "g"), "--json")
@@ -81,6 +85,7 @@ def test_world_score_reads_generated_prompts(tmp_path):
     assert limner("world", "score", str(tmp_path / "nothing")).returncode == 2
 
 
+@pytest.mark.slow
 def test_python_api_matches_cli(tmp_path):
     import limner as L
 

@@ -142,13 +142,12 @@ def test_ai_generated_images_are_recognised_without_a_learned_detector(tmp_path)
     assert (S.dwtdct_bits(Image.open(FIXTURE)) == S.SDXL_BITS).sum() == 48
 
 
-def test_safety_stage_runs_the_shared_classifier_interface(tmp_path):
+def test_safety_stage_runs_the_shared_classifier_interface(tmp_path, tiny_clip_config):
     """The generation-time image filter's interface, with a tiny CLIP checker the test builds."""
     torch = pytest.importorskip("torch")
     from transformers import CLIPModel
 
     from limner.safety.image_filter import ClipSafetyChecker
-    from test_safety_image import tiny_clip_config
 
     torch.manual_seed(0)
     CLIPModel(tiny_clip_config()).save_pretrained(tmp_path / "clip")
@@ -295,6 +294,7 @@ def test_report_draws_what_each_stage_did(curated):
     assert (page.parent / "report-fates.png").exists() and (page.parent / "report-scores.png").exists()
 
 
+@pytest.mark.slow
 def test_resume_after_kill_loses_and_duplicates_nothing(curated, tmp_path):
     root, cfg, rows, _ = curated
     cfg_file = tmp_path / "pipeline.yaml"
@@ -324,6 +324,7 @@ def test_resume_after_kill_loses_and_duplicates_nothing(curated, tmp_path):
     assert bad.returncode == 2 and "another configuration" in bad.stderr
 
 
+@pytest.mark.slow
 def test_ray_executor_writes_the_same_manifest_and_shards(curated, tmp_path):
     pytest.importorskip("ray")
     root, cfg, rows, _ = curated
@@ -380,7 +381,8 @@ def test_bad_configuration_is_a_clear_error(tmp_path):
     assert r.returncode == 2 and "does not exist" in r.stderr
 
 
-def test_train_reads_the_pipeline_shards_with_their_captions_and_weights(curated, tmp_path):
+@pytest.mark.slow
+def test_train_reads_the_pipeline_shards_with_their_captions_and_weights(curated, tmp_path, tiny):
     from limner.train.data import DataConfig, load_records
     from limner.train import run as train
 
@@ -391,8 +393,6 @@ def test_train_reads_the_pipeline_shards_with_their_captions_and_weights(curated
     assert len(records) == len(kept)
     assert sorted(r.weight for r in records) == pytest.approx(sorted(r["weight"] for r in kept.values()))
     assert all({"alt", "count"} <= set(r.captions) for r in records if "count" in r.captions)
-
-    from test_train import tiny
 
     ae = train(tiny("autoencoder", tmp_path, steps=4), quiet=True)
     dn = tiny("denoiser", tmp_path, autoencoder=str(ae), steps=6, sample_every=10**6)

@@ -6,14 +6,16 @@ import io
 import json
 import re
 import subprocess
+import sys
 
 import httpx
+import pytest
 from PIL import Image
 
-from arena_fixtures import CLI, invite, start_server
 from limner.world.parse import parse_prompt
 from limner.world.scorer import detect, score
-from test_eval_generate import tiny_sd  # noqa: F401  (the fixture: a tiny Stable Diffusion folder)
+
+CLI = [sys.executable, "-m", "limner.cli"]
 
 
 def run(*args):
@@ -37,7 +39,8 @@ def judge(client: httpx.Client, item: dict) -> dict:
     return {"choice": "tie" if left == right else ("left" if left > right else "right")}
 
 
-def test_generate_rate_score_report(tmp_path, tiny_sd):  # noqa: F811
+@pytest.mark.slow
+def test_generate_rate_score_report(tmp_path, tiny_sd, start_server, invite):
     gen, db, out = tmp_path / "gen", tmp_path / "arena.sqlite", tmp_path / "report"
     run("eval", "generate", "--suite", "shapes-counting", "--limit", "6", "--model", "shapes-default",
         "--model", str(tiny_sd), "--out", str(gen), "--no-progress")

@@ -126,15 +126,13 @@ def test_scores_jsonl_is_one_row_per_image_and_a_cache(gen, monkeypatch, tmp_pat
 
 
 @pytest.fixture(scope="module")
-def tiny_clip(tmp_path_factory):
+def tiny_byte_clip(tmp_path_factory, byte_chars):
     """A random CLIPModel (hidden 32, 32 px) with a byte-level tokenizer, so that every text tokenizes."""
     import torch
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPTokenizer
 
-    from test_eval_generate import _byte_chars
-
     path = tmp_path_factory.mktemp("clip")
-    chars = _byte_chars()
+    chars = byte_chars()
     vocab = {t: i for i, t in enumerate(["<|startoftext|>", "<|endoftext|>", *chars, *(c + "</w>" for c in chars)])}
     (path / "vocab.json").write_text(json.dumps(vocab))
     (path / "merges.txt").write_text("#version: 0.2\n")
@@ -191,16 +189,16 @@ def _images(gen, n=6):
     return [M._open(gen / r["path"]) for r in rows], [r["prompt"] for r in rows]
 
 
-def test_clipscore_is_hessel_et_al_on_the_models_own_embeddings(gen, tiny_clip):
+def test_clipscore_is_hessel_et_al_on_the_models_own_embeddings(gen, tiny_byte_clip):
     import torch
     from transformers import CLIPImageProcessor, CLIPModel, CLIPTokenizer
 
     images, prompts = _images(gen)
-    got = M.clipscores(M.Clip(str(tiny_clip)), images, prompts)
-    model = CLIPModel.from_pretrained(tiny_clip).eval()
-    tok = CLIPTokenizer.from_pretrained(tiny_clip)(["A photo depicts " + p for p in prompts], padding=True,
+    got = M.clipscores(M.Clip(str(tiny_byte_clip)), images, prompts)
+    model = CLIPModel.from_pretrained(tiny_byte_clip).eval()
+    tok = CLIPTokenizer.from_pretrained(tiny_byte_clip)(["A photo depicts " + p for p in prompts], padding=True,
                                                     truncation=True, return_tensors="pt")
-    pixels = CLIPImageProcessor.from_pretrained(tiny_clip)(images=images, return_tensors="pt")["pixel_values"]
+    pixels = CLIPImageProcessor.from_pretrained(tiny_byte_clip)(images=images, return_tensors="pt")["pixel_values"]
     with torch.no_grad():
         o = model(input_ids=tok["input_ids"], attention_mask=tok["attention_mask"], pixel_values=pixels)
     cos = (o.image_embeds * o.text_embeds).sum(-1).numpy()
@@ -234,12 +232,12 @@ def test_vqascore_is_the_yes_probability_of_the_first_answer_token(gen, tiny_vqa
         assert np.all(vqa(images, prompts) < 1e-3)
 
 
-def test_feature_extractors(gen, tiny_vit, tiny_clip):
+def test_feature_extractors(gen, tiny_vit, tiny_byte_clip):
     images, _ = _images(gen, 5)
     vit = M.load_features(str(tiny_vit))
     f = vit(images)
     assert isinstance(vit, M.TransformersFeatures) and f.shape == (5, 32) and np.ptp(f, axis=0).max() > 0
-    clip = M.load_features(str(tiny_clip))
+    clip = M.load_features(str(tiny_byte_clip))
     e = clip(images)
     assert isinstance(clip, M.Clip) and e.shape == (5, 16) and np.allclose(np.linalg.norm(e, axis=1), 1, atol=1e-5)
     assert vit.identity != clip.identity and vit.identity == M.load_features(str(tiny_vit)).identity
@@ -383,14 +381,14 @@ def test_metric_agreement_flips_lower_is_better_metrics():
 # --------------------------------------------------------------------------- CLI and errors
 
 
-def test_cli_writes_scores_json_in_the_report_schema(gen, tiny_clip, tiny_vit, reference, tmp_path, capsys):
+def test_cli_writes_scores_json_in_the_report_schema(gen, tiny_byte_clip, tiny_vit, reference, tmp_path, capsys):
     import shutil
 
     from limner.eval.report_data import load_scores
 
     folder = tmp_path / "g"
     shutil.copytree(gen, folder)
-    assert main(["eval", "score", str(folder), "--clip", str(tiny_clip), "--features", str(tiny_vit),
+    assert main(["eval", "score", str(folder), "--clip", str(tiny_byte_clip), "--features", str(tiny_vit),
                  "--reference", str(reference), "--rounds", "100", "--no-progress"]) == 0
     printed = capsys.readouterr().out
     data = json.loads((folder / "scores.json").read_text())
@@ -410,7 +408,7 @@ def test_cli_writes_scores_json_in_the_report_schema(gen, tiny_clip, tiny_vit, r
     assert all("clipscore" in r and set(r["scorers"]) == {"shapes", "clipscore"} for r in rows)
 
     out = tmp_path / "elsewhere" / "s.json"
-    assert main(["eval", "score", str(folder), "--metric", "clipscore", "--clip", str(tiny_clip), "--json",
+    assert main(["eval", "score", str(folder), "--metric", "clipscore", "--clip", str(tiny_byte_clip), "--json",
                  "--out", str(out), "--no-progress"]) == 0
     assert json.loads(capsys.readouterr().out) == json.loads(out.read_text())
     assert list(json.loads(out.read_text())["metrics"]) == ["clipscore"]

@@ -17,14 +17,12 @@ from limner.cli import main
 from limner.eval import ratings as R
 from limner.eval.report import build_report
 from limner.world.scene import render, sample_scene
-from test_ratings import MODELS as SIMULATED, simulate
 
 ODD = "<b>&co"                                        # a model name the page must escape
 MODELS = ["imagen-3", "sd3", ODD, "sdxl"]             # best first
 STRENGTHS = np.array([1150, 1050, 950, 850.0])
 GENERATED = ("imagen-3", ODD)                          # the two models with images
 PROMPTS = [f'{n} red circles <b>& "{n}" blue squares' for n in range(1, 7)]
-RENAME = dict(zip(SIMULATED, MODELS))                  # simulate() names models after test_ratings'
 
 
 def image(model: str, prompt_id: str) -> str:
@@ -32,7 +30,7 @@ def image(model: str, prompt_id: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def inputs(tmp_path_factory) -> dict:
+def inputs(tmp_path_factory, simulate_votes) -> dict:
     root = tmp_path_factory.mktemp("report-inputs")
     gen = root / "generations"
     rng = random.Random(0)
@@ -46,12 +44,12 @@ def inputs(tmp_path_factory) -> dict:
                          "cache_key": f"{model}-{i}"})
     (gen / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
 
-    votes = simulate(2400, STRENGTHS, seed=5, questions=["overall", "alignment", "appeal", "detailed"])
+    votes = simulate_votes(2400, STRENGTHS, MODELS, seed=5, questions=["overall", "alignment", "appeal", "detailed"])
     with (root / "votes.csv").open("w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["model_a", "model_b", "winner", "question", "prompt_id", "rater", "image_a", "image_b"])
         for n, (a, b, o, q) in enumerate(zip(votes.model_a, votes.model_b, votes.outcome, votes.question)):
-            a, b, pid = RENAME[a], RENAME[b], f"p{n % len(PROMPTS)}"
+            pid = f"p{n % len(PROMPTS)}"
             imgs = [image(a, pid), image(b, pid)] if {a, b} == set(GENERATED) else ["", ""]
             w.writerow([a, b, {R.A_WINS: "model_a", R.B_WINS: "model_b", R.TIE: "tie"}[o], q, pid, f"r{n % 7}", *imgs])
 
@@ -171,6 +169,7 @@ def test_bad_input_says_what_is_wrong(args, message, inputs, tmp_path, capsys):
     assert message in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_page_renders_in_chromium(report, tmp_path):
     chromium = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
     if not chromium:

@@ -1,9 +1,13 @@
-"""The autoencoder module: diffusers' AutoencoderKL loaded without importing the rest of diffusers' models."""
+"""The autoencoder module: build, latents and back, save and load; diffusers' AutoencoderKL loaded without
+importing the rest of diffusers' models."""
 import subprocess
 import sys
 from pathlib import Path
 
+import torch
+
 import limner
+from limner.models import autoencoder as AE
 
 SHIPPED = Path(limner.__file__).parent / "weights" / "shapes-default" / "autoencoder"
 
@@ -33,3 +37,17 @@ def test_after_a_full_import_the_same_class():
             "assert AE.autoencoder_kl() is AutoencoderKL\nprint('ok')")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
+
+
+def test_autoencoder_round_trip_and_folder(tmp_path):
+    vae = AE.build(AE.AutoencoderConfig(channels=[8, 16, 16], latent_channels=4))
+    assert AE.factor(vae) == 4
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    z = AE.to_latent(vae, x)
+    assert z.shape == (2, 4, 8, 8)
+    assert AE.to_image(vae, z).shape == x.shape
+    vae.register_to_config(scaling_factor=0.5, shift_factor=0.1)
+    vae.save_pretrained(tmp_path / "vae")
+    loaded = AE.load(str(tmp_path / "vae"))
+    assert loaded.config.scaling_factor == 0.5
+    assert torch.allclose(AE.to_latent(loaded, x), AE.to_latent(vae.eval(), x), atol=1e-5)

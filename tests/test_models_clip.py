@@ -6,12 +6,11 @@ import pytest
 from PIL import Image
 
 from limner.models.clip import ClipEmbedder, clip_folder, clip_pixels
-from test_safety_image import tiny_clip, tiny_clip_config, two_images  # noqa: F401  (fixture)
 
 torch = pytest.importorskip("torch")
 
 
-def test_clip_pixels_match_transformers():
+def test_clip_pixels_match_transformers(two_images):
     from transformers import CLIPImageProcessor
 
     a, _ = two_images()
@@ -20,7 +19,7 @@ def test_clip_pixels_match_transformers():
         assert (clip_pixels([a], size) - ref(images=[a], return_tensors="pt")["pixel_values"]).abs().max() < 1e-5
 
 
-def test_embeddings_are_transformers_own_normalised(tiny_clip):
+def test_embeddings_are_transformers_own_normalised(tiny_clip, two_images):
     from transformers import CLIPModel, CLIPTokenizer
 
     a, b = two_images()
@@ -39,7 +38,7 @@ def test_embeddings_are_transformers_own_normalised(tiny_clip):
     assert torch.allclose(images.norm(dim=-1), torch.ones(2)) and clip.towers.dim == 16
 
 
-def test_vision_only_and_safety_checker_folders(tmp_path, tiny_clip):
+def test_vision_only_and_safety_checker_folders(tmp_path, tiny_clip, two_images, tiny_clip_config):
     from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionSafetyChecker
     from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 

@@ -1,4 +1,5 @@
 import argparse
+import functools
 import json
 import math
 
@@ -12,21 +13,10 @@ MODELS = ["imagen-3", "sd3", "dalle-3", "mj-v6", "imagen-2", "sdxl"]
 TRUTH = np.array([1098, 1047, 1028, 1027, 941, 860.0])   # the Imagen 3 report's overall Elo
 
 
-def simulate(n, strengths=TRUTH, tie_rate=0.15, seed=0, questions=None):
-    """Votes from known ratings. Ties take half their probability from each side, so a's expected
-    score (ties half) is still the Bradley–Terry probability p and the ratings stay the truth; at most
-    ``tie_rate`` of close battles are ties, fewer of lopsided ones."""
-    rng = np.random.default_rng(seed)
-    m = len(strengths)
-    a = rng.integers(0, m, n)
-    b = (a + rng.integers(1, m, n)) % m
-    p = 1 / (1 + 10 ** ((strengths[b] - strengths[a]) / 400))
-    tie = 4 * tie_rate * p * (1 - p)
-    u = rng.random(n)
-    outcome = np.where(u < p - tie / 2, R.A_WINS, np.where(u < p + tie / 2, R.TIE, R.B_WINS))
-    q = [questions[i % len(questions)] for i in range(n)] if questions else [None] * n
-    return R.Votes([MODELS[i] for i in a], [MODELS[i] for i in b], outcome.astype(np.int8), q,
-                   [str(i) for i in range(n)], [None] * n)
+@pytest.fixture(scope="module")
+def simulate(simulate_votes):
+    """simulate(n, tie_rate=0.15, seed=0, questions=None): votes between MODELS, whose true ratings are TRUTH."""
+    return functools.partial(simulate_votes, strengths=TRUTH, models=MODELS)
 
 
 def write_jsonl(path, votes):
@@ -54,7 +44,7 @@ def arena_mle_elo(votes):
     return dict(zip(models, 400 * lr.coef_[0] + 1000))
 
 
-def test_bradley_terry_equals_chatbot_arena_logistic_regression():
+def test_bradley_terry_equals_chatbot_arena_logistic_regression(simulate):
     votes = simulate(3000, seed=1)
     ours = R.rate(votes, rounds=0)
     theirs = arena_mle_elo(votes)
@@ -70,7 +60,7 @@ def test_batched_fit_equals_one_at_a_time():
         np.testing.assert_allclose(batched[k], R.fit_bt(w[k]), atol=1e-9)
 
 
-def test_bootstrap_intervals_cover_the_truth_at_their_nominal_rate():
+def test_bootstrap_intervals_cover_the_truth_at_their_nominal_rate(simulate):
     # 200 tournaments of 3,000 votes from known ratings: a 95% interval should hold the truth ~95% of
     # the time (binomial sd over 1,200 cases ~ 0.6 points, more with correlation within a tournament).
     # With ~40 votes a pair (600 votes) percentile intervals run a little short: ~92%.
@@ -88,7 +78,7 @@ def test_bootstrap_intervals_cover_the_truth_at_their_nominal_rate():
     np.testing.assert_allclose(np.mean(widths, 0), real, rtol=0.2)
 
 
-def test_multinomial_bootstrap_matches_resampling_votes():
+def test_multinomial_bootstrap_matches_resampling_votes(simulate):
     # resampling votes with replacement and drawing the (pair, outcome) cells from a multinomial are
     # the same distribution: the rounds' spreads agree within Monte Carlo error
     votes = simulate(2000, seed=7)
@@ -102,7 +92,7 @@ def test_multinomial_bootstrap_matches_resampling_votes():
     np.testing.assert_allclose(fast.mean(0), slow.mean(0), atol=0.2 * slow.std(0).min())
 
 
-def test_anchoring_pins_one_model_and_keeps_differences():
+def test_anchoring_pins_one_model_and_keeps_differences(simulate):
     votes = simulate(3000, seed=2)
     free = R.rate(votes, rounds=200)
     pinned = R.rate(votes, rounds=200, anchor=("sdxl", 860))
@@ -115,7 +105,7 @@ def test_anchoring_pins_one_model_and_keeps_differences():
         R.rate(votes, rounds=0, anchor=("nope", 1000))
 
 
-def test_online_elo_depends_on_order_but_lands_near_bradley_terry():
+def test_online_elo_depends_on_order_but_lands_near_bradley_terry(simulate):
     votes = simulate(50_000, seed=3)
     models, ia, ib = votes.encode()
     forward = R.online_elo(models, ia, ib, votes.outcome)
@@ -139,7 +129,7 @@ def test_win_rates_and_vote_counts():
     np.testing.assert_allclose(w, [[0, 1.5, 0], [1.5, 0, 0], [1, 0, 0]])
 
 
-def test_per_question_results_and_combined():
+def test_per_question_results_and_combined(simulate):
     votes = simulate(2000, seed=4, questions=["overall", "alignment"])
     out = R.rate_by_question(votes, rounds=50)
     assert set(out) == {"overall", "alignment", "all"}
@@ -215,7 +205,7 @@ def cli_args(path, **kw):
                               anchor=kw.get("anchor"), question=kw.get("question"), seed=0)
 
 
-def test_cli_json_output(tmp_path, capsys):
+def test_cli_json_output(tmp_path, capsys, simulate):
     path = tmp_path / "votes.jsonl"
     write_jsonl(path, simulate(3000, seed=5, questions=["overall", "appeal"]))
     assert cmd_elo(cli_args(path, json=True, anchor="sdxl=860")) == 0
@@ -226,7 +216,7 @@ def test_cli_json_output(tmp_path, capsys):
     assert all(row["ci_low"] <= row["rating"] <= row["ci_high"] for row in board)
 
 
-def test_cli_text_output_and_parser(tmp_path, capsys):
+def test_cli_text_output_and_parser(tmp_path, capsys, simulate):
     path = tmp_path / "votes.jsonl"
     write_jsonl(path, simulate(1000, seed=6, questions=["overall"]))
     p = argparse.ArgumentParser()

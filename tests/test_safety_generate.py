@@ -26,6 +26,7 @@ def cli(*args):
     return subprocess.run([sys.executable, "-m", "limner.cli", *args], capture_output=True, text=True)
 
 
+@pytest.mark.slow
 def test_api_and_cli_refuse_the_same_way(pipe, tmp_path):
     verdict = check_prompt(BLOCKED)
     assert not verdict.allowed
@@ -39,6 +40,7 @@ def test_api_and_cli_refuse_the_same_way(pipe, tmp_path):
     assert not (tmp_path / "x.png").exists()  # refused, not a black image
 
 
+@pytest.mark.slow
 def test_outputs_carry_watermark_and_parameters(pipe, tmp_path):
     r = cli("generate", "three red circles and a blue square", "--steps", "6", "--output", str(tmp_path / "a.png"))
     assert r.returncode == 0, r.stderr
@@ -77,6 +79,7 @@ def test_enlarged_outputs_are_marked_at_the_size_they_are_saved(pipe):
     assert W.detect(ATTACKS["jpeg75"](small)).detected is not True
 
 
+@pytest.mark.slow
 def test_cli_signs_c2pa(tmp_path):
     chain, key = make_test_certificate(tmp_path / "keys")
     out = tmp_path / "signed.png"

@@ -1,24 +1,12 @@
 """Image filter: the policy on a fake classifier, open_nsfw for real, the CLIP checker on tiny built models."""
 import json
-import string
 
 import numpy as np
 import pytest
-from PIL import Image, ImageDraw
+from PIL import Image
 
 from limner.models.clip import clip_pixels
 from limner.safety.image_filter import ClipSafetyChecker, ImageBlocked, ImageFilter, OpenNSFW, default_filter
-
-
-def shapes_image(seed=0, size=64):
-    """A Shapes-World-like picture: flat circles on a light background."""
-    rng = np.random.default_rng(seed)
-    img = Image.new("RGB", (size, size), (245, 242, 232))
-    draw = ImageDraw.Draw(img)
-    for colour in [(220, 40, 40), (40, 80, 220), (40, 170, 60)]:
-        x, y = rng.integers(4, size - 20, 2)
-        draw.ellipse((x, y, x + 14, y + 14), fill=colour)
-    return img
 
 
 class Fake:
@@ -95,7 +83,7 @@ def test_from_spec():
 # -------------------------------------------------------------------------------------------- open_nsfw
 
 
-def test_opennsfw_scores_our_kind_of_image_low():
+def test_opennsfw_scores_our_kind_of_image_low(shapes_image):
     images = [shapes_image(s) for s in range(4)] + [shapes_image(9, size=256)]
     scores = OpenNSFW().scores(images)
     assert len(scores) == 5 and all(0 <= s["nsfw"] <= 1 for s in scores)
@@ -109,40 +97,10 @@ def test_opennsfw_scores_our_kind_of_image_low():
 # -------------------------------------------------------------------------------------- CLIP safety checker
 
 
-def tiny_clip_config():
-    from transformers import CLIPConfig
-
-    text = dict(vocab_size=2 + 2 * 26, hidden_size=32, intermediate_size=37, num_hidden_layers=2,
-                num_attention_heads=4, max_position_embeddings=32, bos_token_id=0, eos_token_id=1, pad_token_id=1)
-    vision = dict(image_size=32, patch_size=8, hidden_size=32, intermediate_size=37, num_hidden_layers=2,
-                  num_attention_heads=4)
-    config = CLIPConfig(text_config=text, vision_config=vision, projection_dim=16)
-    config._attn_implementation = "eager"
-    return config
+# The tiny CLIP, its config and the two test images are conftest.py's (test_models_clip.py uses them too).
 
 
-@pytest.fixture(scope="module")
-def tiny_clip(tmp_path_factory):
-    """A random two-tower CLIP (hidden 32, 2 layers, 32 px) and a 54-token character tokenizer, saved to disk."""
-    torch = pytest.importorskip("torch")
-    from transformers import CLIPModel, CLIPTokenizer
-
-    path = tmp_path_factory.mktemp("tiny-clip")
-    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
-    for suffix in ("", "</w>"):
-        vocab.update({c + suffix: len(vocab) for c in string.ascii_lowercase})
-    CLIPTokenizer(vocab=vocab, merges=[]).save_pretrained(path)
-    torch.manual_seed(0)
-    CLIPModel(tiny_clip_config()).save_pretrained(path)
-    return path
-
-
-def two_images():
-    a = Image.fromarray(np.random.default_rng(1).integers(0, 256, (48, 64, 3), dtype=np.uint8))  # not square
-    return a, shapes_image(3)
-
-
-def test_clip_checker_flags_the_concept_image_only(tiny_clip, tmp_path):
+def test_clip_checker_flags_the_concept_image_only(tiny_clip, tmp_path, two_images):
     a, b = two_images()
     probe = ClipSafetyChecker(tiny_clip, concepts={"x": {"text": "anything", "threshold": 1.0}})
     emb = probe.embed([a, b])
@@ -160,7 +118,7 @@ def test_clip_checker_flags_the_concept_image_only(tiny_clip, tmp_path):
     assert not va.allowed and va.label == "bad" and vb.allowed
 
 
-def test_clip_checker_text_concepts_and_spec(tiny_clip, tmp_path):
+def test_clip_checker_text_concepts_and_spec(tiny_clip, tmp_path, two_images):
     from safetensors.torch import save_file
 
     a, b = two_images()
@@ -188,7 +146,7 @@ def test_clip_checker_text_concepts_and_spec(tiny_clip, tmp_path):
         ClipSafetyChecker(tiny_clip).scores([a])
 
 
-def test_clip_checker_on_a_vision_only_model(tmp_path):
+def test_clip_checker_on_a_vision_only_model(tmp_path, two_images, tiny_clip_config):
     torch = pytest.importorskip("torch")
     from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
@@ -211,7 +169,7 @@ def _npz(path, embeddings, thresholds):
 
 
 @pytest.mark.parametrize("special_care", [False, True])
-def test_clip_checker_loads_a_diffusers_safety_checker(tmp_path, special_care):
+def test_clip_checker_loads_a_diffusers_safety_checker(tmp_path, special_care, two_images, tiny_clip_config):
     """Same decisions as diffusers' own forward, including its special-care adjustment of 0.01."""
     torch = pytest.importorskip("torch")
     from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionSafetyChecker

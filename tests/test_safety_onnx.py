@@ -15,7 +15,6 @@ from limner.safety.prompt_filter import PromptFilter, load_policy
 from limner.text import encoder as E
 from limner.text import onnx_runtime as O
 
-from test_safety_screen import count_calls, tiny_encoder
 
 PROMPTS = ["three red circles and a blue square", "a bicycle leaning against a brick wall",
            "an oil painting of a fox in the snow at dusk. Highly detailed, warm light from the left.",
@@ -23,17 +22,9 @@ PROMPTS = ["three red circles and a blue square", "a bicycle leaning against a b
 
 
 @pytest.fixture
-def counted_exports(monkeypatch):
+def counted_exports(monkeypatch, count_calls):
     """Counts the exports load_onnx runs (a cache hit runs none)."""
     return count_calls(monkeypatch, O, "export")
-
-
-def saved_encoder(folder, seed=0):
-    """A tiny encoder saved to and loaded from `folder`, as limner loads its real one."""
-    tok, model = tiny_encoder(seed)
-    tok.save_pretrained(folder)
-    model.save_pretrained(folder)
-    return E.load.__wrapped__(str(folder))[:2]
 
 
 # ----------------------------------------------------------------------------- the real encoder
@@ -71,7 +62,7 @@ def test_export_leaves_the_shared_model_as_it_was(both):
 # ----------------------------------------------------------------------------- fallback to PyTorch
 
 
-def test_falls_back_when_onnxruntime_is_missing(monkeypatch, tmp_path, caplog):
+def test_falls_back_when_onnxruntime_is_missing(monkeypatch, tmp_path, caplog, tiny_encoder):
     monkeypatch.setitem(sys.modules, "onnxruntime", None)               # `import onnxruntime` raises ImportError
     tok, model = tiny_encoder()
     with caplog.at_level("INFO"):
@@ -85,7 +76,7 @@ def test_falls_back_when_onnxruntime_is_missing(monkeypatch, tmp_path, caplog):
     assert (v.allowed, v.category, v.layer) == (False, "sexual", "semantic")
 
 
-def test_falls_back_when_the_export_fails(monkeypatch, tmp_path, caplog):
+def test_falls_back_when_the_export_fails(monkeypatch, tmp_path, caplog, tiny_encoder):
     def broken(*a, **k):
         raise RuntimeError("unsupported operator")
 
@@ -104,7 +95,7 @@ def test_unknown_runtime_is_a_clear_error():
 # ----------------------------------------------------------------------------- the cached graph
 
 
-def test_graph_is_exported_once_and_matches(tmp_path, counted_exports):
+def test_graph_is_exported_once_and_matches(tmp_path, counted_exports, tiny_encoder):
     tok, model = tiny_encoder()
     first = O.load_onnx(tok, model, cache=tmp_path)
     again = O.load_onnx(tok, model, cache=tmp_path)
@@ -118,7 +109,7 @@ def test_graph_is_exported_once_and_matches(tmp_path, counted_exports):
     assert np.abs(out[real] - ref[real]).max() < 1e-5
 
 
-def test_damaged_or_stale_graph_is_exported_again(tmp_path, counted_exports):
+def test_damaged_or_stale_graph_is_exported_again(tmp_path, counted_exports, tiny_encoder):
     tok, model = tiny_encoder()
     path = O.load_onnx(tok, model, cache=tmp_path).path
     path.write_bytes(b"not a graph")
@@ -129,7 +120,7 @@ def test_damaged_or_stale_graph_is_exported_again(tmp_path, counted_exports):
     assert O.max_difference(O.OnnxEncoder(path), tok, model) < O.TOLERANCE
 
 
-def test_graph_that_differs_from_pytorch_is_not_used(tmp_path, monkeypatch, caplog):
+def test_graph_that_differs_from_pytorch_is_not_used(tmp_path, monkeypatch, caplog, tiny_encoder):
     monkeypatch.setattr(O, "TOLERANCE", -1.0)                            # nothing can match
     assert O.load_onnx(*tiny_encoder(), cache=tmp_path) is None
     assert "differs from PyTorch" in caplog.text and not list(tmp_path.glob("*.onnx"))
@@ -138,8 +129,8 @@ def test_graph_that_differs_from_pytorch_is_not_used(tmp_path, monkeypatch, capl
 # ----------------------------------------------------------------------------- the encoder's identity
 
 
-def test_identity_changes_when_the_weight_files_change(tmp_path):
-    tok, model = saved_encoder(tmp_path / "enc")
+def test_identity_changes_when_the_weight_files_change(tmp_path, tiny_encoder, saved_tiny_encoder):
+    tok, model = saved_tiny_encoder(tmp_path / "enc")
     assert E.weight_files(model) == [tmp_path / "enc" / "model.safetensors"]
     key = E.identity(tok, model)
     assert E.identity(tok, model) == key and E.identity(tok, model, recipe=2) != key
@@ -150,12 +141,12 @@ def test_identity_changes_when_the_weight_files_change(tmp_path):
     os.utime(tmp_path / "enc" / "model.safetensors", ns=(st.st_atime_ns, st.st_mtime_ns))
     assert E.identity(tok, E.load.__wrapped__(str(tmp_path / "enc"))[1]) != key
     # the same weights in another folder: the same key (the path is not part of it)
-    assert E.identity(*saved_encoder(tmp_path / "copy")) == key
+    assert E.identity(*saved_tiny_encoder(tmp_path / "copy")) == key
 
 
-def test_identity_of_files_is_memoised_by_stat(tmp_path, monkeypatch):
+def test_identity_of_files_is_memoised_by_stat(tmp_path, monkeypatch, saved_tiny_encoder, count_calls):
     monkeypatch.setenv("LIMNER_CACHE", str(tmp_path / "cache"))
-    tok, model = saved_encoder(tmp_path / "enc")
+    tok, model = saved_tiny_encoder(tmp_path / "enc")
     hashed = count_calls(monkeypatch, C, "_hash_file")
     key = E.identity(tok, model)
     assert E.identity(tok, model) == key and len(hashed) == 1            # the second costs a stat
@@ -164,7 +155,7 @@ def test_identity_of_files_is_memoised_by_stat(tmp_path, monkeypatch):
     assert E.identity(tok, model) == key and len(hashed) == 2            # changed stat: hashed again, same bytes
 
 
-def test_model_without_files_is_hashed_by_its_tensors():
+def test_model_without_files_is_hashed_by_its_tensors(tiny_encoder):
     tok, model = tiny_encoder()
     assert E.weight_files(model) == []
     other = copy.deepcopy(model)
@@ -198,13 +189,13 @@ def test_one_cache_root(monkeypatch, tmp_path):
 
 
 @pytest.fixture
-def counted_quantisations(monkeypatch):
+def counted_quantisations(monkeypatch, count_calls):
     from onnxruntime import quantization
 
     return count_calls(monkeypatch, quantization, "quantize_dynamic")
 
 
-def test_int8_graph_is_made_once_beside_the_fp32_one(tmp_path, counted_quantisations):
+def test_int8_graph_is_made_once_beside_the_fp32_one(tmp_path, counted_quantisations, tiny_encoder):
     tok, model = tiny_encoder()
     fp32 = O.load_onnx(tok, model, cache=tmp_path)
     first, again = O.load_int8(fp32), O.load_int8(fp32)
@@ -217,7 +208,7 @@ def test_int8_graph_is_made_once_beside_the_fp32_one(tmp_path, counted_quantisat
     assert 0 < np.abs(a[real] - b[real]).max() < 0.1 * np.abs(a[real]).max()    # int8 weights: close, not equal
 
 
-def test_int8_graph_is_made_again_when_the_fp32_graph_is_replaced(tmp_path, counted_quantisations):
+def test_int8_graph_is_made_again_when_the_fp32_graph_is_replaced(tmp_path, counted_quantisations, tiny_encoder):
     tok, model = tiny_encoder()
     fp32 = O.load_onnx(tok, model, cache=tmp_path)
     O.load_int8(fp32)
@@ -248,7 +239,7 @@ def test_filter_works_without_the_int8_stage(monkeypatch, caplog):
 # ----------------------------------------------------------------------------- one check per graph file
 
 
-def test_cached_graph_is_checked_once_per_file(tmp_path, monkeypatch, counted_exports):
+def test_cached_graph_is_checked_once_per_file(tmp_path, monkeypatch, counted_exports, tiny_encoder, count_calls):
     monkeypatch.setenv("LIMNER_CACHE", str(tmp_path / "cache"))        # where passed checks are remembered
     checks = count_calls(monkeypatch, O, "max_difference")
     tok, model = tiny_encoder()
@@ -264,7 +255,7 @@ def test_cached_graph_is_checked_once_per_file(tmp_path, monkeypatch, counted_ex
     assert O.load_onnx(tok, model, cache=tmp_path) is not None and len(checks) == 3   # the new file's check holds
 
 
-def test_check_is_not_shared_with_another_encoder(tmp_path, monkeypatch, counted_exports):
+def test_check_is_not_shared_with_another_encoder(tmp_path, monkeypatch, counted_exports, tiny_encoder):
     """A checked graph of other weights moved under this encoder's name is checked, fails and is replaced."""
     monkeypatch.setenv("LIMNER_CACHE", str(tmp_path / "cache"))
     tok, model = tiny_encoder()
@@ -274,7 +265,7 @@ def test_check_is_not_shared_with_another_encoder(tmp_path, monkeypatch, counted
     assert len(counted_exports) == 3 and O.max_difference(runner, tok, model) < O.TOLERANCE
 
 
-def test_fingerprint_follows_the_file_and_the_settings(tmp_path, monkeypatch):
+def test_fingerprint_follows_the_file_and_the_settings(tmp_path, monkeypatch, tiny_encoder):
     monkeypatch.setenv("LIMNER_CACHE", str(tmp_path / "cache"))
     runner = O.load_onnx(*tiny_encoder(), cache=tmp_path)
     print_ = runner.fingerprint

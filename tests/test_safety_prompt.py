@@ -283,14 +283,12 @@ def test_lexical_layer_is_fast(lexical):
 # ----------------------------------------------------------------------------- start-up: nothing rebuilt
 
 
-def test_example_embeddings_are_computed_once_per_policy(tmp_path, monkeypatch):
+def test_example_embeddings_are_computed_once_per_policy(tmp_path, monkeypatch, count_calls):
     """The policy's examples are embedded at the first start and read back at the next: the same numbers;
     another example makes another cache entry."""
     import copy
 
     import torch
-
-    from test_safety_screen import count_calls
 
     monkeypatch.setenv("LIMNER_CACHE", str(tmp_path))
     policy = copy.deepcopy(pf.load_policy())

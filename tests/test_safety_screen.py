@@ -11,31 +11,8 @@ from limner.eval import redteam
 from limner.safety import screen as S
 from limner.safety.prompt_filter import PromptFilter
 
-WORDS = "the of and a red blue green circle square cat dog woman man body blood knife sofa clothing photo".split()
-VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "[unused0]", ",", ".", *WORDS, "##s", "é"]
-
-
-def tiny_encoder(seed: int = 0, vocab=VOCAB):
-    """A randomly initialised one-layer BERT and its WordPiece tokenizer: distils in milliseconds."""
-    from transformers import BertConfig, BertModel, BertTokenizerFast
-
-    tokenizer = BertTokenizerFast(vocab={t: i for i, t in enumerate(vocab)})
-    torch.manual_seed(seed)
-    config = BertConfig(vocab_size=len(vocab), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                        intermediate_size=32, max_position_embeddings=64)
-    return tokenizer, BertModel(config).eval()
-
-
-def count_calls(monkeypatch, owner, name: str) -> list:
-    """`owner.name` wrapped to append 1 to the returned list at each call."""
-    calls = []
-    real = getattr(owner, name)
-    monkeypatch.setattr(owner, name, lambda *a, **k: calls.append(1) or real(*a, **k))
-    return calls
-
-
 @pytest.fixture
-def counted(monkeypatch):
+def counted(monkeypatch, count_calls):
     """Counts the distillations load_table runs (a cache hit runs none)."""
     return count_calls(monkeypatch, S, "distil")
 
@@ -43,11 +20,11 @@ def counted(monkeypatch):
 # ----------------------------------------------------------------------------- the table
 
 
-def test_table_rows_and_weights():
+def test_table_rows_and_weights(tiny_encoder):
     tok, model = tiny_encoder()
     table = S.distil(tok, model, dims=8, n_sentences=40)
     kept = {tok.convert_ids_to_tokens(int(i)) for i in table["ids"]}
-    assert kept == {",", ".", *WORDS, "##s"}           # no special, [unused] or non-ASCII token
+    assert kept == {",", ".", *tiny_encoder.words, "##s"}           # no special, [unused] or non-ASCII token
     assert table["codes"].dtype == np.int8 and table["codes"].shape == (len(kept), 8)
     w = dict(zip((tok.convert_ids_to_tokens(int(i)) for i in table["ids"]), table["weights"]))
     assert w["the"] < w["red"] < w["photo"]            # frequent (low id) words weigh less
@@ -55,7 +32,7 @@ def test_table_rows_and_weights():
     assert table["gram"].shape == (9, 9) and table["cross"].shape == (9, 16)
 
 
-def test_table_is_cached_by_encoder_identity(tmp_path, counted):
+def test_table_is_cached_by_encoder_identity(tmp_path, counted, tiny_encoder):
     tok, model = tiny_encoder()
     first = S.load_table(tok, model, cache=tmp_path, dims=8, n_sentences=40)
     again = S.load_table(tok, model, cache=tmp_path, dims=8, n_sentences=40)
@@ -66,12 +43,13 @@ def test_table_is_cached_by_encoder_identity(tmp_path, counted):
     with torch.no_grad():
         other.encoder.layer[0].output.dense.weight[0, 0] += 1e-3
     keys = {first["key"], S.load_table(tok, other, cache=tmp_path, dims=8, n_sentences=40)["key"]}
-    keys.add(S.load_table(*tiny_encoder(vocab=VOCAB[:-1] + ["dogs"]), cache=tmp_path, dims=8, n_sentences=40)["key"])
+    other_vocab = tiny_encoder(vocab=tiny_encoder.vocab[:-1] + ["dogs"])
+    keys.add(S.load_table(*other_vocab, cache=tmp_path, dims=8, n_sentences=40)["key"])
     keys.add(S.load_table(tok, model, cache=tmp_path, dims=4, n_sentences=40)["key"])   # other recipe parameters
     assert len(keys) == 4 and len(counted) == 4 and len(list(tmp_path.glob("*.npz"))) == 4
 
 
-def test_identity_ignores_the_path(tmp_path):
+def test_identity_ignores_the_path(tmp_path, tiny_encoder):
     tok, model = tiny_encoder()
     key = S.encoder_identity(tok, model, dims=8)
     model.config._name_or_path = str(tmp_path / "moved")
@@ -79,22 +57,12 @@ def test_identity_ignores_the_path(tmp_path):
     assert S.encoder_identity(tok, model, dims=4) != key
 
 
-def test_damaged_cache_file_is_computed_again(tmp_path, counted):
+def test_damaged_cache_file_is_computed_again(tmp_path, counted, tiny_encoder):
     tok, model = tiny_encoder()
     key = S.load_table(tok, model, cache=tmp_path, dims=8, n_sentences=40)["key"]
     (tmp_path / f"{key}.npz").write_bytes(b"not a table")
     assert S.load_table(tok, model, cache=tmp_path, dims=8, n_sentences=40)["key"] == key and len(counted) == 2
     assert S.load_table(tok, model, cache=tmp_path, dims=8, n_sentences=40) and len(counted) == 2
-
-
-def saved_tiny_encoder(folder, seed=0):
-    """A tiny encoder saved to `folder` and loaded back, so that it has weight files as limner's real one."""
-    from limner.text import encoder as E
-
-    tok, model = tiny_encoder(seed)
-    tok.save_pretrained(folder)
-    model.save_pretrained(folder)
-    return E.load.__wrapped__(str(folder))[:2]
 
 
 # ----------------------------------------------------------------------------- the shipped table
@@ -117,7 +85,7 @@ def test_shipped_table_is_the_default_encoders(tmp_path, monkeypatch, counted):
     assert S.load_shipped(tok, model, dims=S.DIMS // 2, n_sentences=S.SENTENCES) is None   # another recipe
 
 
-def test_shipped_table_serves_only_its_encoder(tmp_path, counted, caplog):
+def test_shipped_table_serves_only_its_encoder(tmp_path, counted, caplog, tiny_encoder, saved_tiny_encoder):
     tok, model = saved_tiny_encoder(tmp_path / "enc")
     params = {"dims": 8, "n_sentences": 40}
     inputs = S.table_inputs(tok, model, **params)
@@ -161,7 +129,7 @@ def test_cache_dir(monkeypatch, tmp_path):
 
 
 @pytest.fixture
-def tiny_screen():
+def tiny_screen(tiny_encoder):
     tok, model = tiny_encoder()
     table = S.distil(tok, model, dims=8, n_sentences=40)
     rng = np.random.default_rng(0)
@@ -169,7 +137,7 @@ def tiny_screen():
     return S.Screen(table, tok, [unit(3), unit(2)], unit(4), limits=[0.0, 0.0], top_k=2)
 
 
-def test_fit_is_cached_for_a_keyed_table(tmp_path, monkeypatch):
+def test_fit_is_cached_for_a_keyed_table(tmp_path, monkeypatch, tiny_encoder, count_calls):
     """A table from load_table (it has a key) has its map fitted once per policy: read back the same."""
     monkeypatch.setenv("LIMNER_CACHE", str(tmp_path))
     fits = count_calls(monkeypatch, S.Screen, "_fit")
