@@ -15,7 +15,13 @@ the median and the range over the rounds, wall time and the CPU time (user + sys
 Every image must be the same pixels (checked). Targets: help <= 1 s, generate <= 5 s and within 3 s of
 the in-process call, first run <= 30 s.
 
-    python benchmarks/startup.py [--repeats 5] [--prompt "three red circles and a blue square"] [--out runs/startup.json]
+`--baseline DIR` measures another source tree in the same rounds (e.g. an older commit:
+`git archive COMMIT src | tar -x -C DIR`), run as `python -c "from limner.cli import main; main()"` with
+DIR/src first on the path, for a before/after on equal terms (its first run is left out: before the
+shipped screen table it distils for minutes).
+
+    python benchmarks/startup.py [--repeats 5] [--prompt "three red circles and a blue square"] [--baseline DIR]
+                                 [--out runs/startup.json]
 """
 from __future__ import annotations
 
@@ -31,6 +37,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import defaultdict
 from pathlib import Path
 
 # the console script installed beside this interpreter (a venv's bin/), else the one on PATH
@@ -76,58 +83,77 @@ def summary(values: list[float]) -> dict:
     return {"median": statistics.median(values), "min": min(values), "max": max(values), "runs": values}
 
 
+def measure(name: str, launcher: list[str], env: dict, prompt: str, work: Path, r: int, first_run: bool,
+            wall: dict, cpu: dict) -> list[str]:
+    """One round of every measurement for one source tree; returns the pixel digests of its images."""
+    generate = [*launcher, "generate", prompt, "--output"]
+    w, c, _ = run([*launcher, "--help"], env)
+    wall[name, "help"].append(w), cpu[name, "help"].append(c)
+    w, c, _ = run([*generate, str(work / f"{name}-warm-{r}.png")], env)
+    wall[name, "generate"].append(w), cpu[name, "generate"].append(c)
+    images = [pixels(work / f"{name}-warm-{r}.png")]
+    _, _, out = run([sys.executable, "-c", IN_PROCESS, prompt], env)
+    inner = json.loads(out.strip().splitlines()[-1])
+    wall[name, "in process (cold)"].append(inner["cold"]), wall[name, "in process"].append(inner["warm"])
+    wall[name, "gap"].append(wall[name, "generate"][-1] - inner["warm"])
+    if first_run:
+        fresh = work / f"fresh-{r}"
+        empty = {"LIMNER_CACHE": str(fresh / "limner"), "XDG_CACHE_HOME": str(fresh / "xdg"), "HF_HOME": str(fresh / "hf")}
+        w, c, _ = run([*generate, str(work / f"{name}-first-{r}.png")], {**env, **empty})
+        wall[name, "first run"].append(w), cpu[name, "first run"].append(c)
+        images.append(pixels(work / f"{name}-first-{r}.png"))
+        shutil.rmtree(fresh, ignore_errors=True)
+    return images
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--prompt", default="three red circles and a blue square")
     ap.add_argument("--no-first-run", action="store_true", help="skip the fresh-install runs (~30 s each)")
+    ap.add_argument("--baseline", help="another source tree (holding src/limner) to measure in the same rounds")
     ap.add_argument("--out", default="runs/startup.json")
     a = ap.parse_args()
 
+    trees = {"current": (LIMNER, {})}
+    if a.baseline:
+        env = {"PYTHONPATH": str(Path(a.baseline).resolve() / "src")}
+        trees["baseline"] = ([sys.executable, "-c", "import sys; from limner.cli import main; sys.exit(main())"], env)
     work = Path(tempfile.mkdtemp(prefix="limner-startup-"))
-    generate = [*LIMNER, "generate", a.prompt, "--output"]
-    run([*generate, str(work / "warm-up.png")])       # fills the caches the warm runs use
-    reference = pixels(work / "warm-up.png")
-    wall: dict[str, list[float]] = {k: [] for k in ("help", "generate", "in process (cold)", "in process", "gap",
-                                                    "first run")}
-    cpu: dict[str, list[float]] = {k: [] for k in ("help", "generate", "first run")}
+    reference = None
+    for name, (launcher, env) in trees.items():   # warm-up: fills the caches the warm runs use
+        run([*launcher, "generate", a.prompt, "--output", str(work / f"{name}-warm-up.png")], env)
+        reference = reference or pixels(work / f"{name}-warm-up.png")
+    wall: dict = defaultdict(list)
+    cpu: dict = defaultdict(list)
     images = []
     load = [os.getloadavg()[0]]
     for r in range(a.repeats):
-        w, c, _ = run([*LIMNER, "--help"])
-        wall["help"].append(w), cpu["help"].append(c)
-        w, c, _ = run([*generate, str(work / f"warm-{r}.png")])
-        wall["generate"].append(w), cpu["generate"].append(c)
-        images.append(pixels(work / f"warm-{r}.png"))
-        _, _, out = run([sys.executable, "-c", IN_PROCESS, a.prompt])
-        inner = json.loads(out.strip().splitlines()[-1])
-        wall["in process (cold)"].append(inner["cold"]), wall["in process"].append(inner["warm"])
-        wall["gap"].append(wall["generate"][-1] - inner["warm"])
-        if not a.no_first_run:
-            fresh = work / f"fresh-{r}"
-            env = {"LIMNER_CACHE": str(fresh / "limner"), "XDG_CACHE_HOME": str(fresh / "xdg"),
-                   "HF_HOME": str(fresh / "hf")}
-            w, c, _ = run([*generate, str(work / f"first-{r}.png")], env)
-            wall["first run"].append(w), cpu["first run"].append(c)
-            images.append(pixels(work / f"first-{r}.png"))
-            shutil.rmtree(fresh, ignore_errors=True)
+        for name, (launcher, env) in trees.items():
+            images += measure(name, launcher, env, a.prompt, work, r, name == "current" and not a.no_first_run,
+                              wall, cpu)
         load.append(os.getloadavg()[0])
-        print(f"round {r + 1}/{a.repeats}: " + ", ".join(f"{k} {v[-1]:.2f} s" for k, v in wall.items() if v),
+        print(f"round {r + 1}/{a.repeats}: " + ", ".join(f"{n} {k} {v[-1]:.2f} s" for (n, k), v in wall.items()),
               file=sys.stderr)
     same = all(h == reference for h in images)
 
-    report = {"wall_s": {k: summary(v) for k, v in wall.items() if v},
-              "cpu_s": {k: summary(v) for k, v in cpu.items() if v},
-              "targets_s": TARGETS, "images_identical": same, "prompt": a.prompt, "repeats": a.repeats,
+    figures = {name: {"wall_s": {k: summary(v) for (n, k), v in wall.items() if n == name},
+                      "cpu_s": {k: summary(v) for (n, k), v in cpu.items() if n == name}} for name in trees}
+    report = {"figures": figures, "targets_s": TARGETS, "images_identical": same, "prompt": a.prompt,
+              "repeats": a.repeats, "baseline": a.baseline,
               "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
                           "load_average_1min": load},
               "date": time.strftime("%Y-%m-%d %H:%M")}
-    print(f"\n| figure | target | wall median | wall min-max | CPU median |\n|---|---:|---:|---:|---:|")
-    for k, s in report["wall_s"].items():
-        target = TARGETS.get(k)
-        c = report["cpu_s"].get(k)
-        print(f"| {k} | {'<= %g s' % target if target else ''} | {s['median']:.2f} s | {s['min']:.2f}-{s['max']:.2f} s "
-              f"| {'%.2f s' % c['median'] if c else ''} |")
+    print("\n| figure | tree | target | wall median | wall min-max | CPU median |\n|---|---|---:|---:|---:|---:|")
+    for k in dict.fromkeys(k for _, k in wall):
+        for name in trees:
+            s = figures[name]["wall_s"].get(k)
+            if s is None:
+                continue
+            c = figures[name]["cpu_s"].get(k)
+            target = TARGETS.get(k)
+            print(f"| {k} | {name} | {'<= %g s' % target if target else ''} | {s['median']:.2f} s "
+                  f"| {s['min']:.2f}-{s['max']:.2f} s | {'%.2f s' % c['median'] if c else ''} |")
     print(f"\nimages identical across all runs: {same}; load average (1 min) over the run: "
           f"{min(load):.1f}-{max(load):.1f} on {os.cpu_count()} CPUs")
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
