@@ -45,7 +45,7 @@ def test_metadata_attaches_the_world_hooks_and_the_guard(parts):
     assert shapes["notice"]("a cat", "m") and shapes["notice"]("two red circles", "m") is None
     placing = "There is a red circle. At the top there is a small red circle. There is a blue square. At the bottom there is a large blue square."
     plan = shapes["planner"]([placing], [0])
-    assert plan is not None and shapes["planner"](["two red circles"], [0]) is None
+    assert plan[0] is not None and shapes["planner"](["two red circles"], [0]) == [None]
 
 
 def test_core_runs_with_world_and_safety_unimportable(tmp_path):

@@ -69,15 +69,16 @@ def test_decoding_keeps_boxes_inside_the_canvas_and_apart():
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
+def tiny_planner(tmp_path_factory):
     """A tiny planner trained by `limner train`'s path, attached to a copy of the shipped model."""
     out = tmp_path_factory.mktemp("planner")
     cfg = load_config(ROOT / "configs/planner-tiny.yaml", overrides=[f"out_dir={out}", f"data.cache_dir={out}/cache"])
     return cfg, run(cfg, quiet=True)
 
 
-def test_tiny_planner_trains_and_reads_its_captions_back(tiny):
-    cfg, model_dir = tiny
+@pytest.mark.slow
+def test_tiny_planner_trains_and_reads_its_captions_back(tiny_planner):
+    cfg, model_dir = tiny_planner
     meta = folder.read_meta(model_dir)
     assert meta["planner"]["labels"] == world_labels() and (model_dir / "denoiser.safetensors").exists()
     planner = folder.load_planner(model_dir, meta)
@@ -94,8 +95,9 @@ def test_tiny_planner_trains_and_reads_its_captions_back(tiny):
     assert exact >= 0.4, exact   # 0.55 measured; an untrained planner reads back ~0
 
 
-def test_a_folder_with_a_planner_generates_without_the_parser(tiny, monkeypatch):
-    _, model_dir = tiny
+@pytest.mark.slow
+def test_a_folder_with_a_planner_generates_without_the_parser(tiny_planner, monkeypatch):
+    _, model_dir = tiny_planner
     import limner.world.hooks as hooks
     from limner.pipeline import Pipeline
     from limner.safety.guard import SafetyConfig

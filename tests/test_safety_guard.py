@@ -10,7 +10,7 @@ from PIL import Image
 
 import limner
 from limner.safety import watermark as W
-from limner.safety.guard import SafetyConfig
+from limner.safety.guard import Guard, SafetyConfig
 from limner.safety.prompt_filter import PromptBlocked, check_prompt
 from limner.safety.provenance import make_test_certificate, read_c2pa, read_parameters
 
@@ -61,7 +61,7 @@ def test_outputs_carry_watermark_and_parameters(pipe, tmp_path):
 
 
 def test_safety_off_is_only_explicit(pipe):
-    raw = limner.Pipeline(pipe.denoiser, pipe.vae, pipe.encoder, pipe.meta, safety=SafetyConfig.off())
+    raw = limner.Pipeline(pipe.denoiser, pipe.vae, pipe.encoder, pipe.meta, guard=Guard(SafetyConfig.off()))
     img = raw(BLOCKED, steps=2)[0]  # a research run that turned everything off, on purpose
     assert W.detect(img).detected is False
 
@@ -69,7 +69,7 @@ def test_safety_off_is_only_explicit(pipe):
 def test_enlarged_outputs_are_marked_at_the_size_they_are_saved(pipe):
     from limner.safety.attacks import ATTACKS
 
-    big = limner.Pipeline(pipe.denoiser, pipe.vae, pipe.encoder, pipe.meta, safety=SafetyConfig(enlarge=8))
+    big = limner.Pipeline(pipe.denoiser, pipe.vae, pipe.encoder, pipe.meta, guard=Guard(SafetyConfig(enlarge=8)))
     img = big("three red circles and a blue square", steps=4)[0]
     small = pipe("three red circles and a blue square", steps=4)[0]
     assert img.size == (8 * small.width, 8 * small.height)
