@@ -15,6 +15,10 @@ the median and the range over the rounds, wall time and the CPU time (user + sys
 Every image must be the same pixels (checked). Targets: help <= 1 s, generate <= 5 s and within 3 s of
 the in-process call, first run <= 30 s.
 
+`--threads N` runs every child with OMP_NUM_THREADS=N (the images stay the same pixels): on a machine others
+are busy on, torch's OpenMP threads wait on each other while one is descheduled (on the 2-core dev
+machine at load 4, one call took 9 s with 2 threads and 2.1 s with 1), which swamps what start-up costs.
+
 `--baseline DIR` measures another source tree in the same rounds (e.g. an older commit:
 `git archive COMMIT src | tar -x -C DIR`), run as `python -c "from limner.cli import main; main()"` with
 DIR/src first on the path, for a before/after on equal terms (its first run is left out: before the
@@ -112,12 +116,14 @@ def main() -> None:
     ap.add_argument("--prompt", default="three red circles and a blue square")
     ap.add_argument("--no-first-run", action="store_true", help="skip the fresh-install runs (~30 s each)")
     ap.add_argument("--baseline", help="another source tree (holding src/limner) to measure in the same rounds")
+    ap.add_argument("--threads", type=int, help="OMP_NUM_THREADS for every run [the default: one per core]")
     ap.add_argument("--out", default="runs/startup.json")
     a = ap.parse_args()
 
-    trees = {"current": (LIMNER, {})}
+    threads = {"OMP_NUM_THREADS": str(a.threads), "MKL_NUM_THREADS": str(a.threads)} if a.threads else {}
+    trees = {"current": (LIMNER, threads)}
     if a.baseline:
-        env = {"PYTHONPATH": str(Path(a.baseline).resolve() / "src")}
+        env = {**threads, "PYTHONPATH": str(Path(a.baseline).resolve() / "src")}
         trees["baseline"] = ([sys.executable, "-c", "import sys; from limner.cli import main; sys.exit(main())"], env)
     work = Path(tempfile.mkdtemp(prefix="limner-startup-"))
     reference = None
@@ -140,7 +146,7 @@ def main() -> None:
     figures = {name: {"wall_s": {k: summary(v) for (n, k), v in wall.items() if n == name},
                       "cpu_s": {k: summary(v) for (n, k), v in cpu.items() if n == name}} for name in trees}
     report = {"figures": figures, "targets_s": TARGETS, "images_identical": same, "prompt": a.prompt,
-              "repeats": a.repeats, "baseline": a.baseline,
+              "repeats": a.repeats, "baseline": a.baseline, "threads": a.threads,
               "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
                           "load_average_1min": load},
               "date": time.strftime("%Y-%m-%d %H:%M")}
@@ -155,7 +161,7 @@ def main() -> None:
             print(f"| {k} | {name} | {'<= %g s' % target if target else ''} | {s['median']:.2f} s "
                   f"| {s['min']:.2f}-{s['max']:.2f} s | {'%.2f s' % c['median'] if c else ''} |")
     print(f"\nimages identical across all runs: {same}; load average (1 min) over the run: "
-          f"{min(load):.1f}-{max(load):.1f} on {os.cpu_count()} CPUs")
+          f"{min(load):.1f}-{max(load):.1f} on {os.cpu_count()} CPUs; OMP_NUM_THREADS {a.threads or 'unset'}")
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(report, indent=2))
     print(f"written to {a.out}")
