@@ -79,3 +79,27 @@ def test_request_checks_know_every_sampler_and_refuse_zero_steps(parts):
     denoiser, vae, encoder, meta = parts
     with pytest.raises(ValueError, match="steps must be between 1 and 1000, not 0"):
         Pipeline(denoiser, vae, encoder, meta)("two red circles", steps=0)   # was the model's default
+
+
+@pytest.mark.slow
+def test_default_generation_needs_no_parser_and_no_scorer(tmp_path):
+    """The shipped default path is learned end to end: `limner generate` works with Shapes World's rule parser
+    and scorer (the benchmark's grader) unimportable, and its layouts come from the model's own planner."""
+    script = textwrap.dedent(f"""
+        import importlib.abc, sys
+        class Block(importlib.abc.MetaPathFinder):
+            def find_spec(self, name, path=None, target=None):
+                if name in ("limner.world.parse", "limner.world.scorer"):
+                    raise ImportError("blocked: " + name)
+        sys.meta_path.insert(0, Block())
+        import limner
+        from limner.cli import main
+        from limner.models.planner import TextPlanner
+        pipe = limner.Pipeline.from_pretrained("shapes-default")
+        assert isinstance(pipe.planner, TextPlanner) and pipe.defaults.get("best_of", 1) == 1
+        assert main(["generate", "three red circles and a blue square", "--output", {str(tmp_path / 'x.png')!r}]) == 0
+        print("ok")
+    """)
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path)
+    assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stderr[-2000:]
+    assert (tmp_path / "x.png").exists()

@@ -26,13 +26,13 @@ def cmd_generate(a) -> int:
     from ..safety.guard import SafetyConfig
 
     # limner's guard enlarges before it marks, so the mark is made at the size that is saved
-    backend = load_backend(a.model, SafetyConfig(watermark=not a.no_watermark, enlarge=a.scale))
+    backend = load_backend(a.model, SafetyConfig(watermark=not a.no_watermark, enlarge=a.scale), layout=a.layout)
     if isinstance(backend, LimnerBackend):
         images = backend.pipe(a.prompt, negative_prompt=a.negative_prompt, seed=a.seed, steps=a.steps,
                               guidance=a.guidance, sampler=a.sampler, num_images=a.n, best_of=a.best_of)
-    elif a.sampler or a.best_of:
-        raise ValueError("--sampler and --best-of apply to limner models only; diffusers pipelines and servers "
-                         "use their own sampling")
+    elif a.sampler or a.best_of or a.layout != "auto":
+        raise ValueError("--sampler, --best-of and --layout apply to limner models only; diffusers pipelines and "
+                         "servers use their own sampling")
     else:  # a diffusers folder or an OpenAI-style server: same seeds as a limner model's -n
         images = backend.generate([a.prompt] * a.n, [a.seed + i for i in range(a.n)], a.negative_prompt,
                                   a.steps, a.guidance)
@@ -62,7 +62,11 @@ def add_parser(sub) -> None:
     g.add_argument("-n", type=int, default=1, help="number of images")
     g.add_argument("--negative-prompt", default=None)
     g.add_argument("--best-of", type=int, default=None,
-                   help="draw N candidates per image, keep the one the Shapes World scorer rates best [model default]")
+                   help="research option: draw N candidates per image, keep the one the Shapes World scorer (the "
+                        "benchmark's own grader) rates best [model default]")
+    g.add_argument("--layout", default="auto", choices=["auto", "learned", "rule", "none"],
+                   help="where object boxes come from: the model's learned planner (auto: if it has one), the "
+                        "Shapes World rule parser (research baseline), or none [auto]")
     g.add_argument("--model", default="shapes-default",
                    help="a shipped name, a limner or diffusers model folder, or an OpenAI images API URL[#model]")
     g.add_argument("--scale", type=int, default=1, help="nearest-neighbour enlargement, made before the watermark (16: 1024 px, a mark that survives JPEG)")

@@ -78,8 +78,8 @@ def fingerprint(folder: str | Path) -> dict:
 class LimnerBackend:
     """A limner checkpoint behind `limner.pipeline.Pipeline` (whose own guard applies)."""
 
-    def __init__(self, name_or_path: str = "shapes-default", safety: SafetyConfig | None = None):
-        self.spec, self.safety = name_or_path, safety or SafetyConfig()
+    def __init__(self, name_or_path: str = "shapes-default", safety: SafetyConfig | None = None, layout: str = "auto"):
+        self.spec, self.safety, self.layout = name_or_path, safety or SafetyConfig(), layout
         self.path = folder.resolve(name_or_path)   # fails now, with limner's message, if it is not a model
         meta = folder.read_meta(self.path)
         self.name = folder.model_name(name_or_path, self.path, meta)
@@ -91,7 +91,7 @@ class LimnerBackend:
         if self._pipe is None:
             from .core import Pipeline
 
-            self._pipe = Pipeline.from_pretrained(self.spec, safety=self.safety)
+            self._pipe = Pipeline.from_pretrained(self.spec, safety=self.safety, layout=self.layout)
         return self._pipe
 
     def generate(self, prompts, seeds, negative_prompt=None, steps=None, guidance=None, size=None):
@@ -282,7 +282,7 @@ class _UnknownField(Exception):
 # ----------------------------------------------------------------------------------------------- dispatch
 
 
-def load_backend(spec: str, safety: SafetyConfig | None = None) -> Backend:
+def load_backend(spec: str, safety: SafetyConfig | None = None, layout: str = "auto") -> Backend:
     """A backend from a model string: a shipped limner name or a folder with limner.json (limner), a folder
     with model_index.json (diffusers), or an http(s) URL, optionally URL#model (OpenAI images API)."""
     if spec.startswith(("http://", "https://")):
@@ -290,7 +290,7 @@ def load_backend(spec: str, safety: SafetyConfig | None = None) -> Backend:
         return OpenAIBackend(url, model or None)
     path = Path(spec)
     if spec in folder.SHIPPED or (path / "limner.json").exists():
-        return LimnerBackend(spec, safety)
+        return LimnerBackend(spec, safety, layout)
     if (path / "model_index.json").exists():
         return DiffusersBackend(path, safety)
     what = "a folder with neither limner.json nor model_index.json" if path.is_dir() else "not a folder"

@@ -14,10 +14,7 @@ import random
 import re
 
 from . import captions as C
-from . import layout
-from .parse import parse_prompt
 from .scene import sample_scene
-from .scorer import detect, reward, score
 
 
 @functools.lru_cache(maxsize=1)
@@ -43,6 +40,9 @@ def notice(prompt: str, model: str) -> str | None:
 
 def verifier(prompt: str):
     """A function image -> how well it meets the prompt's constraints, or None if the prompt is unreadable."""
+    from .parse import parse_prompt   # the grader's parser and scorer load only when search is asked for
+    from .scorer import detect, reward, score
+
     cons = parse_prompt(prompt)
     return None if cons is None else (lambda img: reward(score(detect(img), cons), cons))
 
@@ -50,6 +50,9 @@ def verifier(prompt: str):
 def rule_planner(prompts: list[str], seeds: list[int]) -> list:
     """Layouts read by the rule parser: each prompt that places its objects (the detailed template's wording)
     gets a plan drawn from its seed, the others None. A research baseline for the learned planner."""
+    from . import layout
+    from .parse import parse_prompt
+
     placed = {p: getattr(parse_prompt(p), "objects", None) for p in dict.fromkeys(prompts)}  # candidates repeat prompts
     return [layout.plan(placed[p], random.Random(s)) if placed[p] else None for p, s in zip(prompts, seeds)]
 
