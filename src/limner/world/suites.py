@@ -28,12 +28,17 @@ def _phrase(n: int, colour: str, shape: str, rng: random.Random) -> str:
     return f"{num} {colour} {shape if n == 1 else C.PLURALS[shape]}"
 
 
-def counting(rng: random.Random, n: int) -> tuple[str, Constraints, dict]:
-    """GeckoNum-like: N (1-8) of one kind, sometimes beside one or two of another kind."""
+def counting_groups(rng: random.Random, n: int) -> list[tuple[int, str, str]]:
+    """GeckoNum-like: N (1-8) of one kind, sometimes beside one or two of another kind: (count, colour, shape)."""
     kinds = rng.sample([(c, s) for c in COLOURS for s in SHAPES], 2)
     groups = [(n, *kinds[0])]
     if rng.random() < 0.4 and n <= 6:
         groups.append((rng.randint(1, 2), *kinds[1]))
+    return groups
+
+
+def counting(rng: random.Random, n: int) -> tuple[str, Constraints, dict]:
+    groups = counting_groups(rng, n)
     prompt = " and ".join(_phrase(k, c, s, rng) for k, c, s in groups)
     cons = Constraints([{"colour": c, "shape": s, "count": k} for k, c, s in groups], [], True, "counting")
     return prompt, cons, {"count": n, "groups": len(groups)}

@@ -15,6 +15,7 @@ import re
 from . import captions as C
 from .scene import COLOURS, SHAPES, sample_scene
 from .scorer import Constraints
+from .suites import counting_groups
 
 SUITES = ("counting", "binding", "spatial", "detailed")
 SEED = 7919  # its own seed: independent of the template suites' and of training's scenes
@@ -59,10 +60,7 @@ def _request(body: str, rng: random.Random) -> str:
 
 
 def counting(rng: random.Random, n: int):
-    kinds = rng.sample([(c, s) for c in COLOURS for s in SHAPES], 2)
-    groups = [(n, *kinds[0])]
-    if rng.random() < 0.4 and n <= 6:
-        groups.append((rng.randint(1, 2), *kinds[1]))
+    groups = counting_groups(rng, n)   # what is asked is the template suite's; only the wording is this module's
     body = " together with ".join(_thing(k, c, s, rng) for k, c, s in groups)
     cons = Constraints([{"colour": c, "shape": s, "count": k} for k, c, s in groups], [], True, "counting")
     return _request(body, rng), cons, {"count": n, "groups": len(groups)}
