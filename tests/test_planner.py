@@ -1,7 +1,9 @@
 """The learned layout planner: decoding keeps boxes in the canvas and apart, a tiny one trains through
 `limner train` and its plans read back into the objects its captions ask for, and a model folder carrying
 one generates through it with no parser."""
+import json
 import random
+import shutil
 from collections import Counter
 from pathlib import Path
 
@@ -113,5 +115,10 @@ def test_a_folder_with_a_planner_generates_without_the_parser(tiny_planner, monk
     pipe.planner = lambda prompts, seeds: calls.append(prompts) or real(prompts, seeds)
     img = pipe("3 red circles, 1 blue square", seed=0, steps=2, best_of=1)[0]
     assert img.size == (64, 64) and calls == [["3 red circles, 1 blue square"]]
+    bare = model_dir.parent / "without-planner"   # the same folder less its planner
+    shutil.copytree(model_dir, bare, ignore=shutil.ignore_patterns("planner"))
+    meta = folder.read_meta(bare)
+    del meta["planner"]
+    (bare / "limner.json").write_text(json.dumps(meta))
     with pytest.raises(ValueError, match="no learned layout planner"):
-        Pipeline.from_pretrained("shapes-default", layout="learned")
+        Pipeline.from_pretrained(str(bare), layout="learned")

@@ -116,7 +116,7 @@ def cmd_world_eval(a) -> int:
 
 
 def add_parser(sub) -> None:
-    from ..world.suites import HELD_OUT_SEED, SUITES
+    from ..world import HELD_OUT_SEED, SUITES
 
     w = sub.add_parser("world", help="Shapes World: sample data, score images, prompt suites")
     ws = w.add_subparsers(dest="world_verb", required=True)
