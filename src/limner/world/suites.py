@@ -73,26 +73,30 @@ def detailed(rng: random.Random, n: int) -> tuple[str, Constraints, dict]:
     return text, cons, {"objects": n, "words": len(text.split()), "scene": scene.to_dict()}
 
 
+# the cells of each suite: a count, a number of pairs, a relation, a number of objects
+CELLS = {"counting": range(1, 9), "binding": [2, 3], "spatial": list(C.RELATIONS), "detailed": range(3, 9)}
+
+
+def items(suite: str, per_cell: int, writers: dict, stream: str, prefix: str = "") -> list[dict]:
+    """`per_cell` items for each cell of `suite`, each written by `writers[suite](rng, cell)` from its own seeded
+    stream (`stream`-cell-index), so a smaller suite is the first items of every larger one."""
+    if suite not in writers:
+        raise ValueError(f"unknown suite {suite!r}; choose one of {', '.join(SUITES)}")
+    out = []
+    for v in CELLS[suite]:
+        for j in range(per_cell):
+            prompt, cons, tags = writers[suite](random.Random(f"{stream}-{v}-{j}"), v)
+            out.append({"id": f"{prefix}{suite}-{v}-{j}".replace(" ", "_"), "suite": suite, "prompt": prompt,
+                        "constraints": cons.to_dict(), "tags": tags})
+    return out
+
+
 def build(suite: str, per_cell: int = MAX_PER_CELL, seed: int = HELD_OUT_SEED) -> list[dict]:
     """A suite with `per_cell` prompts for each cell (count, pair number, relation, object number)."""
     if not 1 <= per_cell <= MAX_PER_CELL:
         raise ValueError(f"per_cell must be between 1 and {MAX_PER_CELL} (training holds out that many), not {per_cell}")
-    cells = {
-        "counting": (counting, range(1, 9)),
-        "binding": (binding, [2, 3]),
-        "spatial": (spatial, list(C.RELATIONS)),
-        "detailed": (detailed, range(3, 9)),
-    }
-    if suite not in cells:
-        raise ValueError(f"unknown suite {suite!r}; choose one of {', '.join(SUITES)}")
-    fn, values = cells[suite]
-    items = []
-    for v in values:
-        for j in range(per_cell):
-            prompt, cons, tags = fn(random.Random(f"{suite}-{seed}-{v}-{j}"), v)
-            items.append({"id": f"{suite}-{v}-{j}".replace(" ", "_"), "suite": suite, "prompt": prompt,
-                          "constraints": cons.to_dict(), "tags": tags})
-    return items
+    writers = {"counting": counting, "binding": binding, "spatial": spatial, "detailed": detailed}
+    return items(suite, per_cell, writers, f"{suite}-{seed}")
 
 
 @functools.lru_cache(maxsize=2)

@@ -15,9 +15,9 @@ import re
 from . import captions as C
 from .scene import COLOURS, SHAPES, sample_scene
 from .scorer import Constraints
-from .suites import counting_groups
+from .suites import counting_groups, items
 
-SUITES = ("counting", "binding", "spatial", "detailed")
+from . import SUITES  # noqa: E402,F401 (the same four suites as the templates)
 SEED = 7919  # its own seed: independent of the template suites' and of training's scenes
 
 IDIOMS = {1: ["a lone", "a solitary"], 2: ["a pair of", "twin"], 3: ["a trio of"], 6: ["half a dozen"]}
@@ -133,17 +133,11 @@ def detailed(rng: random.Random, n: int):
 
 def build(suite: str, per_cell: int = 20, seed: int = SEED) -> list[dict]:
     """`per_cell` prompts for each cell (count 1-8, 2 or 3 pairs, relation, 3-8 objects), as `suites.build`."""
-    cells = {"counting": (counting, range(1, 9)), "binding": (binding, [2, 3]),
-             "spatial": (spatial, list(C.RELATIONS)), "detailed": (detailed, range(3, 9))}
-    if suite not in cells:
-        raise ValueError(f"unknown suite {suite!r}; choose one of {', '.join(SUITES)}")
-    fn, values = cells[suite]
-    items = []
-    for v in values:
-        for j in range(per_cell):
-            rng = random.Random(f"unseen-{suite}-{seed}-{v}-{j}")   # each item its own stream: any per_cell agrees
-            prompt, cons, tags = fn(rng, v)
-            prompt = re.sub(r"\b([Aa]) ([aeiou])", r"\1n \2", prompt)   # "an orange", "an ivory"
-            items.append({"id": f"unseen-{suite}-{v}-{j}".replace(" ", "_"), "suite": suite, "prompt": prompt,
-                          "constraints": cons.to_dict(), "tags": tags})
-    return items
+    def polished(write):   # "an orange", "an ivory"
+        def run(rng, v):
+            prompt, cons, tags = write(rng, v)
+            return re.sub(r"\b([Aa]) ([aeiou])", r"\1n \2", prompt), cons, tags
+        return run
+
+    writers = {"counting": counting, "binding": binding, "spatial": spatial, "detailed": detailed}
+    return items(suite, per_cell, {k: polished(w) for k, w in writers.items()}, f"unseen-{suite}-{seed}", "unseen-")
