@@ -203,7 +203,7 @@ def test_cli_check_refuses_the_same_way(full, capsys):
     code = cmd_safety_check(Namespace(prompt=prompt, file=None, json=True, policy=None))
     line = json.loads(capsys.readouterr().out)
     v = check_prompt(prompt)
-    assert code == 1 and line == {"allowed": False, "category": v.category, "score": v.score}
+    assert code == 1 and line == {"prompt": prompt, **v.to_dict()} and not v.allowed
     assert cmd_safety_check(Namespace(prompt="two blue squares", file=None, json=False, policy=None)) == 0
     assert capsys.readouterr().out.startswith("allowed  two blue squares")
 
@@ -214,6 +214,12 @@ def test_cli_check_many_from_file_and_stdin(full, capsys, tmp_path, monkeypatch)
     assert cmd_safety_check(Namespace(prompt=None, file=str(tmp_path / "p.txt"), json=True, policy=None)) == 1
     lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
     assert [x["allowed"] for x in lines] == [True, False, True] and lines[1]["category"] == "sexual"
+    # each line says which prompt it judged and where it is in the file (blank lines counted, as editors do)
+    assert [(x["line"], x["prompt"]) for x in lines] == [(1, "two blue squares"), (2, "a n4k3d woman"), (4, "a cat")]
+    assert lines[1]["layer"] == "lexical" and lines[1]["matched"]
+    monkeypatch.setattr("sys.stdin", io.StringIO("a cat\n\na dog\n"))
+    assert cmd_safety_check(Namespace(prompt="-", file=None, json=True, policy=None)) == 0
+    assert [json.loads(x)["line"] for x in capsys.readouterr().out.splitlines()] == [1, 3]
     monkeypatch.setattr("sys.stdin", io.StringIO("a cat\na dog\n"))
     assert cmd_safety_check(Namespace(prompt="-", file=None, json=False, policy=None)) == 0
     assert len(capsys.readouterr().out.splitlines()) == 2

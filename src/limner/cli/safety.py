@@ -6,11 +6,12 @@ import sys
 from pathlib import Path
 
 
-def read_prompts(args) -> list[str]:
-    """The prompt argument, else the lines of --file, else the lines of stdin ("-" or nothing)."""
+def read_prompts(args) -> list[tuple[int | None, str]]:
+    """(line number, prompt) pairs: the prompt argument (no line), else the non-blank lines of --file, else
+    those of stdin ("-" or nothing). Line numbers count from 1 and include blank lines, as an editor shows them."""
     prompt = getattr(args, "prompt", None)
     if prompt is not None and prompt != "-":
-        return [prompt]
+        return [(None, prompt)]
     if getattr(args, "file", None):
         path = Path(args.file)
         if not path.is_file():
@@ -18,21 +19,24 @@ def read_prompts(args) -> list[str]:
         lines = path.read_text(encoding="utf-8").splitlines()
     else:
         lines = sys.stdin.read().splitlines()
-    prompts = [line for line in lines if line.strip()]
+    prompts = [(n, line) for n, line in enumerate(lines, 1) if line.strip()]
     if not prompts:
         raise ValueError("no prompts to check: give one as an argument, or lines in --file or on stdin")
     return prompts
 
 
 def cmd_safety_check(args) -> int:
-    """One line per prompt; exit 0 if every prompt is allowed, 1 if any is blocked."""
+    """One line per prompt; exit 0 if every prompt is allowed, 1 if any is blocked. A JSON line carries its
+    prompt (and its line number in the file or stdin), so lines can be matched up after filtering or sorting."""
     from ..safety.prompt_filter import default_filter
 
-    prompts = read_prompts(args)
+    numbered = read_prompts(args)
+    prompts = [p for _, p in numbered]
     verdicts = default_filter(getattr(args, "policy", None)).check_many(prompts)
-    for prompt, v in zip(prompts, verdicts):
+    for (line, prompt), v in zip(numbered, verdicts):
         if getattr(args, "json", False):
-            print(json.dumps({"allowed": v.allowed, "category": v.category, "score": v.score}))
+            where = {} if line is None else {"line": line}
+            print(json.dumps({**where, "prompt": prompt, **v.to_dict()}, ensure_ascii=False))
         elif v.allowed:
             print(f"allowed  {prompt}")
         else:
@@ -63,7 +67,8 @@ def add_parser(subparsers) -> None:
     c = ss.add_parser("check", help="check prompts against the content policy (exit 1 if any is blocked)")
     c.add_argument("prompt", nargs="?", help="the prompt; '-' or nothing reads one prompt per line from stdin")
     c.add_argument("--file", help="a file with one prompt per line")
-    c.add_argument("--json", action="store_true", help='one JSON line per prompt: {"allowed", "category", "score"}')
+    c.add_argument("--json", action="store_true", help='one JSON line per prompt: {"line" (with --file or stdin), '
+                   '"prompt", "allowed", "category", "score", "layer", "matched"}')
     c.add_argument("--policy", help="a policy YAML merged over the shipped one")
     c.set_defaults(fn=cmd_safety_check)
     e = ss.add_parser("eval", help="red-team report: block rates, obfuscations, false refusals, latency")
