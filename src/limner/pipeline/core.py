@@ -20,6 +20,7 @@ from ..models import folder, grounding
 from ..models.dit import DiT
 from ..models.planner import TextPlanner
 from ..text.encoder import TextEncoder, pad
+from .images import carrying_parameters
 from .request import validate
 
 MAX_BATCH = 64
@@ -64,8 +65,12 @@ class Pipeline:
     @torch.no_grad()
     def __call__(self, prompt: str | list[str], negative_prompt: str | None = None, seed: int | list[int] = 0,
                  steps: int | None = None, guidance: float | None = None, sampler: str | None = None,
-                 num_images: int = 1, best_of: int | None = None) -> list[Image.Image]:
+                 num_images: int = 1, best_of: int | None = None, progress=None) -> list[Image.Image]:
         """`seed`: one for every prompt, or one per prompt; image i of a prompt uses its seed + i.
+
+        `progress(t, preview)` is called after each denoiser evaluation at flow time t (1: noise, 0: done);
+        `preview()` decodes the current estimate of every image being drawn (unfiltered, unmarked: only for
+        showing progress). An exception it raises stops the call (a server cancelling a job).
 
         `best_of` N > 1 (Shapes World models): draw N candidates per image and keep the one the world's
         scorer finds closest to what the prompt asks (verifier search at inference time); prompts it
@@ -94,7 +99,7 @@ class Pipeline:
         for i in range(0, len(draws), MAX_BATCH):
             chunk = draws[i : i + MAX_BATCH]
             drawn += self._sample([jobs[j][0] for j, _ in chunk], [jobs[j][1] + c * CANDIDATE_STRIDE for j, c in chunk],
-                                  negative_prompt or "", steps, guidance, sampler)
+                                  negative_prompt or "", steps, guidance, sampler, progress)
         best: dict[int, tuple] = {}  # job -> (verifier value, image, candidate)
         for (j, c), img in zip(draws, drawn):
             verify = verifiers[jobs[j][0]]
@@ -111,10 +116,11 @@ class Pipeline:
         if self.guard is None:
             for img, p in zip(images, params):
                 img.info["parameters"] = p
-            return images
-        return self.guard.finish(images, params, f"{self.name}@{__version__}")
+        else:
+            images = self.guard.finish(images, params, f"{self.name}@{__version__}")
+        return [carrying_parameters(img) for img in images]  # so `images[0].save("x.png")` records them
 
-    def _sample(self, prompts, seeds, negative, steps, guidance, sampler):
+    def _sample(self, prompts, seeds, negative, steps, guidance, sampler, progress=None):
         unique = list(dict.fromkeys(prompts))  # -n images and best-of candidates repeat a prompt: encode it once
         encoded = dict(zip(unique, self.encoder.encode(unique)))
         negative_states = self.encoder.encode([negative])[0]
@@ -123,13 +129,25 @@ class Pipeline:
         c_states, c_mask = cond[0][:n], cond[1][:n]
         u_states, u_mask = cond[0][n:].expand(n, -1, -1), cond[1][n:].expand(n, -1)
         z = self.sample_latents((c_states, c_mask), (u_states, u_mask), seeds, steps, guidance, sampler,
-                                self.layouts(prompts, seeds))
+                                self.layouts(prompts, seeds), progress)
         return [Image.fromarray(a) for a in self.decode(z)]
 
-    def sample_latents(self, cond, uncond, seeds, steps, guidance, sampler="euler", ground=None) -> torch.Tensor:
+    def sample_latents(self, cond, uncond, seeds, steps, guidance, sampler="euler", ground=None,
+                       progress=None) -> torch.Tensor:
         """Latents from (states, mask) text conditions, starting from each seed's noise."""
         v = guided(self.denoiser, cond, uncond, guidance, ground)
+        if progress is not None:
+            v = self._reporting(v, progress)
         return SAMPLERS[sampler](v, self.noise(seeds), timesteps(steps))
+
+    def _reporting(self, v, progress):
+        """`v` that tells `progress` after each evaluation; x - t v is the flow's estimate of the clean latents."""
+        def reported(x, t):
+            out = v(x, t)
+            progress(float(t), lambda: [Image.fromarray(a) for a in self.decode(x - t * out)])
+            return out
+
+        return reported
 
     def layouts(self, prompts, seeds):
         """A grounded denoiser's layout tensors from the planner's layouts, or None (no planner, or nothing placed)."""
