@@ -46,3 +46,17 @@ def test_default_text_encoder_is_offline_minilm():
     a, b = enc.encode(["three red circles", "two blue squares"])
     assert a.shape[1] == 384
     assert not torch.allclose(a.mean(0), b.mean(0))
+
+
+def test_a_long_prompt_prints_only_limners_warning():
+    """A new user's long prompt (past the tokenizer's own 512 too): one clear line from limner, not transformers'
+    "indexing errors" first (issue 26), and the line points at the caller, not at torch's inference_mode wrapper."""
+    import subprocess
+    import sys
+
+    code = "from limner.text.encoder import TextEncoder\nTextEncoder().encode(['a red circle and ' * 200])\n"
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert "Token indices" not in res.stderr and "indexing errors" not in res.stderr, res.stderr
+    assert "prompt cut to 256 of its" in res.stderr and "<string>:2: UserWarning" in res.stderr
+    assert "_contextlib" not in res.stderr

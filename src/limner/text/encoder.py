@@ -118,11 +118,14 @@ class TextEncoder:
         out: list[torch.Tensor] = []
         for i in range(0, len(texts), batch_size):
             chunk = texts[i : i + batch_size]
-            full = self.tokenizer(chunk, truncation=False)["input_ids"]
+            # verbose=False: transformers' own "Token indices sequence length is longer ... indexing errors"
+            # would come first and wrongly say it fails; the warning below says what really happens
+            full = self.tokenizer(chunk, truncation=False, verbose=False)["input_ids"]
             for text, ids in zip(chunk, full):
                 if len(ids) > self.max_length:
+                    # stacklevel 3: past inference_mode's wrapper, at the code that asked for the encoding
                     warnings.warn(f"prompt cut to {self.max_length} of its {len(ids)} tokens by the text "
-                                  f"encoder ({self.name}): {text[:60]!r}...", stacklevel=2)
+                                  f"encoder ({self.name}): {text[:60]!r}...", stacklevel=3)
             batch = self.tokenizer(chunk, padding=True, truncation=True, max_length=self.max_length,
                                    return_tensors="pt").to(self.device)
             states = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
