@@ -50,13 +50,15 @@ def test_default_text_encoder_is_offline_minilm():
 
 def test_a_long_prompt_prints_only_limners_warning():
     """A new user's long prompt (past the tokenizer's own 512 too): one clear line from limner, not transformers'
-    "indexing errors" first (issue 26), and the line points at the caller, not at torch's inference_mode wrapper."""
+    "indexing errors" first (issue 26); once, though generation encodes it twice (planner and denoiser); and
+    pointing at the caller, not at torch's inference_mode wrapper."""
     import subprocess
     import sys
 
-    code = "from limner.text.encoder import TextEncoder\nTextEncoder().encode(['a red circle and ' * 200])\n"
+    code = ("from limner.text.encoder import TextEncoder\nenc = TextEncoder()\nprompt = 'a red circle and ' * 200\n"
+            "enc.encode([prompt])\nenc.encode([prompt, 'a blue square'])\n")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr
     assert "Token indices" not in res.stderr and "indexing errors" not in res.stderr, res.stderr
-    assert "prompt cut to 256 of its" in res.stderr and "<string>:2: UserWarning" in res.stderr
-    assert "_contextlib" not in res.stderr
+    assert res.stderr.count("prompt cut to 256 of its 802 tokens") == 1, res.stderr
+    assert "<string>:4: UserWarning" in res.stderr and "_contextlib" not in res.stderr, res.stderr

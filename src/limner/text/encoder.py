@@ -19,6 +19,7 @@ import torch
 from ..common.cache import file_digest
 
 log = logging.getLogger(__name__)
+_CUT_WARNED: set[tuple[str, int, str]] = set()   # (encoder, max_length, prompt) already warned about
 DEFAULT = "minilm"
 
 
@@ -112,6 +113,17 @@ class TextEncoder:
         limit = getattr(config, "max_position_embeddings", None) or max_length
         self.max_length = min(max_length, limit)
 
+    def _first_cut(self, text: str) -> bool:
+        """True the first time this process cuts `text` with this encoder: generation encodes a prompt for the
+        planner and for the denoiser, and one cut prompt should make one warning."""
+        key = (self.name, self.max_length, text)
+        if key in _CUT_WARNED:
+            return False
+        if len(_CUT_WARNED) >= 1024:  # a long-running server: forget, rather than grow without bound
+            _CUT_WARNED.clear()
+        _CUT_WARNED.add(key)
+        return True
+
     @torch.inference_mode()
     def encode(self, texts: list[str], batch_size: int = 256) -> list[torch.Tensor]:
         """One (length, dim) float32 tensor of token states per text, padding removed."""
@@ -122,7 +134,7 @@ class TextEncoder:
             # would come first and wrongly say it fails; the warning below says what really happens
             full = self.tokenizer(chunk, truncation=False, verbose=False)["input_ids"]
             for text, ids in zip(chunk, full):
-                if len(ids) > self.max_length:
+                if len(ids) > self.max_length and self._first_cut(text):
                     # stacklevel 3: past inference_mode's wrapper, at the code that asked for the encoding
                     warnings.warn(f"prompt cut to {self.max_length} of its {len(ids)} tokens by the text "
                                   f"encoder ({self.name}): {text[:60]!r}...", stacklevel=3)
