@@ -18,13 +18,13 @@ needs_shared = pytest.mark.skipif(not ROOT.is_dir(), reason=f"shared benchmarks 
                                                             "(set $LIMNER_BENCHMARKS to run these)")
 
 
-def source_md(name: str) -> str:
-    return (ROOT / name / "SOURCE.md").read_text(encoding="utf-8")
+def source_md(name: str, root=ROOT) -> str:
+    return (root / name / "SOURCE.md").read_text(encoding="utf-8")
 
 
-def stated_count(name: str) -> int:
+def stated_count(name: str, root=ROOT) -> int:
     """The prompt count a SOURCE.md states ("- Prompts: 1632 rows"; T2I-CompBench: "(2400 total)")."""
-    text = source_md(name)
+    text = source_md(name, root)
     m = re.search(r"\((\d+) total\)", text) or re.search(r"^- Prompts: (\d+)", text, re.M)
     assert m, f"no prompt count in {name}/SOURCE.md"
     return int(m.group(1))
@@ -151,14 +151,88 @@ def test_format_details(tmp_path):
     assert geneval[1].constraints["exclude"] == []
 
 
+def offline(url, timeout):
+    raise urllib.error.URLError("Name or service not known")
+
+
 def test_benchmarks_folder_from_env(tmp_path, monkeypatch):
+    """A folder given wins; a suite it lacks comes from the package when shipped, else is fetched (offline: a
+    clear error that says where to put the file); listing never downloads."""
     (tmp_path / "drawbench").mkdir()
     (tmp_path / "drawbench" / "DrawBench.tsv").write_text(FIXTURES["DrawBench.tsv"][1])
     monkeypatch.setenv("LIMNER_BENCHMARKS", str(tmp_path))
+    monkeypatch.setenv("LIMNER_SUITE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(suites.urllib.request, "urlopen", offline)
     assert [p.text for p in load_suite("drawbench")] == ["A red colored car.", "Two cats."]
-    assert "2 prompts" in list_suites()["drawbench"] and "not found" in list_suites()["partiprompts"]
-    with pytest.raises(FileNotFoundError, match="LIMNER_BENCHMARKS"):
-        load_suite("partiprompts")
+    listing = list_suites()
+    assert "2 prompts" in listing["drawbench"] and str(tmp_path) in listing["drawbench"]
+    assert "(1632 prompts) [shipped with limner]" in listing["partiprompts"]
+    assert len(load_suite("partiprompts")) == 1632
+    gecko = suites.FETCHED["gecko2k"]
+    assert listing["gecko2k"].endswith(f"[not shipped: {gecko.why}; fetched on first use from {gecko.url}]")
+    with pytest.raises(FileNotFoundError, match=r"'gecko2k' is not shipped with limner .*Name or service not known"
+                                                r".*Offline\? .* put it at .*gecko2k/prompts.csv"):
+        load_suite("gecko2k")
+
+
+def test_every_public_suite_is_shipped_or_fetched():
+    shipped = {name for name, (rel, _) in suites.BENCHMARKS.items() if (suites.SHIPPED_BENCHMARKS / rel).exists()}
+    assert shipped.isdisjoint(suites.FETCHED) and shipped | set(suites.FETCHED) == set(suites.BENCHMARKS)
+    # licences: only the suites whose licences let limner redistribute them (benchmarks/README.md says why)
+    assert shipped == {"partiprompts", "geneval", "t2i_compbench", "geckonum", "genai_bench", "docci_test_pivots"}
+    for name in shipped:   # each with its provenance and licence, and a prompt count that matches it
+        assert "icense" in source_md(name, suites.SHIPPED_BENCHMARKS)
+        assert len(load_suite(name, benchmarks=suites.SHIPPED_BENCHMARKS)) == stated_count(name, suites.SHIPPED_BENCHMARKS)
+    readme = (suites.SHIPPED_BENCHMARKS / "README.md").read_text(encoding="utf-8")
+    assert all(f"| {name} |" in readme for name in shipped) and all(f"- {name}:" in readme for name in suites.FETCHED)
+
+
+@pytest.mark.xfail(strict=True, reason="pyproject.toml's [tool.setuptools.package-data] needs \"eval/benchmarks/**/*\" "
+                                      "(only the lead edits it): until then a wheel would lack the shipped suites")
+def test_the_shipped_suites_are_package_data():
+    import tomllib
+
+    package = suites.SHIPPED_BENCHMARKS.parent.parent   # src/limner
+    config = tomllib.loads((package.parents[1] / "pyproject.toml").read_text())
+    patterns = config["tool"]["setuptools"]["package-data"]["limner"]
+    packaged = {f for pattern in patterns for f in package.glob(pattern) if f.is_file()}
+    assert {f for f in suites.SHIPPED_BENCHMARKS.rglob("*") if f.is_file()} <= packaged
+
+
+@needs_shared
+def test_shipped_and_fetched_files_are_the_shared_ones():
+    import hashlib
+
+    shipped = [f for f in suites.SHIPPED_BENCHMARKS.rglob("*") if f.is_file() and f.name != "README.md"]
+    assert len(shipped) >= 14
+    for f in shipped:
+        assert f.read_bytes() == (ROOT / f.relative_to(suites.SHIPPED_BENCHMARKS)).read_bytes(), f
+    for name, source in suites.FETCHED.items():
+        assert hashlib.sha256((ROOT / suites.BENCHMARKS[name][0]).read_bytes()).hexdigest() == source.sha256, name
+
+
+@needs_shared
+def test_a_fetched_suite_is_downloaded_once_and_checked(tmp_path, monkeypatch):
+    calls = []
+    served = {"body": (ROOT / "drawbench" / "DrawBench.tsv").read_bytes()}
+
+    def urlopen(url, timeout):
+        calls.append(url)
+        return FakeResponse(served["body"])
+
+    monkeypatch.setattr(suites.urllib.request, "urlopen", urlopen)
+    monkeypatch.setenv("LIMNER_BENCHMARKS", str(tmp_path / "empty"))
+    monkeypatch.setenv("LIMNER_SUITE_CACHE", str(tmp_path / "cache"))
+    assert "fetched on first use" in list_suites()["drawbench"] and not calls   # listing never downloads
+    prompts = load_suite("drawbench")
+    assert calls == [suites.FETCHED["drawbench"].url]
+    assert [p.id for p in prompts] == [p.id for p in load_suite("drawbench", benchmarks=ROOT)]
+    assert load_suite("drawbench") == prompts and len(calls) == 1
+    assert "(200 prompts) [downloaded from https://" in list_suites()["drawbench"]
+    # a file that changed upstream is refused, not read under the old file's ids
+    served["body"] = FIXTURES["DrawBench.tsv"][1].encode()
+    with pytest.raises(ValueError, match="not the file limner was tested with"):
+        load_suite("dalle3_eval")
 
 
 # ----------------------------------------------------------------------------- errors
@@ -220,9 +294,6 @@ def test_url_is_downloaded_once_into_the_cache(tmp_path, monkeypatch):
 
 
 def test_url_offline_is_a_clear_error(tmp_path, monkeypatch):
-    def offline(url, timeout):
-        raise urllib.error.URLError("Name or service not known")
-
     monkeypatch.setattr(suites.urllib.request, "urlopen", offline)
     monkeypatch.setenv("LIMNER_SUITE_CACHE", str(tmp_path))
     with pytest.raises(ConnectionError, match="cannot download https://example.org/p.tsv.*offline"):

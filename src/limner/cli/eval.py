@@ -9,6 +9,9 @@ from ..common.files import write_atomic
 
 # --- suites -----------------------------------------------------------------------------------------
 
+BENCHMARKS_HELP = ("a benchmarks folder laid out as ../shared/benchmarks (NAME/FILE), read before the suites "
+                   "shipped with limner and the download cache [$LIMNER_BENCHMARKS]")
+
 
 def cmd_suites_list(args) -> int:
     from ..eval import suites
@@ -54,10 +57,10 @@ def add_eval_suites_parser(eval_subparsers) -> None:
     from ..eval.suites import FORMATS
 
     s = eval_subparsers.add_parser("suites", help="list, show or export prompt suites (benchmarks, Shapes World)")
-    s.add_argument("--benchmarks", help="the shared benchmarks folder [$LIMNER_BENCHMARKS]")
+    s.add_argument("--benchmarks", help=BENCHMARKS_HELP)
     s.set_defaults(fn=cmd_suites_list)   # bare `limner eval suites` lists
     verbs = s.add_subparsers(dest="suites_verb")
-    verbs.add_parser("list", help="suite names, descriptions and prompt counts").set_defaults(fn=cmd_suites_list)
+    verbs.add_parser("list", help="suite names, descriptions, prompt counts and where each is read from").set_defaults(fn=cmd_suites_list)
 
     def source(p):
         p.add_argument("name", help="a suite name (see `list`), a file or folder, or an http(s) URL")
@@ -103,7 +106,7 @@ def add_eval_generate_parser(eval_subparsers):
                     "OpenAI images API server (URL#model). Rerunning makes only the missing images.")
     p.add_argument("--suite", required=True, help="a suite name (see `limner eval suites`), file, folder or URL")
     p.add_argument("--limit", type=int, help="only the first N prompts")
-    p.add_argument("--benchmarks", help="the shared benchmarks folder [$LIMNER_BENCHMARKS]")
+    p.add_argument("--benchmarks", help=BENCHMARKS_HELP)
     p.add_argument("--model", action="append", required=True, metavar="SPEC", help="a model (repeatable)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0], help="seeds per prompt (default: 0)")
     p.add_argument("--out", help="output folder (default: generations/<suite>)")

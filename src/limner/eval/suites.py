@@ -1,8 +1,10 @@
 """Prompt suites: the public text-to-image benchmarks read from their own files, and Shapes World suites.
 
 `load_suite(name_or_path)` accepts
-- a known benchmark name ("partiprompts", "drawbench", ... see `BENCHMARKS`), read from the shared
-  benchmarks folder (``../shared/benchmarks`` beside the repository, or ``$LIMNER_BENCHMARKS``);
+- a known benchmark name ("partiprompts", "drawbench", ... see `BENCHMARKS`), read from a benchmarks folder
+  where one is given or found (``$LIMNER_BENCHMARKS``, or ``../shared/benchmarks`` beside a checkout: the
+  tests read those), else from the copy shipped in the package (the suites whose licences allow it, see
+  ``benchmarks/README.md``), else fetched once from the pinned URL in `FETCHED` into the download cache;
 - a Shapes World suite name ("shapes-counting", "shapes-binding", "shapes-spatial", "shapes-detailed"),
   generated with exact constraints that `limner.world.scorer` checks;
 - a path to a benchmark file or folder, its format given (`fmt`) or recognised from its name or header;
@@ -15,6 +17,7 @@ cached by them.
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import os
 import re
@@ -29,6 +32,8 @@ from ..common.files import digest, write_atomic
 
 # the repository's sibling folder shared/benchmarks (src/limner/eval/suites.py -> repo -> ..)
 DEFAULT_BENCHMARKS = Path(__file__).resolve().parents[3].parent / "shared" / "benchmarks"
+# the suites whose licences allow redistribution, shipped as package data in the shared folder's layout
+SHIPPED_BENCHMARKS = Path(__file__).resolve().with_name("benchmarks")
 
 
 @dataclass
@@ -50,6 +55,20 @@ class Prompt:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+class DownloadError(ConnectionError):
+    """A suite file that could not be downloaded (`reason`: what urllib said)."""
+
+    def __init__(self, url: str, reason: object):
+        self.url, self.reason = url, reason
+        super().__init__(f"cannot download {url} ({reason}); offline? Download it elsewhere and pass the file "
+                         f"path instead")
+
+
+class BenchmarkUnavailable(FileNotFoundError, ConnectionError):
+    """A named benchmark that is in no folder, not shipped, and could not be fetched: a file the user must
+    supply (so the CLI prints the one-line message, as for any missing file)."""
 
 
 class SuiteFormatError(ValueError):
@@ -259,6 +278,31 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "t2i_compbench": ("t2i_compbench/dataset", "T2I-CompBench val split, 8 categories"),
 }
 
+
+
+@dataclass(frozen=True)
+class Fetched:
+    """A benchmark limner may not redistribute: the file to download (pinned to the commit its SOURCE.md
+    names), the SHA-256 of the copy limner's parser and ids were tested with, and why it is not shipped."""
+    url: str
+    sha256: str
+    why: str
+
+
+_OPEN_SORA = "https://raw.githubusercontent.com/PKU-YuanGroup/Open-Sora-Plan/e1095c3ceed30a33b74bfd6e65f45a209c0a6245"
+FETCHED: dict[str, Fetched] = {
+    "drawbench": Fetched(f"{_OPEN_SORA}/opensora/eval/eval_prompts/DrawBench.tsv",
+                         "7b15a7771229808df72ac01667d520774c273d8d975fffb66f8215a07c1d5fa8",
+                         "Google published DrawBench without a licence"),
+    "dalle3_eval": Fetched(f"{_OPEN_SORA}/opensora/eval/eval_prompts/DALLE3.txt",
+                           "5f1e2c4e11737f26e9573f4e86148731fce28f2e307ba80657f47f095a75b8c0",
+                           "OpenAI's licence for these prompts is unspecified"),
+    "gecko2k": Fetched("https://raw.githubusercontent.com/google-deepmind/gecko_benchmark_t2i/"
+                       "84eda5c42188f639108b579ec98843b9bea2046a/prompts.csv",
+                       "81058b468d1bef5bfe19f5be76594f7efd0ae2e19e856a705194d83bf5953c45",
+                       "some prompts keep their sources' licences, e.g. CC-BY-NC-SA"),
+}
+
 # file names that say their format; "prompts.csv" is ambiguous (GeckoNum, Gecko) and is sniffed by header
 _FILE_NAMES = {
     "partiprompts.tsv": "partiprompts", "drawbench.tsv": "drawbench", "dalle3.txt": "dalle3_eval",
@@ -324,11 +368,36 @@ def load_suite(name_or_path: str | Path, fmt: str | None = None, limit: int | No
     return prompts if limit is None else prompts[:limit]
 
 
+def locate_benchmark(name: str, root: Path) -> tuple[Path, str] | None:
+    """(path, where it came from) of a benchmark's file without downloading anything: the folder `root`,
+    else the copy shipped with limner, else an earlier download; None when none has it."""
+    relative = BENCHMARKS[name][0]
+    if (root / relative).exists():
+        return root / relative, str(root)
+    if (SHIPPED_BENCHMARKS / relative).exists():
+        return SHIPPED_BENCHMARKS / relative, "shipped with limner"
+    if name in FETCHED and (cached := _cache_path(FETCHED[name].url)).exists():
+        return cached, f"downloaded from {FETCHED[name].url}"
+    return None
+
+
 def _load_benchmark(name: str, root: Path, fmt: str | None) -> list[Prompt]:
-    path = root / BENCHMARKS[name][0]
-    if not path.exists():
-        raise FileNotFoundError(f"{path} not found: suite {name!r} is read from the shared benchmarks folder "
-                                f"{root} (set $LIMNER_BENCHMARKS to the folder that holds {name}/)")
+    found = locate_benchmark(name, root)
+    if found:
+        path = found[0]
+    elif name in FETCHED:
+        source = FETCHED[name]
+        try:
+            path = download(source.url, sha256=source.sha256)
+        except DownloadError as e:
+            raise BenchmarkUnavailable(
+                f"suite {name!r} is not shipped with limner ({source.why}), and downloading it from {source.url} "
+                f"failed ({e.reason}). Offline? Fetch that file on a machine that is online and put it at "
+                f"{root / BENCHMARKS[name][0]} (or under the folder $LIMNER_BENCHMARKS names), or pass its path "
+                f"as the suite") from None
+    else:
+        raise FileNotFoundError(f"{root / BENCHMARKS[name][0]} not found: suite {name!r} is read from the shared "
+                                f"benchmarks folder {root} (set $LIMNER_BENCHMARKS to the folder that holds {name}/)")
     return FORMATS[fmt or name](path, name)
 
 
@@ -400,29 +469,42 @@ def _sniff_content(path: Path) -> str:
                      f"({', '.join(FORMATS)})")
 
 
-def download(url: str, cache_dir: str | Path | None = None, timeout: float = 30) -> Path:
-    """The file at `url`, fetched once into the cache (named by a hash of the URL, so re-runs are offline)."""
+def _cache_path(url: str, cache_dir: str | Path | None = None) -> Path:
+    """Where `download` keeps `url`: named by a hash of the URL, so a re-run is offline."""
     cache = Path(cache_dir or os.environ.get("LIMNER_SUITE_CACHE") or cache_root() / "suites")
     base = Path(url.split("?")[0].rstrip("/")).name or "suite"
-    path = cache / f"{digest(url, size=12)}-{base}"
+    return cache / f"{digest(url, size=12)}-{base}"
+
+
+def download(url: str, cache_dir: str | Path | None = None, timeout: float = 30, sha256: str | None = None) -> Path:
+    """The file at `url`, fetched once into the cache; with `sha256`, only that exact file is accepted."""
+    path = _cache_path(url, cache_dir)
     if path.exists():
         return path
     try:
         with urllib.request.urlopen(url, timeout=timeout) as r:
             data = r.read()
     except (urllib.error.URLError, OSError) as e:
-        raise ConnectionError(f"cannot download {url} ({e}); offline? Download it elsewhere and pass the "
-                              f"file path instead") from None
+        raise DownloadError(url, getattr(e, "reason", e)) from None
+    if sha256 and (got := hashlib.sha256(data).hexdigest()) != sha256:
+        # another file's rows would get the ids, and so the cached generations, of the file limner knows
+        raise ValueError(f"{url} is not the file limner was tested with (SHA-256 {got}, expected {sha256}); "
+                         f"it may have changed upstream: pass the file's path as the suite to use it anyway")
     return write_atomic(path, data)   # a partial download never looks like a cached file
 
 
 def list_suites(benchmarks: str | Path | None = None) -> dict[str, str]:
-    """Suite name -> one-line description, with the prompt count when the suite can be read."""
+    """Suite name -> one-line description: the prompt count and where the prompts come from when the suite
+    can be read without downloading, else where it would be fetched from (listing never downloads)."""
     root = Path(benchmarks) if benchmarks else benchmarks_dir()
     out = {}
     for name, (_, desc) in BENCHMARKS.items():
+        found = locate_benchmark(name, root)
+        if found is None and name in FETCHED:
+            out[name] = f"{desc} [not shipped: {FETCHED[name].why}; fetched on first use from {FETCHED[name].url}]"
+            continue
         try:
-            out[name] = f"{desc} ({len(_load_benchmark(name, root, None))} prompts)"
+            out[name] = f"{desc} ({len(_load_benchmark(name, root, None))} prompts) [{found[1]}]"
         except (FileNotFoundError, ValueError):
             out[name] = f"{desc} (not found under {root})"
     for name, desc in SHAPES_SUITES.items():
