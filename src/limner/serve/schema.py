@@ -1,0 +1,202 @@
+"""Requests and responses: the OpenAI Images API (`POST /v1/images/generations`) as its reference defines it,
+with limner's extras (seed, steps, guidance, negative_prompt), limner's job API, and errors in OpenAI's shape
+`{"error": {"message", "type", "param", "code"}}`. What a model cannot honour (a transparent background,
+a size it does not draw) is a 400 that says so, never silently ignored."""
+from __future__ import annotations
+
+import secrets
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from .config import ServeConfig
+from .engine import Shape
+from .jobs import JobSpec, error_body
+
+MAX_SEED = 2**32 - 1
+QUALITY_STEPS = {"low": 0.5, "medium": 1.0, "standard": 1.0, "auto": 1.0, "high": 2.0, "hd": 2.0}  # x model default
+QUALITY_NAME = {"low": "low", "medium": "medium", "standard": "medium", "auto": "medium", "high": "high", "hd": "high"}
+
+
+class ApiError(Exception):
+    """An error the app answers in OpenAI's shape."""
+
+    def __init__(self, status: int, message: str, type: str = "invalid_request_error", param: str | None = None,
+                 code: str | None = None, headers: dict | None = None, reason: str | None = None):
+        super().__init__(message)
+        self.status, self.headers = status, headers or {}
+        self.body = error_body(message, type, param, code)
+        self.reason = reason or code or type   # the metrics' refusal label
+
+
+# ---------------------------------------------------------------------------------------------- requests
+
+
+class GenerationParams(BaseModel):
+    """What an image request says, shared by the OpenAI endpoint and limner's jobs."""
+    model_config = ConfigDict(extra="forbid")
+
+    prompt: str = Field(description="what to draw")
+    model: str | None = Field(None, description="the served model's name (GET /v1/models); omitted: that model")
+    n: int | None = Field(1, ge=1, description="images to draw; image i has seed + i")
+    size: str | None = Field("auto", description="WIDTHxHEIGHT the model draws (GET /v1/models lists them), or auto")
+    quality: Literal["auto", "low", "medium", "high", "standard", "hd"] | None = Field(
+        "auto", description="sampling steps: low = half the model's default, medium/standard/auto = the default, "
+                            "high/hd = twice it (an explicit `steps` wins)")
+    output_format: Literal["png", "jpeg", "webp"] | None = "png"
+    output_compression: int | None = Field(None, ge=0, le=100, description="jpeg/webp quality, 0-100 [100]")
+    background: Literal["auto", "opaque", "transparent"] | None = Field(
+        "auto", description="limner models draw opaque images: transparent is refused")
+    moderation: Literal["auto", "low"] | None = Field(
+        "auto", description="the server's content policy always applies: low is refused")
+    user: str | None = Field(None, description="an end-user id, kept out of logs (accepted for compatibility)")
+    safety_identifier: str | None = None
+    seed: int | None = Field(None, ge=0, le=MAX_SEED, description="limner: the first image's seed [random]")
+    steps: int | None = Field(None, ge=1, description="limner: sampling steps [the model's default]")
+    guidance: float | None = Field(None, ge=0, le=50, description="limner: classifier-free guidance scale")
+    negative_prompt: str | None = Field(None, description="limner: what to steer away from")
+
+
+class ImageGenerationRequest(GenerationParams):
+    response_format: Literal["b64_json", "url"] | None = Field("b64_json", description="url: served for result_ttl_s")
+    stream: bool | None = Field(False, description="Server-Sent Events: image_generation.partial_image, "
+                                                    "image_generation.completed")
+    partial_images: int | None = Field(0, ge=0, le=3, description="partial images per image while streaming")
+    style: Literal["vivid", "natural"] | None = Field(None, description="dall-e-3 only: refused")
+
+
+class JobRequest(GenerationParams):
+    previews: int = Field(4, ge=0, le=50, description="preview images sent over /v1/jobs/{id}/events while drawing")
+
+
+def job_spec(body: GenerationParams, engine, config: ServeConfig, previews: int = 0) -> JobSpec:
+    """The job a request asks for, or an ApiError naming the parameter that cannot be honoured."""
+    if body.model not in (None, "", engine.name):
+        raise ApiError(404, f"the model {body.model!r} is not served here; this server serves {engine.name!r} "
+                            "(GET /v1/models)", param="model", code="model_not_found")
+    prompt = body.prompt.strip()
+    if not prompt:
+        raise ApiError(400, "prompt is empty: describe the image you want, e.g. 'three red circles'",
+                       param="prompt", code="invalid_value")
+    for name, text in (("prompt", body.prompt), ("negative_prompt", body.negative_prompt or "")):
+        if len(text) > config.max_prompt_chars:
+            raise ApiError(400, f"{name} is {len(text)} characters; this server takes at most "
+                                f"{config.max_prompt_chars}", param=name, code="string_above_max_length")
+    n = 1 if body.n is None else body.n
+    if n > config.max_n:
+        raise ApiError(400, f"n is {n}; this server draws at most {config.max_n} images per request",
+                       param="n", code="integer_above_max_value")
+    drawn = f"{engine.resolution}x{engine.resolution}"
+    if (body.size or "auto") not in ("auto", drawn):
+        raise ApiError(400, f"size {body.size!r} is not offered: {engine.name} draws {drawn} images; use size "
+                            f"{drawn!r} or 'auto'", param="size", code="invalid_value")
+    if body.background == "transparent":
+        raise ApiError(400, f"background 'transparent' is not offered: {engine.name} draws opaque images; use "
+                            "'opaque' or 'auto'", param="background", code="invalid_value")
+    if body.moderation == "low":
+        raise ApiError(400, "moderation 'low' is not offered: this server always applies its content policy; "
+                            "use 'auto'", param="moderation", code="invalid_value")
+    if getattr(body, "style", None) is not None:
+        raise ApiError(400, "style is a dall-e-3 option that limner models do not have; leave it out",
+                       param="style", code="invalid_value")
+    fmt = body.output_format or "png"
+    if body.output_compression is not None and fmt == "png":
+        raise ApiError(400, "output_compression applies to jpeg and webp; png is lossless: leave it out or "
+                            "choose output_format jpeg or webp", param="output_compression", code="invalid_value")
+    quality = body.quality or "auto"
+    steps = body.steps if body.steps is not None else max(1, round(engine.default_steps * QUALITY_STEPS[quality]))
+    if steps > config.max_steps:
+        raise ApiError(400, f"steps is {steps}; this server takes at most {config.max_steps}", param="steps",
+                       code="integer_above_max_value")
+    guidance = engine.default_guidance if body.guidance is None else float(body.guidance)
+    seed = secrets.randbelow(MAX_SEED + 1) if body.seed is None else body.seed
+    shape = Shape(negative_prompt=(body.negative_prompt or "").strip(), steps=steps, guidance=guidance, n=n)
+    return JobSpec(prompt=prompt, seed=seed, shape=shape, previews=previews, output_format=fmt,
+                   output_compression=body.output_compression,
+                   options={"size": drawn, "quality": QUALITY_NAME[quality], "background": "opaque"})
+
+
+# --------------------------------------------------------------------------------------------- responses
+
+
+class ImageData(BaseModel):
+    b64_json: str | None = None
+    url: str | None = None
+    revised_prompt: str | None = None
+    seed: int = Field(description="limner: this image's seed (give it back to draw the same image)")
+    expires_at: int | None = Field(None, description="limner: when a url stops being served (Unix time)")
+
+
+class InputTokensDetails(BaseModel):
+    text_tokens: int
+    image_tokens: int
+
+
+class Usage(BaseModel):
+    input_tokens: int
+    input_tokens_details: InputTokensDetails
+    output_tokens: int
+    total_tokens: int
+
+
+class ImagesResponse(BaseModel):
+    created: int
+    data: list[ImageData]
+    size: str
+    output_format: Literal["png", "jpeg", "webp"]
+    quality: Literal["low", "medium", "high"]
+    background: Literal["opaque"]
+    usage: Usage
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorDetail
+
+
+class JobImage(BaseModel):
+    url: str
+    seed: int
+    parameters: dict
+
+
+class JobResult(BaseModel):
+    data: list[JobImage]
+    expires_at: int
+
+
+class JobProgress(BaseModel):
+    step: int
+    total: int
+
+
+class JobView(BaseModel):
+    id: str
+    object: Literal["image.job"] = "image.job"
+    status: Literal["queued", "running", "succeeded", "failed", "cancelled"]
+    created: int
+    started_at: int | None = None
+    finished_at: int | None = None
+    queue_position: int | None = Field(None, description="0: next to run; null when not waiting")
+    progress: JobProgress
+    prompt: str
+    negative_prompt: str
+    n: int
+    seed: int
+    steps: int
+    guidance: float
+    output_format: str
+    result: JobResult | None = None
+    error: ErrorDetail | None = None
+
+
+def usage(engine, prompt: str, n: int) -> dict:
+    text, out = engine.text_tokens(prompt), n * engine.image_tokens()
+    return {"input_tokens": text, "input_tokens_details": {"text_tokens": text, "image_tokens": 0},
+            "output_tokens": out, "total_tokens": text + out}
