@@ -381,6 +381,88 @@ def test_bad_configuration_is_a_clear_error(tmp_path):
     assert r.returncode == 2 and "does not exist" in r.stderr
 
 
+# ------------------------------------------------------------------------------- a new user's own folder
+
+
+def own_folder(root: Path, n: int = 5) -> Path:
+    """A user's folder: images with alt-text side files (Shapes World scenes stand in for photos)."""
+    root.mkdir(parents=True)
+    for i in range(n):
+        scene(100 + i, 160).save(root / f"img{i}.png")
+        (root / f"img{i}.txt").write_text(f"picture number {i}")
+    return root
+
+
+def test_init_template_keeps_demo_keys_without_the_demo_parts(tmp_path):
+    from limner.data.template import write_template
+
+    data = own_folder(tmp_path / "photos")
+    config, cfg, parts = write_template(data, tmp_path / "c.yaml")
+    assert PipelineConfig.load(config) == cfg and sum(len(p.members) for p in parts) == 5
+    assert (cfg.source.kind, cfg.source.path, cfg.out_dir) == ("folder", str(data), str(tmp_path / "photos-curated"))
+    # the demo's stand-in checker and Shapes World oracle are the only differences from demo.yaml
+    assert cfg.safety.classifier == ["opennsfw"] and cfg.captions.captioners == []
+    ours, theirs = cfg.to_dict(), PipelineConfig.load(ROOT / "src/limner/data/demo.yaml").to_dict()
+    for d in (ours, theirs):
+        d["source"].pop("kind"), d["source"].pop("path"), d.pop("out_dir"), d["safety"].pop("classifier")
+        d["captions"].pop("captioners")
+    assert ours == theirs
+    with pytest.raises(FileExistsError, match="--force"):
+        write_template(data, config)
+    assert write_template(data, config, force=True)[0] == config
+    with pytest.raises(ValueError, match="inside the source folder"):
+        write_template(data, tmp_path / "d.yaml", out_dir=data / "curated")
+    with pytest.raises(FileNotFoundError, match="give the folder that holds your images"):
+        write_template(tmp_path / "nowhere", tmp_path / "e.yaml")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="no images"):
+        write_template(tmp_path / "empty", tmp_path / "f.yaml")
+    assert not (tmp_path / "e.yaml").exists() and not (tmp_path / "f.yaml").exists()
+
+
+@pytest.mark.slow
+def test_init_writes_a_config_that_runs_as_written(tmp_path):
+    own_folder(tmp_path / "photos")
+    init = subprocess.run(CLI + ["data", "init", "photos"], cwd=tmp_path, capture_output=True, text=True)
+    assert init.returncode == 0, init.stderr
+    assert "5 images" in init.stdout and "limner data run photos-curate.yaml" in init.stdout
+    done = subprocess.run(CLI + ["data", "run", "photos-curate.yaml", "--json", "--quiet"], cwd=tmp_path,
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    rows = load(tmp_path / "photos-curated" / "manifest.parquet")
+    assert sorted(r["key"] for r in rows) == [f"img{i}" for i in range(5)]
+    assert all(json.loads(r["captions"])["alt"].startswith("picture number") for r in rows)
+
+
+def test_a_copy_of_demo_yaml_fails_in_words_and_locks_nothing(tmp_path):
+    cfg = PipelineConfig.load(ROOT / "src/limner/data/demo.yaml")   # as copied: the stand-in's demo/ path
+    cfg.source.path, cfg.out_dir = str(own_folder(tmp_path / "photos")), str(tmp_path / "out")
+    with pytest.raises(FileNotFoundError, match="demo's stand-in checker.*limner data init"):
+        run(cfg, quiet=True)
+    cfg.safety.classifier = ["opennsfw"]
+    cfg.source.path = str(tmp_path / "nowhere")
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        run(cfg, quiet=True)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_run_that_wrote_nothing_restarts_with_another_configuration(tmp_path):
+    (tmp_path / "not-a-model").mkdir()
+    base = {"source": {"path": str(own_folder(tmp_path / "photos"))}, "out_dir": str(tmp_path / "out"),
+            "workers": 1, "captions": {"captioners": []}}
+    broken = PipelineConfig.from_dict({**base, "safety": {"classifier": f"clip:{tmp_path / 'not-a-model'}"}})
+    with pytest.raises(FileNotFoundError, match="no CLIP model"):
+        run(broken, quiet=True)   # fails in the first shard, after out/work/config.json was written
+    assert (tmp_path / "out" / "work" / "config.json").exists()
+    fixed = PipelineConfig.from_dict({**base, "safety": {"classifier": None}})
+    rows = load(run(fixed, quiet=True))
+    assert len(rows) == 5 and all(r["fate"] == "kept" for r in rows)
+    # once a run has results, another configuration is still refused: results are never mixed
+    other = PipelineConfig.from_dict({**base, "safety": {"classifier": None}, "dedup": {"alpha": 0.5}})
+    with pytest.raises(ValueError, match="another configuration"):
+        run(other, quiet=True)
+
+
 @pytest.mark.slow
 def test_train_reads_the_pipeline_shards_with_their_captions_and_weights(curated, tmp_path, tiny):
     from limner.train.data import DataConfig, load_records

@@ -1,4 +1,4 @@
-"""`limner data run | demo | report`: curate image-text data and see what each stage did."""
+"""`limner data init | run | demo | report`: curate image-text data and see what each stage did."""
 from __future__ import annotations
 
 import json
@@ -22,6 +22,18 @@ def cmd_run(a) -> int:
     rows = load(manifest)
     print(json.dumps(summary(rows)) if a.json else table(rows))
     print(manifest)
+    return 0
+
+
+def cmd_init(a) -> int:
+    from ..data.template import write_template
+
+    config, cfg, parts = write_template(a.data, a.config, a.out_dir, a.force)
+    found = (f"{sum(len(s.members) for s in parts)} images" if cfg.source.kind == "folder"
+             else f"{len(parts)} {cfg.source.kind} shard(s)")
+    print(f"wrote {config}: {cfg.source.kind} source {cfg.source.path} ({found}), output to {cfg.out_dir}")
+    print(f"run it as it is with `limner data run {config}`, or edit its stages first (every key is there, "
+          f"with its default)")
     return 0
 
 
@@ -67,6 +79,12 @@ def cmd_report(a) -> int:
 def add_parser(sub) -> None:
     d = sub.add_parser("data", help="curate image-text data: filter, deduplicate, recaption, scrub")
     ds = d.add_subparsers(dest="data_verb", required=True)
+    i = ds.add_parser("init", help="write a pipeline config for your own images that runs as written")
+    i.add_argument("data", help="a folder of images (.txt/.json side files), of WebDataset .tar shards, or a .parquet")
+    i.add_argument("--config", help="the YAML file to write (default: DATA-curate.yaml in this folder)")
+    i.add_argument("--out-dir", help="where the run writes shards and manifest (default: DATA-curated beside DATA)")
+    i.add_argument("--force", action="store_true", help="overwrite the config file if it exists")
+    i.set_defaults(fn=cmd_init)
     r = ds.add_parser("run", help="run (or resume) a curation pipeline from a YAML config")
     r.add_argument("config")
     r.add_argument("--executor", choices=["local", "ray"])

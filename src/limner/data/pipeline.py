@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -95,7 +96,8 @@ class PipelineConfig:
     def load(cls, path: str | Path) -> "PipelineConfig":
         path = Path(path)
         if not path.exists():
-            raise FileNotFoundError(f"pipeline config {path} does not exist (see configs/data-demo.yaml)")
+            raise FileNotFoundError(f"pipeline config {path} does not exist (`limner data init FOLDER` writes "
+                                    f"one for a folder of images)")
         return cls.from_dict(yaml.safe_load(path.read_text()) or {}, str(path))
 
     @classmethod
@@ -409,22 +411,47 @@ def _results(cfg: PipelineConfig, tasks: list[tuple]):
                 yield fut.result()
 
 
+def _has_results(out: Path) -> bool:
+    """Whether a run in `out` finished any piece of work (a shard's analysis, the dedup decisions, a shard's
+    tar, the manifest): what a run with another configuration must not be mixed with."""
+    work = out / "work"
+    return (any(work.glob("analysed-*.parquet")) or (work / "decisions.json").exists()
+            or any(work.glob("written-*.parquet")) or any((out / "shards").glob("*.tar")) or (out / MANIFEST).exists())
+
+
+def _check_classifier_folders(cfg: PipelineConfig) -> None:
+    """A CLIP checker folder that is not there fails now, in words, not in the first worker."""
+    for section, specs in (("safety.classifier", cfg.safety.classifier), ("ai_generated.classifier",
+                                                                          cfg.ai_generated.classifier)):
+        for spec in specs if isinstance(specs, list) else [specs]:
+            path = spec.get("path") if isinstance(spec, dict) else (spec or "").partition(":")[2] or None
+            if path and not Path(path).exists():
+                hint = (" It is the demo's stand-in checker, which only `limner data demo` makes: remove that "
+                        "entry, or start from `limner data init FOLDER`." if "standin-checker" in path else "")
+                raise FileNotFoundError(f"{section}: no checker folder at {path}.{hint}")
+
+
 def run(cfg: PipelineConfig, quiet: bool = False) -> Path:
     """Run (or resume) the pipeline; returns the manifest's path."""
     if cfg.boxes.detector:  # a wrong folder fails now, not after the analysis pass
         from .boxes import detector_kind
 
         detector_kind(cfg.boxes.detector)
+    _check_classifier_folders(cfg)
+    parts = shards(cfg.source)   # a wrong source fails here, before out_dir holds anything
     out = Path(cfg.out_dir)
     work = out / "work"
     work.mkdir(parents=True, exist_ok=True)
     stamp = work / "config.json"
     if stamp.exists() and json.loads(stamp.read_text())["fingerprint"] != _fingerprint(cfg):
-        raise ValueError(f"{out} holds a run with another configuration; choose a new out_dir, or delete "
-                         f"{out} to start over (finished shards are reused only with the same configuration)")
+        if _has_results(out):
+            raise ValueError(f"{out} holds a run with another configuration; choose a new out_dir, or delete "
+                             f"{out} to start over (finished shards are reused only with the same configuration)")
+        # the earlier run failed before it finished any shard: nothing to mix, so this configuration takes over
+        if not quiet:
+            print(f"{out}: the earlier run there wrote nothing; starting over with this configuration", file=sys.stderr)
     write_atomic(stamp, json.dumps({"fingerprint": _fingerprint(cfg), "config": cfg.to_dict()}, default=str))
     cfg_d = cfg.to_dict()
-    parts = shards(cfg.source)
 
     analysed = [work / f"analysed-{s.index:05d}.parquet" for s in parts]
     _run_tasks(cfg, [("analyse", cfg_d, dataclasses.asdict(s), str(p)) for s, p in zip(parts, analysed) if not p.exists()],
