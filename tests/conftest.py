@@ -90,9 +90,10 @@ def tiny_clip(tmp_path_factory):
     from transformers import CLIPModel, CLIPTokenizer
 
     path = tmp_path_factory.mktemp("tiny-clip")
-    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
-    for suffix in ("", "</w>"):
-        vocab.update({c + suffix: len(vocab) for c in string.ascii_lowercase})
+    # one id per token: a comprehension reading len(vocab) as it updates would give every letter the same id,
+    # and the saved tokenizer would then read every text as <|endoftext|>
+    tokens = ["<|startoftext|>", "<|endoftext|>", *string.ascii_lowercase, *(c + "</w>" for c in string.ascii_lowercase)]
+    vocab = {t: i for i, t in enumerate(tokens)}
     CLIPTokenizer(vocab=vocab, merges=[]).save_pretrained(path)
     torch.manual_seed(0)
     CLIPModel(make_tiny_clip_config()).save_pretrained(path)

@@ -118,12 +118,25 @@ def test_clip_checker_flags_the_concept_image_only(tiny_clip, tmp_path, two_imag
     assert not va.allowed and va.label == "bad" and vb.allowed
 
 
+def test_tiny_clip_tokenizer_reads_the_text(tiny_clip):
+    """The tiny CLIP's tokenizer must give each letter its own id: one that reads every text as <|endoftext|>
+    (as it once did) gives every concept phrase the same embedding, and the text tests below test nothing."""
+    from transformers import CLIPTokenizer
+
+    tok = CLIPTokenizer.from_pretrained(tiny_clip)
+    ids = tok(["a red cat", "two blue squares"])["input_ids"]
+    assert ids[0] != ids[1] and tok.unk_token_id not in ids[0][1:-1] + ids[1][1:-1], ids
+    assert tok.decode(ids[0], skip_special_tokens=True) == "a red cat"
+
+
 def test_clip_checker_text_concepts_and_spec(tiny_clip, tmp_path, two_images):
     from safetensors.torch import save_file
 
     a, b = two_images()
     checker = ClipSafetyChecker(tiny_clip, concepts={"cat": {"text": "a red cat", "threshold": 0.5}})
     text = checker.embed_text(["a red cat"])
+    # concepts are told apart by their words (a tokenizer that reads every text alike would make them equal)
+    assert float(text[0] @ checker.embed_text(["two blue squares"])[0]) < 0.99
     scores = checker.scores([a, b])
     expected = (checker.embed([a, b]) @ text.T).squeeze(1)
     assert [s["cat"] for s in scores] == pytest.approx(expected.tolist(), abs=1e-5)
