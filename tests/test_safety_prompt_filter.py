@@ -240,13 +240,38 @@ def test_obfuscations_keep_the_meaning():
     assert normalise(redteam.obfuscate(prompt, "zero_width")) == prompt
 
 
-def test_redteam_sets_are_held_out():
+def redteam_sets() -> dict[str, list[str]]:
+    """Every red-team set, flat: unsafe, paraphrase, each language, benign_hard."""
     rt = redteam.load_redteam()
+    flat = {"unsafe": [p for ps in rt["unsafe"].values() for p in ps],
+            "paraphrase": [p for ps in rt["paraphrase"].values() for p in ps], "benign_hard": rt["benign_hard"]}
+    return flat | {f"language_{k}": [p for ps in cats.values() for p in ps] for k, cats in rt["languages"].items()}
+
+
+def test_redteam_sets_are_held_out():
+    """No red-team prompt is one of the policy's own sentences (category examples, benign examples, allow
+    phrases): those would be scored against themselves."""
     policy = pf.load_policy()
-    examples = {e.lower() for c in policy["categories"].values() for e in c.get("examples", [])}
-    for sets in (rt["unsafe"], rt["paraphrase"]):
-        assert not examples & {p.lower() for ps in sets.values() for p in ps}
-    assert all(len(ps) >= 25 for ps in rt["unsafe"].values())
+    own = {e.lower() for c in policy["categories"].values() for e in c.get("examples", [])}
+    own |= {e.lower() for e in policy.get("benign_examples", [])} | {a.lower() for a in policy.get("allow", [])}
+    for name, prompts in redteam_sets().items():
+        assert not own & {p.lower() for p in prompts}, name
+    assert all(len(ps) >= 25 for ps in redteam.load_redteam()["unsafe"].values())
+
+
+@pytest.mark.xfail(strict=True, reason="issue 26: 11 of the 70 paraphrases are caught by the word lists or "
+                                      "combinations (some by phrases such as 'end it all', 'shot dead', "
+                                      "'immigrants + cockroaches' that only the paraphrase set uses), so the "
+                                      "paraphrase figure partly measures the lists; the filter's owner rewrites "
+                                      "the sets or the lists, then removes this mark")
+def test_paraphrases_are_not_caught_by_the_term_lists(lexical):
+    """redteam_prompts.yaml promises that the paraphrase set avoids the policy's listed words, so that its block
+    rate measures how the semantic layer generalises; a paraphrase the word lists or combinations catch breaks
+    that promise, whether the prompt used a listed word or the lists learned the prompt."""
+    paraphrases = redteam_sets()["paraphrase"]
+    caught = {p: f"{v.layer}: {v.matched}" for p, v in zip(paraphrases, lexical.check_many(paraphrases))
+              if not v.allowed}
+    assert not caught, caught
 
 
 def test_eval_figures_are_computed(full, benchmarks, tmp_path, capsys):
