@@ -75,13 +75,38 @@ def test_world_sample_and_score_round_trip(tmp_path):
     assert summary["scene"]["n"] == 12 and summary["scene"]["correct"] == 1.0
 
 
+def png_with_prompt(scene, prompt: str, path, size: int = 96):
+    """A rendered scene saved as `limner generate` saves images: the prompt in the `parameters` chunk."""
+    from limner.safety.provenance import png_parameters
+    from limner.world.scene import render
+
+    render(scene, size).save(path, pnginfo=png_parameters({"prompt": prompt, "seed": 0}))
+
+
 @pytest.mark.slow
 def test_world_score_reads_generated_prompts(tmp_path):
-    limner("generate", "two blue squares", "--steps", "6", "--output", str(tmp_path / "g" / "a.png"))
-    res = limner("world", "score", str(tmp_path / "g"), "--json")
+    """`world score` reads each PNG's own prompt and scores what the image shows against it: a scene that
+    draws its prompt is right, one that draws something else is wrong, and a generated image gets the
+    scores the Python scorer gives it."""
+    from limner.world.parse import parse_prompt
+    from limner.world.scene import Obj, Scene
+    from limner.world.scorer import detect, score
+
+    folder = tmp_path / "g"
+    assert limner("generate", "two blue squares", "--steps", "6", "--output", str(folder / "a.png")).returncode == 0
+    squares = Scene("ivory", [Obj("square", "blue", "large", 0.3, 0.5), Obj("square", "blue", "large", 0.7, 0.5)])
+    circles = Scene("ivory", [Obj("circle", "red", "large", x, 0.5) for x in (0.2, 0.5, 0.8)])
+    png_with_prompt(squares, "two blue squares", folder / "b.png")
+    png_with_prompt(circles, "two blue squares", folder / "c.png")    # the prompt asks for what is not there
+    png_with_prompt(circles, "three red circles", folder / "d.png")
+    res = limner("world", "score", str(folder), "--json")
     assert res.returncode == 0, res.stderr
-    rows = json.loads(res.stdout)["images"]
-    assert len(rows) == 1 and rows[0]["prompt"] == "two blue squares" and isinstance(rows[0]["count_ok"], bool)
+    rows = {r["image"]: r for r in json.loads(res.stdout)["images"]}
+    assert [rows[f"{k}.png"]["prompt"] for k in "abcd"] == ["two blue squares"] * 3 + ["three red circles"]
+    verdicts = [(rows[f"{k}.png"]["count_ok"], rows[f"{k}.png"]["correct"]) for k in "bcd"]
+    assert verdicts == [(True, True), (False, False), (True, True)]
+    generated = score(detect(Image.open(folder / "a.png")), parse_prompt("two blue squares"))
+    assert {k: rows["a.png"][k] for k in generated} == json.loads(json.dumps(generated))
     assert limner("world", "score", str(tmp_path / "nothing")).returncode == 2
 
 
