@@ -57,10 +57,11 @@ class State:
             self.load_error = f"the model {self.config.model!r} failed to load: {type(e).__name__}: {e}"
 
     def ready_queue(self) -> JobQueue:
+        if self.load_error:
+            raise ApiError(503, self.load_error, "server_error", code="model_load_failed", reason="not_ready")
         if self.queue is None:
-            message = self.load_error or f"the model {self.config.model!r} is still loading: retry shortly"
-            raise ApiError(503, message, "server_error", code="model_not_ready", headers={"Retry-After": "2"},
-                           reason="not_ready")
+            raise ApiError(503, f"the model {self.config.model!r} is still loading: retry shortly", "server_error",
+                           code="model_not_ready", headers={"Retry-After": "2"}, reason="not_ready")
         return self.queue
 
 
