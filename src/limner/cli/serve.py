@@ -2,13 +2,21 @@
 from __future__ import annotations
 
 
+FLAGS = {"queue_size": "queue", "max_batch": "max_batch", "job_timeout_s": "job_timeout", "result_ttl_s": "result_ttl",
+         "max_n": "max_n", "max_steps": "max_steps", "max_prompt_chars": "max_prompt_chars",
+         "api_key_file": "api_key_file", "rate_limit_per_minute": "rate_limit"}   # ServeConfig field -> flag
+
+
 def config_of(a):
     from ..serve.config import ServeConfig
 
-    return ServeConfig(model=a.model, queue_size=a.queue, max_batch=a.max_batch, job_timeout_s=a.job_timeout,
-                       result_ttl_s=a.result_ttl, max_n=a.max_n, max_steps=a.max_steps,
-                       max_prompt_chars=a.max_prompt_chars, api_key_file=a.api_key_file,
-                       rate_limit_per_minute=a.rate_limit)
+    try:
+        return ServeConfig(model=a.model, **{field: getattr(a, flag) for field, flag in FLAGS.items()})
+    except ValueError as e:   # name the flag the user typed, not the config field
+        message = str(e)
+        for field, flag in FLAGS.items():
+            message = message.replace(field, "--" + flag.replace("_", "-"))
+        raise ValueError(message) from None
 
 
 def cmd_serve(a) -> int:

@@ -24,6 +24,8 @@ def digest(key: str) -> str:
 
 
 def read_digests(path: str | Path) -> set[str]:
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"no API key file at {str(path)!r}: make one with `limner serve --new-key {path}`")
     digests = set()
     for n, line in enumerate(Path(path).read_text().splitlines(), 1):
         word = line.split("#", 1)[0].split()
