@@ -295,8 +295,53 @@ def test_resume_after_kill_continues_exactly(trained, tmp_path):
     assert torch.allclose(outs[0], outs[2], atol=1e-4) and torch.allclose(outs[1], outs[3], atol=1e-4)
 
 
+# The shipped denoiser task draws each rank's noise, timesteps and caption picks from a stream seeded by its
+# rank, so two processes of B images do not repeat one process of 2B. This task takes every draw from the
+# global batch and keeps its rank's rows, so the loop itself (batch sharding, DDP's gradient averaging,
+# FSDP's sharded parameters and optimizer, the all-reduced loss, checkpoint gathering) must give one
+# process's numbers.
+GLOBAL_DRAWS = """
+import sys
+
+import torch
+
+from limner.train import load_config
+from limner.train.data import batch_indices
+from limner.train.denoiser import DenoiserTask, batch
+from limner.train.loop import train
+
+
+class GlobalDraws(DenoiserTask):
+    def batch(self, step, rank, world):
+        b = self.cfg.batch_size
+        idx = batch_indices(len(self.records), step, b * world, self.cfg.seed, 0, 1, self.weights)
+        x0, states, mask, ground = batch(self.cfg, self.records, self.latents, self.text, idx, step, self.ground)
+        rows = slice(rank * b, (rank + 1) * b)
+        # this rank's images are the ones the shipped task's sharding gives it
+        assert (batch_indices(len(self.records), step, b, self.cfg.seed, rank, world, self.weights) == idx[rows]).all()
+        self.step, self.rows, self.total = step, rows, b * world
+        return x0[rows], states[rows], mask[rows], None if ground is None else tuple(g[rows] for g in ground)
+
+    def loss(self, net, batch, gen, world):
+        x0, states, mask, ground = batch
+        draws = torch.Generator().manual_seed(self.step)
+        t = torch.rand(self.total, generator=draws)[self.rows]
+        noise = torch.randn((self.total, *x0.shape[1:]), generator=draws)[self.rows]
+        xt = (1 - t.view(-1, 1, 1, 1)) * x0 + t.view(-1, 1, 1, 1) * noise
+        v = net(xt, t, states, mask) if ground is None else net(xt, t, states, mask, ground)
+        return ((v.float() - (noise - x0)) ** 2).mean()
+
+
+train(load_config(sys.argv[1], overrides=sys.argv[2:]), GlobalDraws, quiet=True)
+"""
+
+
 @pytest.mark.slow
 def test_distributed_two_processes_ddp_and_fsdp_agree(trained, tmp_path):
+    """The CLI under torchrun trains the shipped task with DDP and with FSDP alike; and the loop, given draws
+    indexed by global sample (GLOBAL_DRAWS), trains two processes of 8 images exactly as one process of 16."""
+    from limner.models.dit import DiT
+
     tmp, ae, _ = trained
     losses = {}
     for mode in ("ddp", "fsdp"):
@@ -314,6 +359,34 @@ def test_distributed_two_processes_ddp_and_fsdp_agree(trained, tmp_path):
         assert len(losses[mode]) == 2 and all(np.isfinite(losses[mode]))
     # sharded and replicated training are the same computation
     assert np.allclose(losses["ddp"], losses["fsdp"], atol=1e-4)
+    script = tmp_path / "global_draws.py"
+    script.write_text(GLOBAL_DRAWS)
+    runs = {"one": (1, "ddp", 16), "ddp": (2, "ddp", 8), "fsdp": (2, "fsdp", 8)}   # 16 images a step in each
+    exact, outputs = {}, {}
+    cfg = tiny_model(text_dim=384)
+    x, t = torch.randn(4, 4, 16, 16, generator=torch.Generator().manual_seed(1)), torch.tensor([0.2, 0.4, 0.6, 0.8])
+    s, mask = torch.randn(4, 7, 384, generator=torch.Generator().manual_seed(2)), torch.ones(4, 7, dtype=torch.bool)
+    for name, (procs, mode, batch) in runs.items():
+        out = tmp_path / f"exact-{name}"
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(procs),
+               str(script), str(ROOT / "configs/denoiser-tiny.yaml"), f"out_dir={out}", f"autoencoder={ae}",
+               f"data.cache_dir={tmp / 'cache'}", "threads=1", "steps=8", "log_every=1", "sample_every=1000",
+               f"batch_size={batch}", f"distributed={mode}"]
+        res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+        assert res.returncode == 0, res.stderr[-3000:]
+        exact[name] = [m["loss"] for m in metrics(out) if "loss" in m]
+        ck = torch.load(out / "checkpoint.pt", weights_only=False)
+        assert ck["step"] == 8 and len(exact[name]) == 8
+        model = DiT(cfg)
+        model.load_state_dict(ck["model"])
+        with torch.no_grad():
+            outputs[name] = model(x, t, s, mask)
+    # the same losses step by step and the same function at the end, up to float summation order
+    for name in ("ddp", "fsdp"):
+        assert np.allclose(exact[name], exact["one"], rtol=1e-4, atol=1e-5), (name, exact[name], exact["one"])
+        gap = (outputs[name] - outputs["one"]).abs().max().item()
+        assert gap < 1e-4, (name, gap)
+    assert not np.allclose(exact["one"][0], exact["one"][-1])   # it trained
 
 
 def write_shard(path: Path, n: int):
