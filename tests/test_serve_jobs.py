@@ -132,6 +132,20 @@ def test_same_shape_jobs_are_drawn_together_up_to_max_batch(queue_of):
     assert [j.images[0].info["parameters"]["prompt"] for j in same] == ["s0", "s1", "s2", "s3", "s4"]
 
 
+def test_jobs_sent_together_wait_the_batch_window_for_each_other(queue_of):
+    waits = queue_of(batch_window_s=0.3)
+    first = waits.submit(spec("first"))
+    time.sleep(0.02)
+    second = waits.submit(spec("second"))
+    wait(first), wait(second)
+    assert waits.engine.batches == [["first", "second"]]
+    eager = queue_of(batch_window_s=0)
+    first = eager.submit(spec("first"))
+    time.sleep(0.02)
+    wait(first), wait(eager.submit(spec("second")))
+    assert eager.engine.batches == [["first"], ["second"]]
+
+
 def test_jobs_past_their_deadline_fail_with_timeout(queue_of):
     q = queue_of(job_timeout_s=0.3, max_batch=1)
     q.engine.step_s = 0.05

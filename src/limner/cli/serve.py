@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 
-FLAGS = {"queue_size": "queue", "max_batch": "max_batch", "job_timeout_s": "job_timeout", "result_ttl_s": "result_ttl",
+FLAGS = {"queue_size": "queue", "max_batch": "max_batch", "batch_window_s": "batch_window", "job_timeout_s": "job_timeout", "result_ttl_s": "result_ttl",
          "max_n": "max_n", "max_steps": "max_steps", "max_prompt_chars": "max_prompt_chars",
          "api_key_file": "api_key_file", "rate_limit_per_minute": "rate_limit"}   # ServeConfig field -> flag
 
@@ -47,6 +47,8 @@ def add_parser(sub) -> None:
     s.add_argument("--port", type=int, default=8000)
     s.add_argument("--queue", type=int, default=16, help="jobs that may wait; one more gets 429 at once [16]")
     s.add_argument("--max-batch", type=int, default=8, help="images drawn together from same-shape jobs (1: off) [8]")
+    s.add_argument("--batch-window", type=float, default=0.02,
+                   help="seconds the worker waits for same-shape jobs to fill a batch [0.02]")
     s.add_argument("--job-timeout", type=float, default=300, help="seconds from submission before a job fails [300]")
     s.add_argument("--result-ttl", type=float, default=3600, help="seconds results stay at their URLs [3600]")
     s.add_argument("--max-n", type=int, default=10, help="images per request [10]")

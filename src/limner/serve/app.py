@@ -115,12 +115,7 @@ def create_app(config: ServeConfig | None = None, engine_factory=None) -> FastAP
         return JSONResponse({"error": {"message": message, "type": "invalid_request_error", "param": None,
                                        "code": None}}, status_code=e.status_code)
 
-    @app.middleware("http")
-    async def _count_requests(request: Request, call_next):
-        response = await call_next(request)
-        route = request.scope.get("route")
-        state.metrics.requests.labels(getattr(route, "path", "unmatched"), str(response.status_code)).inc()
-        return response
+    app.add_middleware(CountRequests, metrics=state.metrics)
 
     # ------------------------------------------------------------------------------------------ helpers
 
@@ -139,21 +134,27 @@ def create_app(config: ServeConfig | None = None, engine_factory=None) -> FastAP
                            code="rate_limit_exceeded", headers={"Retry-After": str(max(1, round(wait + 0.5)))},
                            reason="rate_limit")
 
+    def queue_full(e: QueueFull) -> ApiError:
+        return ApiError(429, str(e), "rate_limit_error", code="queue_full", headers={"Retry-After": str(e.retry_after)},
+                        reason="queue_full")
+
     async def submit(body, previews: int) -> Job:
         queue = state.ready_queue()
         spec = job_spec(body, state.engine, state.config, previews)
         try:
+            queue.check_room()   # a full queue refuses before the prompt filter runs: 429 stays instant
             await run_in_threadpool(state.engine.check_prompt, spec.prompt)
         except ValueError as e:
             if getattr(e, "code", None) == "content_policy_violation":
                 raise ApiError(400, str(e), param="prompt", code="content_policy_violation",
                                reason="content_policy") from None
             raise ApiError(400, str(e), param="prompt", code="invalid_value") from None
+        except QueueFull as e:
+            raise queue_full(e) from None
         try:
             return queue.submit(spec)
         except QueueFull as e:
-            raise ApiError(429, str(e), "rate_limit_error", code="queue_full",
-                           headers={"Retry-After": str(e.retry_after)}, reason="queue_full") from None
+            raise queue_full(e) from None
 
     def job_of(job_id: str) -> Job:
         job = state.ready_queue().get(job_id)
@@ -366,6 +367,31 @@ def create_app(config: ServeConfig | None = None, engine_factory=None) -> FastAP
         return resources.files(__package__).joinpath("page.html").read_text(encoding="utf-8")
 
     return app
+
+
+class CountRequests:
+    """Counts and times requests by route and status: plain ASGI, as Starlette's BaseHTTPMiddleware costs
+    each request a task group and memory streams, which a burst of 200 clients feels."""
+
+    def __init__(self, app, metrics):
+        self.app, self.metrics = app, metrics
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        began, status = time.perf_counter(), []
+
+        async def sending(message):
+            if message["type"] == "http.response.start":
+                status.append(message["status"])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, sending)
+        finally:
+            labels = (getattr(scope.get("route"), "path", "unmatched"), str(status[0] if status else 500))
+            self.metrics.requests.labels(*labels).inc()
+            self.metrics.http_seconds.labels(*labels).observe(time.perf_counter() - began)
 
 
 # ----------------------------------------------------------------------------------------------- output

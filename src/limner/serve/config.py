@@ -9,6 +9,7 @@ class ServeConfig:
     model: str = "shapes-default"      # a shipped name or a limner model folder
     queue_size: int = 16               # jobs waiting to run; one more gets 429 + Retry-After at once
     max_batch: int = 8                 # images drawn in one pipeline call from same-shape jobs (1: no batching)
+    batch_window_s: float = 0.02       # how long the worker waits for a batch to fill (2% of a 1 s request)
     job_timeout_s: float = 300.0       # from submission: a job not finished by then fails with code "timeout"
     result_ttl_s: float = 3600.0       # finished jobs and their image URLs are kept this long
     max_finished_jobs: int = 1000      # ... and at most this many (oldest go first), so memory stays bounded
@@ -22,6 +23,8 @@ class ServeConfig:
         for name in ("queue_size", "max_batch", "max_finished_jobs", "max_prompt_chars", "max_n", "max_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, not {getattr(self, name)}")
+        if self.batch_window_s < 0:
+            raise ValueError(f"batch_window_s must be 0 or more, not {self.batch_window_s}")
         for name in ("job_timeout_s", "result_ttl_s", "rate_limit_per_minute"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be above 0, not {getattr(self, name)}")

@@ -162,10 +162,14 @@ class JobQueue:
     def running(self) -> int:
         return len(self._running)
 
+    def check_room(self) -> None:
+        """Raise QueueFull if a job submitted now would be refused."""
+        if len(self._queue) >= self.config.queue_size:
+            raise QueueFull(max(1, math.ceil(self._batch_seconds)), self.config.queue_size)
+
     def submit(self, spec: JobSpec) -> Job:
         with self._cv:
-            if len(self._queue) >= self.config.queue_size:
-                raise QueueFull(max(1, math.ceil(self._batch_seconds)), self.config.queue_size)
+            self.check_room()
             job = Job(spec, self.config.job_timeout_s)
             self._jobs[job.id] = job
             self._queue.append(job)
@@ -220,22 +224,34 @@ class JobQueue:
                 if self._stopped:
                     return None
                 self._expire()
-                if self._queue:
-                    break
-                self._cv.wait(timeout=1.0)   # wake now and then to let old results go
-            head = self._queue.popleft()
-            batch, images = [head], head.spec.shape.n
-            for job in list(self._queue):
-                if job.spec.shape == head.spec.shape and images + job.spec.shape.n <= self.config.max_batch:
-                    self._queue.remove(job)
-                    batch.append(job)
-                    images += job.spec.shape.n
+                if not self._queue:
+                    self._cv.wait(timeout=1.0)   # wake now and then to let old results go
+                    continue
+                # requests sent together arrive a few ms apart: wait that long for the head's batch to fill
+                end = time.monotonic() + self.config.batch_window_s
+                while not self._stopped and self._queue and time.monotonic() < end \
+                        and sum(j.spec.shape.n for j in self._batch_of(self._queue[0])) < self.config.max_batch:
+                    self._cv.wait(max(0.0, end - time.monotonic()))
+                if self._queue and not self._stopped:
+                    break   # (else stopped, or everything was cancelled meanwhile: look again)
+            batch = self._batch_of(self._queue[0])
+            for job in batch:
+                self._queue.remove(job)
             for job in batch:
                 job.status, job.started = JobStatus.RUNNING, time.time()
             self._running = batch
             self._announce_positions()
         for job in batch:
             job.publish({"event": "started", "batch": len(batch)})
+        return batch
+
+    def _batch_of(self, head: Job) -> list[Job]:
+        """The head and the queued jobs of its shape after it, up to max_batch images (the head always)."""
+        batch, images = [head], head.spec.shape.n
+        for job in self._queue:
+            if job is not head and job.spec.shape == head.spec.shape and images + job.spec.shape.n <= self.config.max_batch:
+                batch.append(job)
+                images += job.spec.shape.n
         return batch
 
     def _draw(self, batch: list[Job]) -> None:

@@ -25,6 +25,10 @@ class Metrics:
                                 registry=self.registry)
         self.requests = Counter("limner_http_requests", "HTTP requests by route and status code",
                                 ["route", "code"], registry=self.registry)
+        self.http_seconds = Histogram("limner_http_request_seconds", "request to response (a stream: to its end), "
+                                      "by route and status code", ["route", "code"],
+                                      buckets=(0.005, 0.01, 0.025, 0.05, 0.1) + LATENCY_BUCKETS[2:],
+                                      registry=self.registry)
 
     def job_finished(self, job) -> None:
         status = job.status.value
