@@ -180,6 +180,17 @@ def test_full_queue_answers_429_at_once_and_the_client_retries(server, client):
     assert httpx.delete(f"{server}/v1/jobs/{busy['id']}").json()["error"]["code"] == "job_finished"
 
 
+def test_a_client_that_hangs_up_cancels_its_request(server):
+    before = metric(server, "limner_jobs_total", status="cancelled")
+    with pytest.raises(httpx.TimeoutException):
+        httpx.post(server + "/v1/images/generations", json={"prompt": "two red circles", "steps": 100}, timeout=1.0)
+    end = time.monotonic() + 10
+    while metric(server, "limner_jobs_total", status="cancelled") == before and time.monotonic() < end:
+        time.sleep(0.1)
+    assert metric(server, "limner_jobs_total", status="cancelled") == before + 1
+    assert httpx.get(server + "/readyz").json()["queue_depth"] == 0
+
+
 def test_job_progress_and_previews_over_sse(server):
     from httpx_sse import connect_sse
 

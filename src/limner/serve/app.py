@@ -177,11 +177,12 @@ def create_app(config: ServeConfig | None = None, engine_factory=None) -> FastAP
         try:
             while not job.done:
                 try:
-                    await asyncio.wait_for(events.get(), timeout=1.0)
+                    await asyncio.wait_for(events.get(), timeout=0.5)
                 except asyncio.TimeoutError:
-                    if await request.is_disconnected():
-                        state.queue.cancel(job.id)
-                        return
+                    pass
+                if await request.is_disconnected():   # looked at twice a second, events or not
+                    state.queue.cancel(job.id)
+                    return
         finally:
             job.unsubscribe(events)
 

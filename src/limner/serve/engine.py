@@ -27,7 +27,9 @@ class Engine:
         self.default_steps = int(self.pipe.defaults.get("steps", 20))
         self.default_guidance = float(self.pipe.defaults.get("guidance", 3.0))
         self._preview_filter = _image_filter(self.pipe.guard.config.image_filter)
-        self.check_prompt("a red circle")   # loads the prompt filter now, not inside the first request
+        # one tiny drawing now loads what the first call loads lazily (prompt and image filters, planner,
+        # phrase embedder), so /readyz means ready and the first request is as fast as the rest
+        self.generate(Shape("", 1, self.default_guidance, 1), ["a red circle"], [0])
 
     def check_prompt(self, prompt: str) -> None:
         """Raises PromptBlocked (code content_policy_violation) before a job is queued."""
