@@ -8,21 +8,12 @@ intervals. The scorer only grades here; generation runs the model's own default 
 """
 import argparse
 import json
-import math
 import time
 
 from limner.pipeline import Pipeline
 from limner.safety.guard import SafetyConfig
 from limner.world import suites, unseen_wordings
-from limner.world.evaluate import run_suites
-
-
-def wilson(hits: float, n: int, z: float = 1.96) -> tuple[float, float]:
-    if n == 0:
-        return 0.0, 1.0
-    p = hits / n
-    centre, half = p + z * z / (2 * n), z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
-    return (centre - half) / (1 + z * z / n), (centre + half) / (1 + z * z / n)
+from limner.world.evaluate import run_suites, wilson
 
 
 ap = argparse.ArgumentParser()

@@ -70,6 +70,78 @@ def test_decoding_keeps_boxes_inside_the_canvas_and_apart():
     assert gmask.sum(1).tolist() == [len(lay) for lay in layouts]
 
 
+def test_coarse_terms_score_the_span_a_place_falls_in():
+    """Two place distributions with the same fine-bin likelihood of the truth: the coarse terms prefer the one
+    whose mass sits in the truth's half (what a place word fixes), and without them the loss cannot tell."""
+    bins, target = 64, 40                               # the right half
+    near = torch.full((1, bins), -5.0)
+    far = near.clone()
+    near[0, 32:] = 0.0                                  # mass spread over the right half
+    far[0, :31] = 0.0                                   # ... over the left half (as many bins: same partition sum)
+    near[0, target] = far[0, target] = 2.0
+    tokens = torch.tensor([[0, 0, 0, target, 0]])       # a label, then w, h, x (the scored one), y
+    def logits(x_row):
+        coord = torch.full((1, 5, 4, bins), -5.0)
+        coord[0, :, :, 0] = 5.0                         # every other coordinate sure of bin 0 (right)
+        coord[0, 3, 2] = x_row[0]                       # the x slot's prediction
+        label = torch.full((1, 5, 3), -5.0)
+        label[0, :, 0] = 5.0
+        return label, coord
+    fine_near, fine_far = layout_loss(logits(near), tokens), layout_loss(logits(far), tokens)
+    assert abs(fine_near - fine_far) < 1e-4
+    assert layout_loss(logits(near), tokens, (2, 4)) < layout_loss(logits(far), tokens, (2, 4)) - 0.25
+    with pytest.raises(ValueError, match="does not divide"):
+        layout_loss(logits(near), tokens, (3,))
+
+
+def test_text_cache_blocks_reencode_only_new_blocks(tmp_path):
+    from limner.train.data import cached_text_blocks
+
+    class Counting:   # a stand-in encoder that counts what it encodes
+        name, max_length, seen = "counting", 16, 0
+
+        def encode(self, texts):
+            Counting.seen += len(texts)
+            return [torch.full((len(t) % 3 + 1, 2), float(len(t))) for t in texts]
+
+    first = [["a red circle", "two blue squares"], ["a red circle", "one green dot"]]
+    flat, offsets, index = cached_text_blocks(Counting(), first, str(tmp_path))
+    assert Counting.seen == 4 and set(index) == {"a red circle", "two blue squares", "one green dot"}
+    j = index["one green dot"]
+    assert torch.equal(flat[offsets[j] : offsets[j + 1]], torch.full((len("one green dot") % 3 + 1, 2), 13.0).half())
+    Counting.seen = 0
+    cached_text_blocks(Counting(), first + [["three yellow triangles"]], str(tmp_path))
+    assert Counting.seen == 1   # the first two blocks came from the cache
+
+
+def test_the_curriculum_draws_simple_scenes_with_placing_captions_first():
+    import numpy as np
+    from limner.train.planner import PlannerTask
+
+    cfg = load_config(ROOT / "configs/planner-default.yaml", overrides=["data.scenes=200", "data.easy_steps=5"])
+    task = PlannerTask.__new__(PlannerTask)   # the batches alone: no text encoder, no model
+    task.cfg = cfg
+    task.scenes, task.captions = scenes_and_captions(cfg.data)
+    texts = sorted({c for caps in task.captions for c in caps.values()})
+    # each text's "states" are one row holding its index (exact in fp16 below 2048), so a batch tells which
+    # captions it drew
+    task.text = (torch.arange(len(texts), dtype=torch.float32)[:, None].expand(-1, 384).half(),
+                 np.arange(len(texts) + 1), {t: j for j, t in enumerate(texts)})
+    task.tokens = torch.arange(len(task.scenes))[:, None]
+    def drawn(step):
+        scene_ids, states, _ = task.batch(step, 0, 1)
+        writers = [next(k for k, v in task.captions[i].items() if texts[int(row[0, 0])] == v)
+                   for i, row in zip(scene_ids[:, 0].tolist(), states)]
+        return [len(task.scenes[i].objects) for i in scene_ids[:, 0].tolist()], writers
+    for step in range(5):
+        sizes, writers = drawn(step)
+        assert max(sizes) <= cfg.data.easy_max_objects and set(writers) <= set(cfg.data.easy_captioners)
+    sizes, writers = zip(*(drawn(step) for step in range(5, 10)))
+    assert max(max(s) for s in sizes) > 2 and {"terse", "prose_count"} & {w for ws in writers for w in ws}
+    with pytest.raises(ValueError, match="easy_captioners"):
+        load_config(ROOT / "configs/planner-default.yaml", overrides=["data.captioners={terse: 1.0}"])
+
+
 @pytest.fixture(scope="module")
 def tiny_planner(tmp_path_factory):
     """A tiny planner trained by `limner train`'s path, attached to a copy of the shipped model."""

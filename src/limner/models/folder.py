@@ -96,6 +96,6 @@ def load_planner(path: str | Path, meta: dict, device: str = "cpu"):
 
     from .planner import Planner, PlannerConfig
 
-    planner = Planner(PlannerConfig(**meta["planner"]))
+    planner = Planner(PlannerConfig(**{"object_query": False, **meta["planner"]}))  # saved before the field: without
     planner.load_state_dict(load_file(Path(path) / "planner" / "planner.safetensors"))
     return planner.to(device).eval()

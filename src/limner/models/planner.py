@@ -31,6 +31,7 @@ class PlannerConfig:
     bins: int = 64
     max_objects: int = 8
     gap: float = 0.02     # decoding keeps boxes this far apart (Shapes World's spec) and inside the canvas
+    object_query: bool = True  # a box's positions also carry its object's label (planners saved before: False)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -54,6 +55,8 @@ class Planner(nn.Module):
         self.coord_emb = nn.Embedding(4 * cfg.bins, d)            # one table per coordinate slot
         self.slot_emb = nn.Embedding(len(SLOTS), d)               # the slot of the token being predicted
         self.object_emb = nn.Embedding(cfg.max_objects + 1, d)
+        if cfg.object_query:
+            self.current_emb = nn.Embedding(n_labels + 1, d)      # the label of the object whose box is predicted
         self.decoder = nn.TransformerDecoder(nn.TransformerDecoderLayer(**layer()), cfg.depth)
         self.norm = nn.LayerNorm(d)
         self.label_head = nn.Linear(d, n_labels + 1)
@@ -74,7 +77,14 @@ class Planner(nn.Module):
         x = torch.where((slot == 0)[None, :, None], self.label_emb(label), self.coord_emb(coord))
         x = torch.cat([self.bos.expand(b, 1, -1), x], 1)
         target = torch.arange(t + 1, device=tokens.device)
-        return x + self.slot_emb(target % len(SLOTS)) + self.object_emb((target // len(SLOTS)).clamp(max=self.cfg.max_objects))
+        x = x + self.slot_emb(target % len(SLOTS)) + self.object_emb((target // len(SLOTS)).clamp(max=self.cfg.max_objects))
+        # a box's positions carry its object's label, so that reading the text for "where is the small red
+        # circle" is one cross-attention step rather than a search back through the layout first
+        in_box = (target % len(SLOTS) > 0)[None, :, None]
+        if t and self.cfg.object_query:
+            current = tokens[:, (target // len(SLOTS) * len(SLOTS)).clamp(max=t - 1)].clamp(0, self.eos)
+            x = x + torch.where(in_box, self.current_emb(current), torch.zeros_like(x))
+        return x
 
     def read(self, states, mask):
         """The text as the decoder reads it (computed once per prompt batch when decoding)."""
@@ -89,9 +99,9 @@ class Planner(nn.Module):
         h = self.norm(self.decoder(x, memory, tgt_mask=causal, memory_key_padding_mask=~mask))
         return self.label_head(h), self.coord_head(h).unflatten(-1, (4, self.cfg.bins))
 
-    def loss(self, tokens, states, mask):
+    def loss(self, tokens, states, mask, coarse: tuple[int, ...] = ()):
         """Cross-entropy of every real token given the ones before it (-1 pads the end of a layout)."""
-        return layout_loss(self(tokens[:, :-1], states, mask), tokens)
+        return layout_loss(self(tokens[:, :-1], states, mask), tokens, coarse)
 
     # ------------------------------------------------------------------------------------------- layouts
 
@@ -175,9 +185,14 @@ class Planner(nn.Module):
         return torch.multinomial(logits.softmax(-1), 1, generator=gen)[0]
 
 
-def layout_loss(logits, tokens):
+def layout_loss(logits, tokens, coarse: tuple[int, ...] = ()):
     """`Planner.forward`'s logits on `tokens[:, :-1]` against `tokens` (a function of the outputs, so a
-    DDP-wrapped planner, whose forward must be the call, trains the same way)."""
+    DDP-wrapped planner, whose forward must be the call, trains the same way).
+
+    `coarse`: also score each coordinate at these coarser resolutions (the bins' probabilities summed into
+    2, 4, ... equal spans). A place word fixes a coordinate only to a span (half a canvas, a third), so the
+    fine bins alone give a weak, noisy signal; the coarse terms reward putting the mass in the right span,
+    which is what "to the left of" and "in the upper right" ask."""
     label_logits, coord_logits = logits
     slot = torch.arange(tokens.shape[1], device=tokens.device) % len(SLOTS)
     is_label = (slot == 0)[None].expand_as(tokens) & (tokens >= 0)
@@ -186,7 +201,14 @@ def layout_loss(logits, tokens):
     if is_coord.any():
         which = (slot - 1).clamp(min=0)[None].expand_as(tokens)[is_coord]
         picked = coord_logits[is_coord][torch.arange(int(is_coord.sum()), device=tokens.device), which]
-        loss = loss + F.cross_entropy(picked, tokens[is_coord])
+        target = tokens[is_coord]
+        loss = loss + F.cross_entropy(picked, target)
+        bins = picked.shape[-1]
+        for k in coarse:
+            if bins % k:
+                raise ValueError(f"coarse resolution {k} does not divide {bins} bins")
+            spans = picked.unflatten(-1, (k, bins // k)).logsumexp(-1)
+            loss = loss + F.cross_entropy(spans, target // (bins // k)) / len(coarse)
     return loss
 
 

@@ -190,6 +190,20 @@ def cached_text(encoder, texts: list[str], cache_dir: str | None, chunk: int = 4
     return torch.cat(flat), offsets, {t: j for j, t in enumerate(unique)}
 
 
+def cached_text_blocks(encoder, blocks: list[list[str]], cache_dir: str | None, show: bool = False):
+    """`cached_text` of each block, merged: a block's cache entries depend only on its own texts, so a dataset
+    that grows by whole blocks re-encodes only the new ones."""
+    flats, lengths, index = [], [], {}
+    for texts in blocks:
+        flat, offsets, idx = cached_text(encoder, texts, cache_dir, show=show)
+        for t, j in idx.items():
+            if t not in index:
+                index[t] = len(lengths)
+                flats.append(flat[offsets[j] : offsets[j + 1]])
+                lengths.append(int(offsets[j + 1] - offsets[j]))
+    return torch.cat(flats), np.concatenate([[0], np.cumsum(lengths)]), index
+
+
 @torch.no_grad()
 def cached_latents(vae, vae_id: str, records: list[Record], resolution: int, cache_dir: str | None,
                    chunk: int = 2048, show: bool = False) -> torch.Tensor:

@@ -1,6 +1,7 @@
 """Score a pipeline on the held-out Shapes World suites: the figures of the foundation issue."""
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 
 from .scene import Scene
@@ -50,3 +51,12 @@ def run_suites(pipe, per_cell: int = 25, suites=SUITES, seed: int = 0, steps=Non
                                    "placed": sum(r["positions"] for _, r in results) / n,      # objects in their cell
                                    "layout_by_relations": sum(r["by_relations"] for _, r in results) / n}
     return summary
+
+
+def wilson(hits: float, n: int, z: float = 1.96) -> tuple[float, float]:
+    """The 95% Wilson score interval of a success rate (sound at 0 and 1, unlike the normal one)."""
+    if n == 0:
+        return 0.0, 1.0
+    p = hits / n
+    centre, half = p + z * z / (2 * n), z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return max(0.0, (centre - half) / (1 + z * z / n)), min(1.0, (centre + half) / (1 + z * z / n))
