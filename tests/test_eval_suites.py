@@ -187,8 +187,6 @@ def test_every_public_suite_is_shipped_or_fetched():
     assert all(f"| {name} |" in readme for name in shipped) and all(f"- {name}:" in readme for name in suites.FETCHED)
 
 
-@pytest.mark.xfail(strict=True, reason="pyproject.toml's [tool.setuptools.package-data] needs \"eval/benchmarks/**/*\" "
-                                      "(only the lead edits it): until then a wheel would lack the shipped suites")
 def test_the_shipped_suites_are_package_data():
     import tomllib
 

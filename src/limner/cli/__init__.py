@@ -26,6 +26,7 @@ def main(argv=None) -> int:
     args = parser().parse_args(argv)
     try:
         return args.fn(args)
-    except (ValueError, FileNotFoundError, FileExistsError) as e:   # a user's mistake: one line, no traceback
+    # a user's mistake (or no network for a download): one line, no traceback
+    except (ValueError, FileNotFoundError, FileExistsError, ConnectionError) as e:
         print(f"limner: error: {e}", file=sys.stderr)
         return 2
