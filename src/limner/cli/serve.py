@@ -1,10 +1,19 @@
 """`limner serve`: the model over HTTP (OpenAI images API, jobs with progress, a web page at /)."""
 from __future__ import annotations
 
+import re
 
 FLAGS = {"queue_size": "queue", "max_batch": "max_batch", "batch_window_s": "batch_window", "job_timeout_s": "job_timeout", "result_ttl_s": "result_ttl",
          "max_n": "max_n", "max_steps": "max_steps", "max_prompt_chars": "max_prompt_chars",
          "api_key_file": "api_key_file", "rate_limit_per_minute": "rate_limit"}   # ServeConfig field -> flag
+RAY_FLAGS = {name: name for name in ("replicas", "max_replicas", "replica_cpus", "replica_gpus")}   # RayOptions
+
+
+def named_as_flags(message: str, flags: dict) -> str:
+    """A settings error as the user typed it: each field name becomes its flag, in one pass (so replicas
+    inside max_replicas is not renamed twice)."""
+    fields = "|".join(sorted(flags, key=len, reverse=True))
+    return re.sub(rf"\b({fields})\b", lambda m: "--" + flags[m.group(1)].replace("_", "-"), message)
 
 
 def config_of(a):
@@ -13,10 +22,7 @@ def config_of(a):
     try:
         return ServeConfig(model=a.model, **{field: getattr(a, flag) for field, flag in FLAGS.items()})
     except ValueError as e:   # name the flag the user typed, not the config field
-        message = str(e)
-        for field, flag in FLAGS.items():
-            message = message.replace(field, "--" + flag.replace("_", "-"))
-        raise ValueError(message) from None
+        raise ValueError(named_as_flags(str(e), FLAGS)) from None
 
 
 def cmd_serve(a) -> int:
@@ -33,10 +39,26 @@ def cmd_serve(a) -> int:
 
     from ..serve.app import create_app
 
+    if a.ray:
+        return serve_on_ray(a, config)
     app = create_app(config)   # reads the key file now: a bad one stops here, not at the first request
     print(f"limner serve: {a.model} on http://{a.host}:{a.port}/ (OpenAI API at /v1, docs at /openapi.json, "
           f"ready when /readyz answers 200)", flush=True)
     uvicorn.run(app, host=a.host, port=a.port, log_level=a.log_level)
+    return 0
+
+
+def serve_on_ray(a, config) -> int:
+    try:
+        from ..serve.ray_app import RayOptions, run
+    except ImportError as e:   # one line saying what to install, not a traceback
+        raise ValueError(str(e)) from None
+    try:
+        options = RayOptions(**{field: getattr(a, flag) for field, flag in RAY_FLAGS.items()})
+    except ValueError as e:
+        raise ValueError(named_as_flags(str(e), RAY_FLAGS)) from None
+    run(config, options, a.host, a.port, a.log_level, on_ready=lambda: print(
+        f"limner serve: {a.model} on Ray Serve, {a.replicas} replica(s), at http://{a.host}:{a.port}/", flush=True))
     return 0
 
 
@@ -60,5 +82,13 @@ def add_parser(sub) -> None:
     s.add_argument("--new-key", metavar="FILE", default=None,
                    help="make an API key, append its digest to FILE, print the key and exit")
     s.add_argument("--key-label", default="", help="with --new-key: a label written beside the digest")
+    s.add_argument("--ray", action="store_true",
+                   help="serve through Ray Serve: --replicas copies of the server behind one address (pip install "
+                        "'limner[ray]')")
+    s.add_argument("--replicas", type=int, default=2, help="with --ray: replicas to start [2]")
+    s.add_argument("--max-replicas", type=int, default=None,
+                   help="with --ray: let Ray autoscale up to this many replicas on queue length [off]")
+    s.add_argument("--replica-cpus", type=float, default=1.0, help="with --ray: CPUs each replica reserves [1]")
+    s.add_argument("--replica-gpus", type=float, default=0.0, help="with --ray: GPUs each replica reserves [0]")
     s.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
     s.set_defaults(fn=cmd_serve)

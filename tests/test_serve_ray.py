@@ -1,0 +1,158 @@
+"""limner serve on Ray Serve: limner's queue settings become Ray's backpressure and autoscaling options, bad
+settings are one clear line, and (slow) two CPU replicas behind one address both answer the official
+`openai` client, a replica killed mid-load loses no request, and stopping the server leaves no Ray process."""
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+pytest.importorskip("ray.serve.grpc_util", reason="needs Ray Serve: pip install 'limner[ray]'")
+
+from limner.serve.config import ServeConfig   # noqa: E402
+from limner.serve.ray_app import REPLICA_HEADER, RayOptions, deployment_options, split_settings   # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+CLI = [sys.executable, "-m", "limner.cli"]
+
+
+def test_queue_settings_become_rays_backpressure():
+    options = deployment_options(ServeConfig(queue_size=16, max_batch=8), RayOptions(replicas=3, replica_cpus=0.5))
+    assert options["max_ongoing_requests"] == 24 and options["max_queued_requests"] == 16
+    assert options["backpressure_config"]["status_code"] == 429   # as a lone server refuses, not Ray's 503
+    assert options["num_replicas"] == 3 and "autoscaling_config" not in options
+    assert options["ray_actor_options"] == {"num_cpus": 0.5, "num_gpus": 0.0}
+
+
+def test_max_replicas_turns_on_autoscaling_on_batch_size():
+    options = deployment_options(ServeConfig(max_batch=4), RayOptions(replicas=2, max_replicas=6))
+    assert "num_replicas" not in options
+    assert options["autoscaling_config"] == {"min_replicas": 2, "initial_replicas": 2, "max_replicas": 6,
+                                             "target_ongoing_requests": 4}
+
+
+def test_the_shipped_serve_run_config_is_valid():
+    app = yaml.safe_load((ROOT / "configs/serve-ray.yaml").read_text())["applications"][0]
+    assert app["import_path"] == "limner.serve.ray_app:build"
+    config, options = split_settings(app["args"])
+    assert config.model == "shapes-default" and options.replicas == 2
+
+
+def test_an_unknown_setting_names_both_lists():
+    with pytest.raises(ValueError, match=r"unknown setting\(s\) replica: limner's are .*queue_size.*Ray's are .*replicas"):
+        split_settings({"replica": 2})
+
+
+@pytest.mark.parametrize("flags, says", [
+    (["--replicas", "0"], "--replicas must be at least 1, not 0"),
+    (["--replicas", "3", "--max-replicas", "2"], "--max-replicas (2) must be at least --replicas (3)"),
+    (["--replica-cpus", "0"], "must reserve some --replica-cpus or --replica-gpus"),
+])
+def test_bad_ray_flags_are_one_clear_line(flags, says, tmp_path):
+    r = subprocess.run(CLI + ["serve", "--ray", "--port", "1", *flags], capture_output=True, text=True,
+                       cwd=tmp_path, timeout=120)
+    assert r.returncode == 2 and says in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+# ------------------------------------------------------------------------------------- two real replicas
+
+
+def descendants(pid: int) -> dict[int, str]:
+    """Every process below `pid` (Ray's raylet, workers, replicas) -> its command line."""
+    parent, cmd = {}, {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parent[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                cmd[int(entry.name)] = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
+            except (OSError, IndexError, ValueError):
+                continue
+    found, frontier = {}, {pid}
+    while frontier:
+        frontier = {p for p, pp in parent.items() if pp in frontier and p not in found}
+        found.update({p: cmd[p] for p in frontier})
+    return found
+
+
+def replica_pids(server_pid: int) -> list[int]:
+    return [p for p, c in descendants(server_pid).items() if c.startswith("ray::ServeReplica")]
+
+
+RETRYABLE = {408, 409, 429, 500, 502, 503, 504}   # what the openai client itself retries
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_two_replicas_share_one_address_and_a_killed_one_loses_no_request():
+    from openai import APIConnectionError, APIStatusError, OpenAI
+
+    from limner.serve.process import ServerProcess
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    server = ServerProcess("--ray", "--replicas", "2", "--replica-cpus", "0.5", ready_timeout=300, env=env)
+    with server:
+        client = OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0, timeout=120)
+
+        def draw(seed: int):
+            """(replica, seed of the image) or (None, status) for a failure."""
+            try:
+                r = client.images.with_raw_response.generate(prompt="two red circles", extra_body={"seed": seed,
+                                                                                               "steps": 8})
+                return r.headers[REPLICA_HEADER], r.parse().data[0].seed
+            except APIStatusError as e:
+                return None, e.status_code
+            except APIConnectionError:
+                return None, "connection"
+
+        replicas = {draw(seed)[0] for seed in range(12)}
+        assert len(replicas) == 2 and None not in replicas, replicas   # both answered, behind one address
+        pids = replica_pids(server.proc.pid)
+        assert len(pids) == 2, descendants(server.proc.pid)
+
+        # load from 6 clients; one replica is killed once the load is running
+        outcomes, lock, began = {}, threading.Lock(), threading.Event()
+
+        def client_loop(first: int):
+            for seed in range(first, first + 60, 6):
+                outcome = draw(seed)
+                with lock:
+                    outcomes[seed] = [outcome]
+                began.set()
+
+        threads = [threading.Thread(target=client_loop, args=(100 + i,)) for i in range(6)]
+        for t in threads:
+            t.start()
+        assert began.wait(120)
+        time.sleep(0.5)
+        killed_at = len(outcomes)
+        os.kill(pids[0], signal.SIGKILL)
+        for t in threads:
+            t.join(300)
+        assert len(outcomes) == 60 and killed_at < 50, (len(outcomes), killed_at)
+
+        failures = {seed: o[0][1] for seed, o in outcomes.items() if o[0][0] is None}
+        assert set(failures.values()) <= RETRYABLE | {"connection"}, failures   # retryable, never a 400
+        for seed in failures:   # what the client's own retries would do: the same request again
+            for _ in range(10):
+                outcome = draw(seed)
+                outcomes[seed].append(outcome)
+                if outcome[0] is not None:
+                    break
+                time.sleep(1)
+        lost = {seed: o for seed, o in outcomes.items() if o[-1][1] != seed}
+        assert not lost, lost   # every request got its own image in the end
+        print(f"killed a replica after {killed_at}/60 answers; {len(failures)} retryable failures: {failures}")
+
+        # the server stops cleanly: Ray's cluster goes with it (a driver that died would leave it behind)
+        ray_processes = descendants(server.proc.pid)
+        server.proc.terminate()
+        server.proc.wait(120)
+    time.sleep(2)
+    alive = [p for p in ray_processes if Path(f"/proc/{p}").exists()
+             and Path(f"/proc/{p}/stat").read_text().split()[2] != "Z"]
+    assert not alive, {p: ray_processes[p] for p in alive}
