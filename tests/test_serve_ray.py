@@ -15,7 +15,8 @@ import yaml
 pytest.importorskip("ray.serve.grpc_util", reason="needs Ray Serve: pip install 'limner[ray]'")
 
 from limner.serve.config import ServeConfig   # noqa: E402
-from limner.serve.ray_app import REPLICA_HEADER, RayOptions, deployment_options, split_settings   # noqa: E402
+from limner.serve.ray_app import (REPLICA_HEADER, RayOptions, alive, deployment_options, descendants,   # noqa: E402
+                                  split_settings)
 
 ROOT = Path(__file__).resolve().parents[1]
 CLI = [sys.executable, "-m", "limner.cli"]
@@ -52,6 +53,7 @@ def test_an_unknown_setting_names_both_lists():
     (["--replicas", "0"], "--replicas must be at least 1, not 0"),
     (["--replicas", "3", "--max-replicas", "2"], "--max-replicas (2) must be at least --replicas (3)"),
     (["--replica-cpus", "0"], "must reserve some --replica-cpus or --replica-gpus"),
+    (["--replica-gpus", "1"], "--replica-gpus: limner serve still draws on the CPU"),
 ])
 def test_bad_ray_flags_are_one_clear_line(flags, says, tmp_path):
     r = subprocess.run(CLI + ["serve", "--ray", "--port", "1", *flags], capture_output=True, text=True,
@@ -60,23 +62,6 @@ def test_bad_ray_flags_are_one_clear_line(flags, says, tmp_path):
 
 
 # ------------------------------------------------------------------------------------- two real replicas
-
-
-def descendants(pid: int) -> dict[int, str]:
-    """Every process below `pid` (Ray's raylet, workers, replicas) -> its command line."""
-    parent, cmd = {}, {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                parent[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-                cmd[int(entry.name)] = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
-            except (OSError, IndexError, ValueError):
-                continue
-    found, frontier = {}, {pid}
-    while frontier:
-        frontier = {p for p, pp in parent.items() if pp in frontier and p not in found}
-        found.update({p: cmd[p] for p in frontier})
-    return found
 
 
 def replica_pids(server_pid: int) -> list[int]:
@@ -152,7 +137,5 @@ def test_two_replicas_share_one_address_and_a_killed_one_loses_no_request():
         ray_processes = descendants(server.proc.pid)
         server.proc.terminate()
         server.proc.wait(120)
-    time.sleep(2)
-    alive = [p for p in ray_processes if Path(f"/proc/{p}").exists()
-             and Path(f"/proc/{p}/stat").read_text().split()[2] != "Z"]
-    assert not alive, {p: ray_processes[p] for p in alive}
+    left = {p: c for p, c in ray_processes.items() if alive(p, c)}
+    assert not left, left

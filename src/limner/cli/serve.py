@@ -89,6 +89,6 @@ def add_parser(sub) -> None:
     s.add_argument("--max-replicas", type=int, default=None,
                    help="with --ray: let Ray autoscale up to this many replicas on queue length [off]")
     s.add_argument("--replica-cpus", type=float, default=1.0, help="with --ray: CPUs each replica reserves [1]")
-    s.add_argument("--replica-gpus", type=float, default=0.0, help="with --ray: GPUs each replica reserves [0]")
+    s.add_argument("--replica-gpus", type=float, default=0.0, help="with --ray: GPUs each replica reserves (refused above 0 until replicas draw on a GPU) [0]")
     s.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
     s.set_defaults(fn=cmd_serve)

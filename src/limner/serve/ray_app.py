@@ -16,8 +16,10 @@ sees the route pattern, not the job id in the path, so routing them home needs m
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import threading
+import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
@@ -40,7 +42,7 @@ class RayOptions:
     replicas: int = 2                  # replicas at start (and always, unless max_replicas is above it)
     max_replicas: int | None = None    # above `replicas`: Ray autoscales between the two on queue length
     replica_cpus: float = 1.0          # CPUs Ray reserves per replica (fractions share a core)
-    replica_gpus: float = 0.0          # GPUs per replica (1: one model per GPU)
+    replica_gpus: float = 0.0          # GPUs per replica: refused above 0 until the engine takes a device
     retry_after_s: float = 1.0         # Retry-After on Ray's own 429, when every replica and its queue is full
 
     def __post_init__(self):
@@ -54,6 +56,9 @@ class RayOptions:
         if self.replica_cpus < 0 or self.replica_gpus < 0:
             raise ValueError(f"replica_cpus and replica_gpus cannot be negative "
                              f"(got {self.replica_cpus}, {self.replica_gpus})")
+        if self.replica_gpus > 0:   # reserving a GPU the model would not use is worse than refusing
+            raise ValueError("replica_gpus: limner serve still draws on the CPU (serve/engine.py loads the pipeline "
+                             "without a device), so a replica cannot use a GPU yet; leave it at 0")
         if self.retry_after_s < 0:
             raise ValueError(f"retry_after_s must be 0 or more, not {self.retry_after_s}")
 
@@ -189,6 +194,50 @@ def run(config: ServeConfig, options: RayOptions, host: str = "127.0.0.1", port:
             on_ready()
         stop.wait()
     finally:
+        started = descendants(os.getpid())
         serve.shutdown()
         ray.shutdown()
+        sweep(started)
+
+
+def descendants(pid: int) -> dict[int, str]:
+    """Every process below `pid` -> its command line (Linux /proc; elsewhere none are found)."""
+    parent, cmd = {}, {}
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            parent[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            cmd[int(entry.name)] = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
+        except (OSError, IndexError, ValueError):
+            continue
+    found, frontier = {}, {pid}
+    while frontier:
+        frontier = {p for p, pp in parent.items() if pp in frontier and p not in found}
+        found.update({p: cmd[p] for p in frontier})
+    return found
+
+
+def sweep(started: dict[int, str], grace_s: float = 10) -> None:
+    """Kill what this driver started and Ray's shutdown left running: its agents sometimes outlive the raylet,
+    orphaned, on a busy machine. Each pid is checked to be the same program before it is killed."""
+    end = time.monotonic() + grace_s
+    while True:
+        left = {p for p, c in started.items() if alive(p, c)}
+        if not left or time.monotonic() > end:
+            break
+        time.sleep(0.5)
+    for p in left:
+        try:
+            os.kill(p, signal.SIGKILL)
+        except OSError:
+            pass
+
+
+def alive(pid: int, cmdline: str) -> bool:
+    """Still running (not a zombie) and still the program it was."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        now = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
+    except (OSError, IndexError):
+        return False
+    return state != "Z" and now == cmdline
 
