@@ -60,12 +60,15 @@ def image_sets(n_shapes: int, n_photos: int, seed: int = 0, size: int = 1024, en
 
 # --- calibration ---------------------------------------------------------------------------------------
 
-def calibrate(n: int, seed: int = 1) -> dict:
-    """z on n unmarked images of every kind, size and edit."""
+CALIBRATION_SEED = 1
+SAMPLE = 200   # the calibration keeps its first SAMPLE images' z, so a test can recompute them
+
+
+def calibration_images(n: int, seed: int = CALIBRATION_SEED):
+    """(index, image): the calibration's n unmarked images of every kind, size and edit, in its order (index
+    i is the same image for every n; images an edit made too small to check are left out)."""
     rng = random.Random(seed)
     names = list(ATTACKS)
-    zs = []
-    t0 = time.time()
     for i in range(n):
         size = rng.choice([128, 256, 384, 512, 768, 1024])
         kind = rng.random()
@@ -82,12 +85,23 @@ def calibrate(n: int, seed: int = 1) -> dict:
             tex = (tex - tex.min()) / (np.ptp(tex) + 1e-9) * 255
             im = Image.fromarray(tex.astype(np.uint8))
         im = ATTACKS[rng.choice(names)](im)
-        if min(im.size) < W.K:
-            continue
+        if min(im.size) >= W.K:
+            yield i, im
+
+
+def calibrate(n: int, seed: int = CALIBRATION_SEED) -> dict:
+    """z on n unmarked images of every kind, size and edit; those of the first SAMPLE kept in order, so a test
+    can recompute them with the current detector (None: an image too small to check)."""
+    zs, sample = [], [None] * min(n, SAMPLE)
+    t0 = time.time()
+    for i, im in calibration_images(n, seed):
         zs.append(W.score(im)[0])
+        if i < SAMPLE:
+            sample[i] = round(zs[-1], 5)
         if (i + 1) % 500 == 0:
             print(f"calibration {i + 1}/{n}  {time.time() - t0:.0f}s  max z {max(zs):.2f}", file=sys.stderr)
-    return dict(W.fit_null(zs), command=f"python benchmarks/watermark.py --calibrate {n}")
+    return dict(W.fit_null(zs), command=f"python benchmarks/watermark.py --calibrate {n}",
+                sample={"seed": seed, "z": sample})
 
 
 # --- the peer: invisible-watermark ---------------------------------------------------------------------

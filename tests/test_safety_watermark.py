@@ -1,6 +1,7 @@
 import io
 import json
 import random
+import re
 import subprocess
 import sys
 
@@ -207,6 +208,56 @@ def test_calibration_is_from_10k_unmarked_images_and_p_values_are_monotone():
     assert 4.5 < fit["z_at_fpr"]["0.001"] < 5.0 and 4.0 < fit["z_at_fpr"]["0.01"] < 4.5
 
 
+def bench(name: str):
+    """A script of benchmarks/ as a module (they are scripts, not a package)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def calibration_disagreements(first: int = 24, tolerance: float = 1e-3) -> list[tuple[int, float, float]]:
+    """(index, stored z, z now) for each of the calibration's first images whose z the current detector
+    no longer gives."""
+    sample = W.calibration()["sample"]
+    return [(i, sample["z"][i], now) for i, im in bench("watermark").calibration_images(first, sample["seed"])
+            if abs((now := W.score(im)[0]) - sample["z"][i]) > tolerance]
+
+
+def test_calibration_was_made_by_the_current_detector(monkeypatch):
+    """The thresholds hold only for the detector that measured them: recompute the calibration's first images
+    with the current one and require the z the calibration stored for each. A detector changed since (here a
+    whitening clipped at 2.5 instead of 3) must fail it; rerun benchmarks/watermark.py --calibrate 10000."""
+    sample = W.calibration()["sample"]
+    assert len(sample["z"]) == 200 and sum(z is not None for z in sample["z"]) >= 190
+    bad = calibration_disagreements()
+    assert not bad, f"(index, calibrated z, z now): {bad}; recalibrate: python benchmarks/watermark.py --calibrate 10000"
+    spectral = W._spectral
+    monkeypatch.setattr(W, "_spectral", lambda y: np.clip(spectral(y), -2.5, 2.5))
+    assert len(calibration_disagreements(first=6)) >= 3
+
+
+def test_false_positive_benchmark_uses_photos_the_calibration_never_saw():
+    # benchmarks/watermark_fpr.py measures on photos disjoint from the calibration's, by name and by content
+    fpr, cal = bench("watermark_fpr"), bench("watermark")
+    sources = fpr.photo_sources()
+    assert len(sources) >= 5 and not set(sources) & set(cal.PHOTOS)
+    import skimage.data
+    from skimage.util import img_as_ubyte
+
+    first_rows = lambda a: (a if a.ndim == 2 else a[..., 0])[:8].tobytes()  # grey sources are stacked to RGB
+    seen = {first_rows(img_as_ubyte(getattr(skimage.data, n)())) for n in cal.PHOTOS}
+    assert not any(first_rows(a) in seen for a in sources.values())
+    # its interval is exact: at 0 of 3,000 the upper end is 1 - 0.025^(1/3000), and it contains the rate
+    assert fpr.clopper_pearson(0, 3000) == (0.0, pytest.approx(1 - 0.025 ** (1 / 3000), rel=1e-6))
+    lo, hi = fpr.clopper_pearson(5, 100)
+    assert lo == pytest.approx(0.01643, abs=2e-5) and hi == pytest.approx(0.11284, abs=2e-5)
+
+
 def test_other_key_does_not_read_it(marked):
     _, img = marked
     assert W.detect(img, key=12345).detected is False
@@ -223,6 +274,36 @@ def test_cli_embed_and_detect(tmp_path):
     marked_row, clean_row = map(json.loads, r.stdout.splitlines())
     assert marked_row["detected"] is True and marked_row["payload"] == "00c0ffee"
     assert clean_row["detected"] is False and clean_row["payload"] is None
+    # what a reader needs without knowing the detector: the verdict and the p-value against its threshold
+    assert marked_row["verdict"] == "detected" and clean_row["verdict"] == "not detected"
+    assert clean_row["p_threshold"] == 0.001 and clean_row["p_unsure_below"] == 0.01
+    assert marked_row["p_value"] <= 0.001 < clean_row["p_value"]
     assert run("detect", str(tmp_path / "in.png")).returncode == 1
     r = run("detect", str(tmp_path / "missing.png"))
     assert r.returncode == 2 and "no image at" in r.stderr
+
+
+def test_cli_detect_reads_as_a_verdict_not_a_z_score(tmp_path):
+    # an unmarked image scores z 4-5 (the best of thousands of alignments tried), which reads as significant:
+    # the human output says no watermark, gives the p-value against the threshold, and shows no z
+    clean, marked = tmp_path / "clean.png", tmp_path / "marked.png"
+    img = scene(4, 256)
+    img.save(clean)
+    W.embed(img, payload=0x00C0FFEE).save(marked)
+    r = subprocess.run([sys.executable, "-m", "limner.cli", "watermark", "detect", str(clean), str(marked)],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    clean_line, marked_line, meaning = r.stdout.splitlines()
+    assert W.score(img)[0] > 3.5  # the point of the test: a z that would read as significant
+    assert clean_line.startswith(f"{clean}: no watermark (p = ") and "detection needs p <= 0.001" in clean_line
+    assert marked_line.startswith(f"{marked}: watermark detected (p < 1e-6; threshold p <= 0.001)")
+    assert "payload 00c0ffee (model tag 00c, request tag 0ffee)" in marked_line
+    assert not re.search(r"\bz\s*=", r.stdout)   # no z-score anywhere
+    assert "unmarked images" in meaning and "0.001" in meaning and "0.01" in meaning
+
+
+def test_unsure_and_detected_lines():
+    unsure = W.Detection(None, 0.004, 5.4, None, 1.0, 0.0)
+    assert unsure.describe().startswith("unsure (p = 0.004: under 0.01, not under the detection threshold p <= 0.001")
+    assert unsure.to_dict()["verdict"] == "unsure"
+    assert W.Detection(False, 0.31, 4.4, None, 1.0, 0.0).describe() == "no watermark (p = 0.31; detection needs p <= 0.001)"

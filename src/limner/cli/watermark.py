@@ -40,12 +40,9 @@ def cmd_watermark_detect(a) -> int:
             raise FileNotFoundError(f"no image at {path}")
         d = W.detect(Image.open(path), key=W.KEY if a.key is None else a.key)
         found += bool(d.detected)
-        if a.json:
-            print(json.dumps({"image": path, **d.to_dict()}))
-        else:
-            verdict = {True: "detected", False: "not detected", None: "unsure"}[d.detected]
-            payload = f", payload {d.to_dict()['payload']}" if d.payload is not None else ""
-            print(f"{path}: {verdict} (p = {d.p_value:.2g}, z = {d.z:.1f}{payload})")
+        print(json.dumps({"image": path, **d.to_dict()}) if a.json else f"{path}: {d.describe()}")
+    if not a.json:
+        print(W.P_VALUE_MEANING)
     return 0 if found else 1
 
 
@@ -61,6 +58,6 @@ def add_parser(sub) -> None:
     e.set_defaults(fn=cmd_watermark_embed)
     d = wms.add_parser("detect", help="say whether images carry the watermark; exit 0 if any does")
     d.add_argument("images", nargs="+")
-    d.add_argument("--json", action="store_true", help='one line per image: {"detected": true|false|null, ...}')
+    d.add_argument("--json", action="store_true", help='one line per image: {"detected": true|false|null, "verdict", "p_value", "p_threshold", ...}')
     d.add_argument("--key", **key)
     d.set_defaults(fn=cmd_watermark_detect)

@@ -48,6 +48,10 @@ SCALES = np.exp(np.linspace(math.log(0.8), math.log(2.4), 72))
 ANGLES = np.deg2rad(np.arange(-8.0, 8.01, 0.5))
 
 
+# the false-positive rates the detector's two thresholds are calibrated to (keys of z_at_fpr)
+DETECTED_FPR, UNSURE_FPR = 0.001, 0.01
+
+
 @dataclass
 class Detection:
     detected: bool | None    # None: unsure (between the 1% and 0.1% false-positive thresholds)
@@ -57,13 +61,35 @@ class Detection:
     scale: float
     angle: float
 
+    @property
+    def verdict(self) -> str:
+        return {True: "detected", False: "not detected", None: "unsure"}[self.detected]
+
     def to_dict(self) -> dict:
-        d = {"detected": self.detected, "p_value": self.p_value, "z": round(self.z, 3),
+        d = {"detected": self.detected, "verdict": self.verdict, "p_value": self.p_value,
+             "p_threshold": DETECTED_FPR, "p_unsure_below": UNSURE_FPR, "z": round(self.z, 3),
              "payload": None if self.payload is None else f"{self.payload:08x}",
              "scale": round(self.scale, 4), "angle_deg": round(math.degrees(self.angle), 2)}
         if self.payload is not None:
             d["model_tag"], d["request_tag"] = f"{self.payload >> 20:03x}", f"{self.payload & 0xFFFFF:05x}"
         return d
+
+    def describe(self) -> str:
+        """One line for people: the verdict and the p-value against the threshold. The raw z is left out:
+        unmarked images score z 4-5 (the best of thousands of tried alignments), which reads as significant."""
+        p = "p < 1e-6" if self.p_value < 1e-6 else f"p = {self.p_value:.2g}"
+        tags = "" if self.payload is None else (f", payload {self.payload:08x} (model tag {self.payload >> 20:03x}, "
+                                                f"request tag {self.payload & 0xFFFFF:05x})")
+        if self.detected is True:
+            return f"watermark detected ({p}; threshold p <= {DETECTED_FPR:g}){tags}"
+        if self.detected is None:
+            return f"unsure ({p}: under {UNSURE_FPR:g}, not under the detection threshold p <= {DETECTED_FPR:g}){tags}"
+        return f"no watermark ({p}; detection needs p <= {DETECTED_FPR:g})"
+
+
+P_VALUE_MEANING = (f"p: the share of unmarked images that score at least this high; limner reports a watermark "
+                   f"at p <= {DETECTED_FPR:g} (1 unmarked image in {round(1 / DETECTED_FPR):,}), unsure up to "
+                   f"{UNSURE_FPR:g}")
 
 
 def payload_for(model: str, request_id: str) -> int:
@@ -438,7 +464,8 @@ def detect(image: Image.Image, key: int = KEY) -> Detection:
     z, s, a, folded, off = score(image, key)
     p = p_value(z)
     cal = calibration()
-    detected = True if z >= cal["z_at_fpr"]["0.001"] else False if z < cal["z_at_fpr"]["0.01"] else None
+    thresholds = cal["z_at_fpr"]
+    detected = True if z >= thresholds[f"{DETECTED_FPR:g}"] else False if z < thresholds[f"{UNSURE_FPR:g}"] else None
     payload = read_payload(folded, off, key) if detected is not False else None
     return Detection(detected, p, z, payload, s, a)
 
