@@ -5,6 +5,12 @@ model is at most about this one (the layout upper bound note: drawing a right la
 
     python benchmarks/plan_following.py                                    # the shipped planner, 25 per cell
     python benchmarks/plan_following.py --model runs/planner-default/model --per-cell 10
+    python benchmarks/plan_following.py --validation 300 --families      # only the validation scenes
+
+`--validation N`: N fresh scenes (a seed no training run uses) captioned by every training captioner, scored per
+captioner: the right objects (counts of each colour and shape) and, for the captioners that place every object,
+the share of objects planned into their cell. This is the in-distribution check to choose between planners by;
+the suites are for reporting only.
 """
 import argparse
 import json
@@ -14,7 +20,10 @@ from collections import defaultdict
 from limner.models import folder
 from limner.models.planner import TextPlanner
 from limner.text.encoder import TextEncoder
-from limner.world import suites, unseen_wordings
+import random
+
+from limner.world import captioners, suites, unseen_wordings
+from limner.world.scene import sample_scene
 from limner.world.evaluate import CELL, HEADLINE, wilson
 from limner.world.scorer import Constraints, Found, score
 
@@ -33,7 +42,8 @@ ap.add_argument("--model", default="shapes-default")
 ap.add_argument("--per-cell", type=int, default=25)
 ap.add_argument("--seed", type=int, default=0)
 ap.add_argument("--temperature", type=float, default=1.0)
-ap.add_argument("--families", nargs="+", default=["templates", "unseen"], choices=["templates", "unseen"])
+ap.add_argument("--families", nargs="*", default=["templates", "unseen"], choices=["templates", "unseen"])
+ap.add_argument("--validation", type=int, default=0, help="also score N fresh scenes per training captioner")
 ap.add_argument("--out")
 a = ap.parse_args()
 
@@ -62,6 +72,25 @@ for family in a.families:
                        "placed": sum(r["positions"] for r in rs) / len(rs),
                        "cells": {k: round(sum(v) / len(v), 3) for k, v in cells.items()}}
     result["families"][family] = rows
+if a.validation:
+    from limner.world.captions import cell
+
+    rng = random.Random("plan-validation-7919")
+    scenes = [sample_scene(rng) for _ in range(a.validation)]
+    rows = {}
+    for name, write in captioners.CAPTIONERS.items():
+        texts = [write(sc, rng) for sc in scenes]
+        layouts = plan(texts, [a.seed + i for i in range(len(texts))])
+        right, placed = 0, 0.0
+        for sc, lay in zip(scenes, layouts):
+            found = found_of(lay)
+            r = score(found, Constraints.from_scene(sc, "validation", with_sizes=False))
+            right += r["count_ok"] and r["extras"] == 0
+            want = [(o.colour, o.shape, o.size, cell(o.x, o.y)) for o in sc.objects]
+            got = [(f.colour, f.shape, f.size, cell(f.x, f.y)) for f in found]
+            placed += sum(min(want.count(w), got.count(w)) for w in set(want)) / len(want)
+        rows[name] = {"objects": right / len(scenes), "placed": placed / len(scenes)}
+    result["validation"] = {"scenes": a.validation, "captioners": rows}
 result["seconds"] = round(time.time() - t0, 1)
 print(f"{a.model}: planning alone (plans scored exactly), temperature {a.temperature}")
 print(f"{'family':10} {'suite':9} {'acc':>6}  95% interval    content placed  n   by cell")
@@ -69,6 +98,8 @@ for family, rows in result["families"].items():
     for s, r in rows.items():
         print(f"{family:10} {s:9} {r['acc']:6.3f}  [{r['ci95'][0]:.3f}, {r['ci95'][1]:.3f}]  {r['content']:6.3f} "
               f"{r['placed']:6.3f} {r['n']:4d}  {r['cells']}")
+for name, r in result.get("validation", {}).get("captioners", {}).items():
+    print(f"validation {name:17} objects {r['objects']:.3f}  placed {r['placed']:.3f}")
 print(f"{result['seconds']} s")
 if a.out:
     with open(a.out, "w") as f:
