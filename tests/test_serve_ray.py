@@ -38,7 +38,7 @@ def test_max_replicas_turns_on_autoscaling_on_batch_size():
 
 
 def test_the_shipped_serve_run_config_is_valid():
-    app = yaml.safe_load((ROOT / "configs/serve-ray.yaml").read_text())["applications"][0]
+    app = yaml.safe_load((ROOT / "configs/serve/ray.yaml").read_text())["applications"][0]
     assert app["import_path"] == "limner.serve.ray_app:build"
     config, options = split_settings(app["args"])
     assert config.model == "shapes-default" and options.replicas == 2

@@ -11,7 +11,7 @@ complete in one request and works on any number of replicas, but a job's later r
 its events, cancel, `url` results, and so the web page) reach its replica only with one replica. Ray's router
 sees the route pattern, not the job id in the path, so routing them home needs more than a router.
 
-`serve run configs/serve-ray.yaml` runs `build` with the YAML's `args`; `limner serve --ray` calls `run`.
+`serve run configs/serve/ray.yaml` runs `build` with the YAML's `args`; `limner serve --ray` calls `run`.
 """
 from __future__ import annotations
 
