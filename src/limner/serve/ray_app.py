@@ -183,10 +183,10 @@ def run(config: ServeConfig, options: RayOptions, host: str = "127.0.0.1", port:
 
     app = application(config, options)
     stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
     level = getattr(logging, log_level.upper())
     ray.init(include_dashboard=False, logging_level=level, log_to_driver=level <= logging.INFO)
+    for sig in (signal.SIGINT, signal.SIGTERM):   # after ray.init, which installs handlers of its own
+        signal.signal(sig, lambda *_: stop.set())
     try:
         serve.start(http_options={"host": host, "port": port})
         serve.run(app, name=APP_NAME, route_prefix="/")   # returns once every replica has loaded its model
