@@ -83,12 +83,12 @@ if a.validation:
         layouts = plan(texts, [a.seed + i for i in range(len(texts))])
         right, placed = 0, 0.0
         for sc, lay in zip(scenes, layouts):
-            found = found_of(lay)
-            r = score(found, Constraints.from_scene(sc, "validation", with_sizes=False))
+            cons = Constraints.from_scene(sc, "validation", with_sizes=False)
+            cons.objects = [{"colour": o.colour, "shape": o.shape, "size": o.size, "cell": list(cell(o.x, o.y))}
+                            for o in sc.objects]   # what the scorer's `positions` checks: each object in its cell
+            r = score(found_of(lay), cons)
             right += r["count_ok"] and r["extras"] == 0
-            want = [(o.colour, o.shape, o.size, cell(o.x, o.y)) for o in sc.objects]
-            got = [(f.colour, f.shape, f.size, cell(f.x, f.y)) for f in found]
-            placed += sum(min(want.count(w), got.count(w)) for w in set(want)) / len(want)
+            placed += r["positions"]
         rows[name] = {"objects": right / len(scenes), "placed": placed / len(scenes)}
     result["validation"] = {"scenes": a.validation, "captioners": rows}
 result["seconds"] = round(time.time() - t0, 1)

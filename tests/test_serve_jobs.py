@@ -45,6 +45,15 @@ def spec(prompt="a", steps=4, n=1, previews=0, negative=""):
     return JobSpec(prompt=prompt, seed=1, shape=Shape(negative, steps, 1.0, n), previews=previews)
 
 
+def started(job, timeout=10):
+    """The job once the worker has started it (the engine held, so it stays running)."""
+    end = time.monotonic() + timeout
+    while job.status != JobStatus.RUNNING and time.monotonic() < end:
+        time.sleep(0.005)
+    assert job.status == JobStatus.RUNNING, f"job still {job.status}"
+    return job
+
+
 def wait(job, timeout=10):
     end = time.monotonic() + timeout
     while not job.done and time.monotonic() < end:
@@ -72,8 +81,7 @@ def test_full_queue_refuses_at_once_and_serves_again_after(queue_of):
     q = queue_of(queue_size=2)
     q.engine.hold.clear()
     running = q.submit(spec("running"))
-    while running.status != JobStatus.RUNNING:
-        time.sleep(0.005)
+    started(running)
     waiting = [q.submit(spec(f"w{i}", steps=i + 1)) for i in range(2)]
     began = time.monotonic()
     with pytest.raises(QueueFull) as full:
@@ -90,8 +98,7 @@ def test_cancel_stops_that_job_only(queue_of):
     q = queue_of(max_batch=1)
     q.engine.hold.clear()
     running, queued, other = q.submit(spec("r", steps=50)), q.submit(spec("q")), q.submit(spec("o"))
-    while running.status != JobStatus.RUNNING:
-        time.sleep(0.005)
+    started(running)
     assert q.position(queued) == 0 and q.position(other) == 1
     q.cancel(queued.id)
     assert queued.status == JobStatus.CANCELLED and q.position(other) == 0
@@ -105,12 +112,10 @@ def test_a_cancelled_job_in_a_batch_leaves_the_others_their_images(queue_of):
     q = queue_of(max_batch=8)
     q.engine.hold.clear()
     blocker = q.submit(spec("blocker", steps=1))
-    while blocker.status != JobStatus.RUNNING:
-        time.sleep(0.005)
+    started(blocker)
     a, b = q.submit(spec("a", n=2)), q.submit(spec("b", n=2))
     q.engine.hold.set()
-    while a.status != JobStatus.RUNNING:
-        time.sleep(0.001)
+    started(a)
     q.cancel(a.id)
     assert wait(a).status == JobStatus.CANCELLED
     assert wait(b).status == JobStatus.SUCCEEDED and [i.info["parameters"]["prompt"] for i in b.images] == ["b", "b"]
@@ -121,8 +126,7 @@ def test_same_shape_jobs_are_drawn_together_up_to_max_batch(queue_of):
     q = queue_of(max_batch=4)
     q.engine.hold.clear()
     blocker = q.submit(spec("blocker", steps=1))
-    while blocker.status != JobStatus.RUNNING:
-        time.sleep(0.005)
+    started(blocker)
     same = [q.submit(spec(f"s{i}")) for i in range(5)]
     odd = q.submit(spec("odd", negative="blurry"))
     q.engine.hold.set()

@@ -80,8 +80,8 @@ class Planner(nn.Module):
         x = x + self.slot_emb(target % len(SLOTS)) + self.object_emb((target // len(SLOTS)).clamp(max=self.cfg.max_objects))
         # a box's positions carry its object's label, so that reading the text for "where is the small red
         # circle" is one cross-attention step rather than a search back through the layout first
-        in_box = (target % len(SLOTS) > 0)[None, :, None]
         if t and self.cfg.object_query:
+            in_box = (target % len(SLOTS) > 0)[None, :, None]
             current = tokens[:, (target // len(SLOTS) * len(SLOTS)).clamp(max=t - 1)].clamp(0, self.eos)
             x = x + torch.where(in_box, self.current_emb(current), torch.zeros_like(x))
         return x

@@ -8,6 +8,7 @@ path of `limner generate`, learned end to end.
 """
 from __future__ import annotations
 
+import functools
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -114,13 +115,18 @@ class PlannerTask(Task):
     def describe(self) -> str:
         return f"{len(self.scenes)} scenes x {len(self.cfg.data.captioners)} captioners"
 
+    @functools.cached_property
+    def simple_scenes(self) -> np.ndarray:
+        """Curriculum draw weights: 1 for a scene of at most `easy_max_objects` objects, else 0 (once, not per step)."""
+        return np.array([len(s.objects) <= self.cfg.data.easy_max_objects for s in self.scenes], np.float64)
+
     def batch(self, step, rank, world):
         from ..text.encoder import pad
 
         data = self.cfg.data
         easy = step < data.easy_steps
-        simple = np.array([len(s.objects) <= data.easy_max_objects for s in self.scenes], np.float64) if easy else None
-        idx = batch_indices(len(self.scenes), step, self.cfg.batch_size, self.cfg.seed, rank, world, simple)
+        idx = batch_indices(len(self.scenes), step, self.cfg.batch_size, self.cfg.seed, rank, world,
+                            self.simple_scenes if easy else None)
         rng = np.random.default_rng([self.cfg.seed, step, 13])
         flat, offsets, index = self.text
         states = []
