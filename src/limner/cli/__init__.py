@@ -9,9 +9,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import arena, data, eval, generate, safety, serve, train, watermark, world
+from . import arena, data, eval, generate, safety, serve, train, upscale, watermark, world
 
-VERBS = (generate, train, world, eval, safety, data, arena, watermark, serve)   # in the order `limner --help` lists
+VERBS = (generate, upscale, train, world, eval, safety, data, arena, watermark, serve)   # in the order `limner --help` lists
 
 
 def parser() -> argparse.ArgumentParser:

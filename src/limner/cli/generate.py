@@ -9,7 +9,7 @@ def check(a) -> None:
     """Refuse bad flags before any model loads (the pipeline checks the same ranges again on each call).
     A flag left out means the model's own default, valid by construction: the lowest allowed value stands
     in for it here, so only what the user typed is judged."""
-    from ..pipeline.request import validate
+    from ..pipeline.request import validate, validate_upscale
 
     validate([a.prompt], steps=1 if a.steps is None else a.steps, guidance=0.0 if a.guidance is None else a.guidance,
              sampler=a.sampler or "euler", num_images=a.n, best_of=1 if a.best_of is None else a.best_of)
@@ -17,6 +17,7 @@ def check(a) -> None:
         raise ValueError("C2PA signing needs both --c2pa-cert (certificate chain PEM) and --c2pa-key (private key PEM)")
     if a.scale < 1:
         raise ValueError(f"--scale must be a whole number >= 1, not {a.scale}")
+    validate_upscale(a.upscale)
 
 
 def cmd_generate(a) -> int:
@@ -28,11 +29,17 @@ def cmd_generate(a) -> int:
     # limner's guard enlarges before it marks, so the mark is made at the size that is saved
     backend = load_backend(a.model, SafetyConfig(watermark=not a.no_watermark, enlarge=a.scale), layout=a.layout)
     if isinstance(backend, LimnerBackend):
-        images = backend.pipe(a.prompt, negative_prompt=a.negative_prompt, seed=a.seed, steps=a.steps,
-                              guidance=a.guidance, sampler=a.sampler, num_images=a.n, best_of=a.best_of)
-    elif a.sampler or a.best_of or a.layout != "auto":
-        raise ValueError("--sampler, --best-of and --layout apply to limner models only; diffusers pipelines and "
-                         "servers use their own sampling")
+        pipe = backend.pipe
+        if pipe.upscaler is not None and a.scale > 1:
+            raise ValueError(f"{pipe.name} enlarges with its learned upsampler (to {pipe.resolution * pipe.output_factor} px): "
+                             "--scale (whole-pixel enlargement) is for models without one; use --upscale 2|4|8 to go further")
+        pipe.set_upscale(a.upscale)
+        pipe.show_progress = True
+        images = pipe(a.prompt, negative_prompt=a.negative_prompt, seed=a.seed, steps=a.steps,
+                      guidance=a.guidance, sampler=a.sampler, num_images=a.n, best_of=a.best_of)
+    elif a.sampler or a.best_of or a.layout != "auto" or a.upscale > 1:
+        raise ValueError("--sampler, --best-of, --layout and --upscale apply to limner models only; diffusers pipelines "
+                         "and servers use their own sampling")
     else:  # a diffusers folder or an OpenAI-style server: same seeds as a limner model's -n
         images = backend.generate([a.prompt] * a.n, [a.seed + i for i in range(a.n)], a.negative_prompt,
                                   a.steps, a.guidance)
@@ -69,7 +76,11 @@ def add_parser(sub) -> None:
                         "Shapes World rule parser (research baseline), or none [auto]")
     g.add_argument("--model", default="shapes-default",
                    help="a shipped name, a limner or diffusers model folder, or an OpenAI images API URL[#model]")
-    g.add_argument("--scale", type=int, default=1, help="nearest-neighbour enlargement, made before the watermark (16: 1024 px, a mark that survives JPEG)")
+    g.add_argument("--upscale", type=int, default=1,
+                   help="enlarge 2, 4 or 8 times more with the model's learned upsampler (after its own cascade) [1]")
+    g.add_argument("--scale", type=int, default=1,
+                   help="for models without an upsampler: whole-pixel enlargement made before the watermark (16: "
+                        "1024 px, a mark that survives JPEG)")
     g.add_argument("--no-metadata", action="store_true", help="leave generation parameters out of the PNG")
     g.add_argument("--no-watermark", action="store_true", help="skip the invisible watermark (local use only)")
     g.add_argument("--c2pa-cert", default=os.environ.get("LIMNER_C2PA_CERT"),

@@ -3,6 +3,9 @@
     limner.json            resolution, text encoder, denoiser config, sampling defaults, world, name
     denoiser.safetensors   the denoiser's (EMA) weights
     autoencoder/           a diffusers AutoencoderKL folder
+    planner/               optional: the layout planner (limner.json's "planner")
+    upsampler/             optional: the super-resolution model, its weights and config.json; without it
+                           outputs keep the native resolution
 
 `resolve` turns a shipped name or a path into the folder, `load` reads one, `save` writes one atomically.
 Torch and the model classes are imported only by `load` and `save`, so resolving a name stays instant.
@@ -72,18 +75,29 @@ def save(folder: str | Path, denoiser, vae, meta: dict) -> Path:
 
 def save_planner(base: str | Path, planner, to: str | Path) -> Path:
     """A copy of the model folder `base` with `planner` added (planner/ and limner.json's "planner")."""
+    return save_part(base, to, "planner", planner, entry=planner.cfg.to_dict())
+
+
+def save_part(base: str | Path, to: str | Path, part: str, module, entry: dict | None = None,
+              config: dict | None = None) -> Path:
+    """A copy of the model folder `base` with `module`'s weights in `part`/`part`.safetensors, `entry` as
+    limner.json's `part` and `config` as `part`/config.json (parts trained after the base model: a planner,
+    an upsampler)."""
     import shutil
 
     from safetensors.torch import save_file
 
     base, meta = Path(base), read_meta(base)
     meta.pop("name", None)
-    meta["planner"] = planner.cfg.to_dict()
+    if entry is not None:
+        meta[part] = entry
     with atomic_dir(to) as tmp:
         shutil.copytree(base, tmp, dirs_exist_ok=True)
-        shutil.rmtree(tmp / "planner", ignore_errors=True)
-        (tmp / "planner").mkdir()
-        save_file({k: v.contiguous() for k, v in planner.state_dict().items()}, tmp / "planner" / "planner.safetensors")
+        shutil.rmtree(tmp / part, ignore_errors=True)
+        (tmp / part).mkdir()
+        save_file({k: v.contiguous() for k, v in module.state_dict().items()}, tmp / part / f"{part}.safetensors")
+        if config is not None:
+            (tmp / part / "config.json").write_text(json.dumps(config, indent=2))
         (tmp / "limner.json").write_text(json.dumps(meta, indent=2))
     return Path(to)
 
@@ -99,3 +113,25 @@ def load_planner(path: str | Path, meta: dict, device: str = "cpu"):
     planner = Planner(PlannerConfig(**{"object_query": False, **meta["planner"]}))  # saved before the field: without
     planner.load_state_dict(load_file(Path(path) / "planner" / "planner.safetensors"))
     return planner.to(device).eval()
+
+
+def save_upsampler(base: str | Path, upsampler, sampling: dict, to: str | Path) -> Path:
+    """A copy of the model folder `base` with `upsampler` added: upsampler/ holds its weights and its config.json
+    (the model config and how to sample it), so the part is whole in its own folder."""
+    return save_part(base, to, "upsampler", upsampler, config={"model": upsampler.cfg.to_dict(), "sampling": sampling})
+
+
+def load_upsampler(path: str | Path, device: str = "cpu"):
+    """(the folder's super-resolution model, its sampling settings), or None when it has none (older folders:
+    outputs keep their native size)."""
+    part = Path(path) / "upsampler"
+    if not (part / "config.json").exists():
+        return None
+    from safetensors.torch import load_file
+
+    from .upsampler import Upsampler, UpsamplerConfig
+
+    config = json.loads((part / "config.json").read_text())
+    model = Upsampler(UpsamplerConfig(**config["model"]))
+    model.load_state_dict({k: v.float() for k, v in load_file(part / "upsampler.safetensors").items()})
+    return model.to(device).eval(), config.get("sampling", {})

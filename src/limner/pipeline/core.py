@@ -21,7 +21,8 @@ from ..models.dit import DiT
 from ..models.planner import TextPlanner
 from ..text.encoder import TextEncoder, pad
 from .images import carrying_parameters
-from .request import validate
+from .request import validate, validate_upscale
+from .upscale import Upscaler
 
 MAX_BATCH = 64
 CANDIDATE_STRIDE = 1_000_003  # seed offset between best-of candidates, far from the seed + i of -n images
@@ -29,23 +30,30 @@ CANDIDATE_STRIDE = 1_000_003  # seed offset between best-of candidates, far from
 
 class Pipeline:
     def __init__(self, denoiser: DiT, vae, encoder: TextEncoder, meta: dict, guard=None, planner=None,
-                 verifier=None, notice=None):
+                 verifier=None, notice=None, upscaler: Upscaler | None = None, upscale: int = 1, cascade: bool = True):
         """`guard`: `check_prompt(prompt)` before sampling, `finish(images, params, model)` after decoding
         (None: images get their parameters and nothing else). `planner(prompts, seeds)`: a layout (phrase, box) list or
         None per prompt, for a grounded denoiser. `verifier(prompt)`: image -> score for best-of search, or None for a
-        prompt it cannot read. `notice(prompt, model)`: a warning about the prompt, or None."""
+        prompt it cannot read. `notice(prompt, model)`: a warning about the prompt, or None. `upscaler`: the
+        super-resolution cascade, run on the chosen images before the guard (so the watermark and metadata are
+        made once, on the final image): to its `output` side when `cascade`, then `upscale` (2, 4, 8) times more."""
         self.denoiser, self.vae, self.encoder, self.meta = denoiser.eval(), vae.eval(), encoder, meta
         self.guard, self.planner, self.verifier, self.notice = guard, planner, verifier, notice
         self.resolution = meta["resolution"]
         self.defaults = meta.get("defaults", {})
         self.name = meta.get("name", "limner")
+        self.upscaler, self.cascade, self.upscale = upscaler, cascade, 1
+        self.set_upscale(upscale)
+        self.show_progress = False  # the upscaler's progress bar on stderr (the CLI turns it on)
 
     @classmethod
     def from_pretrained(cls, name_or_path: str = "shapes-default", device: str = "cpu", safety=None,
-                        layout: str = "auto") -> "Pipeline":
+                        layout: str = "auto", upscale: int = 1, cascade: bool = True) -> "Pipeline":
         """A model folder (or shipped name) with the guard (`safety`: a SafetyConfig; None: everything on) and
         the hooks its metadata names. `layout`: "learned" (the folder's planner), "rule" (its world's rule
-        parser: a research baseline), "none", or "auto" (learned if the folder has a planner, else rule)."""
+        parser: a research baseline), "none", or "auto" (learned if the folder has a planner, else rule).
+        A folder with an upsampler/ enlarges to its cascade's output side (`cascade=False`: the native size),
+        then `upscale` times more."""
         from .extras import extras  # the layer above the core: safety and world parts
 
         if layout not in ("auto", "learned", "rule", "none"):
@@ -60,7 +68,24 @@ class Pipeline:
             parts["planner"] = TextPlanner(learned, encoder)
         elif layout == "none":
             parts["planner"] = None
-        return cls(denoiser, vae, encoder, meta, **parts)
+        upscaler = Upscaler.from_folder(name_or_path, device) if cascade or upscale > 1 else None
+        return cls(denoiser, vae, encoder, meta, **parts, upscaler=upscaler, upscale=upscale, cascade=cascade)
+
+    def set_upscale(self, upscale: int) -> None:
+        """Enlarge outputs `upscale` (1, 2, 4, 8) times beyond the cascade's side; needs an upsampler."""
+        validate_upscale(upscale)
+        if upscale > 1 and self.upscaler is None:
+            raise ValueError(f"{self.name} has no upsampler to enlarge with: train one (kind: upsampler, "
+                             "configs/upsampler-default.yaml) or use `limner upscale --model` with a folder that has one")
+        self.upscale = upscale
+
+    @property
+    def output_factor(self) -> int:
+        """How many times larger than the base resolution the returned images are."""
+        if self.upscaler is None:
+            return 1
+        side = self.upscaler.settings.output if self.cascade else 0
+        return (side // self.resolution if side > self.resolution else 1) * self.upscale
 
     @torch.no_grad()
     def __call__(self, prompt: str | list[str], negative_prompt: str | None = None, seed: int | list[int] = 0,
@@ -113,6 +138,11 @@ class Pipeline:
             if verifiers[p["prompt"]]:
                 p["best_of"], p["candidate"] = best_of, best[j][2]
         images = [best[j][1] for j in range(len(jobs))]
+        if self.output_factor > 1:
+            images = [self.upscaler(img, self.output_factor, seed=p["seed"], show=self.show_progress)
+                      for img, p in zip(images, params)]
+            for p in params:
+                p["upscale"] = self.output_factor
         if self.guard is None:
             for img, p in zip(images, params):
                 img.info["parameters"] = p

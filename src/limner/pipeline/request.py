@@ -20,3 +20,11 @@ def validate(prompts, steps, guidance, sampler, num_images, best_of=1):
         raise ValueError(f"-n must be between 1 and 256, not {num_images}")
     if not 1 <= best_of <= 64:
         raise ValueError(f"--best-of must be between 1 and 64, not {best_of}")
+
+
+UPSCALE_FACTORS = (1, 2, 4, 8)
+
+
+def validate_upscale(upscale) -> None:
+    if upscale not in UPSCALE_FACTORS:
+        raise ValueError(f"--upscale must be 2, 4 or 8 (1: none), not {upscale}")

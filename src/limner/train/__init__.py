@@ -5,6 +5,7 @@
     denoiser.py     kind: denoiser      the diffusion transformer (needs a trained autoencoder)
     planner.py      kind: planner       the layout planner, exported into a copy of the model folder it plans for
     reward.py       kind: reward        post-training of an exported model against the Shapes World scorer
+    upsampler.py    kind: upsampler     the super-resolution stage, exported into a copy of the model folder
     data.py         the training data: Shapes World or WebDataset shards, cached latents and text states
 
 Each kind module has a typed `Config` (defaults that construct; its `model:` section is the model's own
@@ -15,7 +16,7 @@ from __future__ import annotations
 import importlib
 from pathlib import Path
 
-KINDS = ("autoencoder", "denoiser", "planner", "reward")  # each a module of this package
+KINDS = ("autoencoder", "denoiser", "planner", "reward", "upsampler")  # each a module of this package
 DEFAULT_KIND = "denoiser"  # what a config without `kind:` trains (as before kinds were modules)
 
 
