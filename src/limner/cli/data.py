@@ -1,4 +1,5 @@
-"""`limner data init | run | demo | report`: curate image-text data and see what each stage did."""
+"""`limner data init | run | demo | report | paraphrase`: curate image-text data and see what each stage did;
+rewrite captions with a language model."""
 from __future__ import annotations
 
 import json
@@ -76,6 +77,31 @@ def cmd_report(a) -> int:
     return 0
 
 
+def cmd_paraphrase(a) -> int:
+    from ..common.files import write_atomic
+    from ..data.paraphrase import ParaphraserConfig, paraphrase
+
+    captions = [line.strip() for line in Path(a.captions).read_text().splitlines() if line.strip()]
+    if not captions:
+        raise ValueError(f"{a.captions} holds no captions: write one caption a line")
+    spec = {"base_url": a.base_url, "model": a.model, "path": a.path, "n": a.n, "temperature": a.temperature,
+            "api_key_env": a.api_key_env}
+    if a.prompt_file:
+        spec["prompt"] = Path(a.prompt_file).read_text()
+    cfg = ParaphraserConfig(**spec, batch_size=a.batch_size)
+    try:
+        rewrites, report = paraphrase(cfg.build(), captions, cfg.n, a.cache_dir, cfg.batch_size, show=not a.quiet)
+    except RuntimeError as e:   # the server refused the key or the model: every caption would fail the same way
+        print(f"limner: error: {e}", file=sys.stderr)
+        return 2
+    out = Path(a.output)
+    write_atomic(out, "".join(json.dumps({"caption": c, "paraphrases": rewrites[c]}) + "\n"
+                              for c in dict.fromkeys(captions)))
+    print(report.line(), file=sys.stderr)
+    print(out)
+    return 0
+
+
 def add_parser(sub) -> None:
     d = sub.add_parser("data", help="curate image-text data: filter, deduplicate, recaption, scrub")
     ds = d.add_subparsers(dest="data_verb", required=True)
@@ -102,6 +128,20 @@ def add_parser(sub) -> None:
     m.add_argument("--executor", choices=["local", "ray"])
     m.add_argument("--quiet", action="store_true")
     m.set_defaults(fn=cmd_demo)
+    q = ds.add_parser("paraphrase", help="rewrite captions in other words with a language model (cached)")
+    q.add_argument("captions", help="a text file, one caption a line")
+    q.add_argument("--base-url", help="an OpenAI-compatible server, e.g. http://localhost:8000/v1 (with --model)")
+    q.add_argument("--model", help="the model the server serves")
+    q.add_argument("--api-key-env", default="OPENAI_API_KEY", help="the environment variable holding its key")
+    q.add_argument("--path", help="or: a local transformers model folder (causal LM or seq2seq such as Flan-T5)")
+    q.add_argument("-n", "--n", type=int, default=3, help="rewrites asked per caption (default 3)")
+    q.add_argument("--temperature", type=float, default=0.8)
+    q.add_argument("--prompt-file", help="a prompt of your own, with {caption} where the caption goes")
+    q.add_argument("--batch-size", type=int, default=32, help="captions asked (and cached) together")
+    q.add_argument("--cache-dir", help="where answers are kept (default: <limner cache>/paraphrase)")
+    q.add_argument("--output", "-o", required=True, help="JSONL to write: {caption, paraphrases} a line")
+    q.add_argument("--quiet", action="store_true")
+    q.set_defaults(fn=cmd_paraphrase)
     p = ds.add_parser("report", help="what each stage did: table, PNG plots, report.html")
     p.add_argument("manifest", help="manifest.parquet, or the run's out_dir")
     p.add_argument("--out", help="folder for report.html (default: beside the manifest)")

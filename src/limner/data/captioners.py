@@ -6,7 +6,8 @@ the captions of a single model share its style and its blind spots. A `Captioner
 images, with their alt-texts and metadata, into one {kind: caption} dict per image:
 
 - `OpenAICaptioner`: any OpenAI-compatible chat-completions server with vision (vLLM, Ollama,
-  llama.cpp's server, hosted APIs);
+  llama.cpp's server, hosted APIs), through `ChatEndpoint`, which data/paraphrase.py's text-to-text
+  paraphrasers share;
 - `TransformersCaptioner`: a vision-language model in a local folder (BLIP, LLaVA, Florence-2, Qwen2-VL, ...);
 - `OracleCaptioner`: exact captions of Shapes World images, from their scene or read back from the pixels.
 
@@ -77,59 +78,29 @@ def fill(template: str, alt: str | None) -> str:
 
 
 class CaptionFailed(Exception):
-    """One image got no caption; the run goes on."""
+    """One image (or one text, for a paraphraser) got no caption; the run goes on."""
 
 
-class OpenAICaptioner:
-    """A POST {base_url}/chat/completions per image, `concurrency` at a time, with the image inline as JPEG.
+class ChatEndpoint:
+    """A client of one OpenAI-compatible POST {base_url}/chat/completions, shared by the captioners here and the
+    paraphrasers of data/paraphrase.py.
 
     408, 429, 5xx, timeouts and dropped connections are retried `retries` times with exponential backoff (or
-    after the server's Retry-After), then fail their image. 401, 403 and 404 raise at once, and a server that
-    cannot be reached raises once the retries are spent, since these would fail every image; other 4xx
-    answers fail only their image. A failed image gets {} and the server's message in `errors`.
+    after the server's Retry-After), then fail their request with CaptionFailed. 401, 403 and 404 raise at once,
+    and a server that cannot be reached raises once the retries are spent, since these would fail every request;
+    other 4xx answers fail only their request.
     """
 
     backoff = 1.0  # seconds before the first retry, doubling for each next one
 
-    def __init__(self, base_url: str, model: str, api_key_env: str | None = "OPENAI_API_KEY",
-                 prompt: str = PIXART_PROMPT, kind: str = "vlm", max_tokens: int = 300, temperature: float = 0.2,
-                 timeout: float = 60, retries: int = 3, concurrency: int = 4, image_size: int = 512):
+    def __init__(self, base_url: str, model: str, api_key_env: str | None = "OPENAI_API_KEY", timeout: float = 60,
+                 retries: int = 3):
         self.endpoint = base_url.rstrip("/") + "/chat/completions"
-        self.model, self.prompt, self.kind = model, prompt, kind
-        self.api_key_env = api_key_env
+        self.model, self.api_key_env, self.timeout, self.retries = model, api_key_env, timeout, retries
         self.api_key = os.environ.get(api_key_env) if api_key_env else None
-        self.max_tokens, self.temperature, self.timeout, self.retries = max_tokens, temperature, timeout, retries
-        self.concurrency, self.image_size = concurrency, image_size
-        self.errors: list[str | None] = []
 
-    def caption(self, images, alts, metas):
-        with ThreadPoolExecutor(self.concurrency) as pool:
-            results = list(pool.map(self._one, images, alts))  # map keeps the order of the images
-        self.errors = [error for _, error in results]
-        return [caps for caps, _ in results]
-
-    def _one(self, image: Image.Image, alt: str | None) -> tuple[dict[str, str], str | None]:
-        try:
-            return {self.kind: self.ask(image, alt)}, None
-        except CaptionFailed as e:
-            log.warning("no %s caption: %s", self.kind, e)
-            return {}, str(e)
-
-    def ask(self, image: Image.Image, alt: str | None) -> str:
-        content = [{"type": "text", "text": fill(self.prompt, alt)},
-                   {"type": "image_url", "image_url": {"url": data_url(image, self.image_size)}}]
-        reply = self._post({"model": self.model, "messages": [{"role": "user", "content": content}],
-                            "max_tokens": self.max_tokens, "temperature": self.temperature})
-        try:
-            text = reply["choices"][0]["message"]["content"]
-        except (KeyError, IndexError, TypeError):
-            text = None
-        if not isinstance(text, str) or not text.strip():
-            raise CaptionFailed(f"{self.endpoint} answered without a caption in choices[0].message.content: "
-                                f"{json.dumps(reply)[:300]}")
-        return text.strip()
-
-    def _post(self, body: dict) -> dict:
+    def post(self, body: dict) -> dict:
+        """The server's JSON answer to `body`, retried as the class says."""
         headers = {"Content-Type": "application/json"}
         if self.api_key:
             headers["Authorization"] = f"Bearer {self.api_key}"
@@ -167,6 +138,48 @@ class OpenAICaptioner:
             raise ConnectionError(f"could not reach {self.endpoint} ({problem}). Is the server running, and is "
                                   "the URL right?")
         raise CaptionFailed(f"{self.endpoint}: gave up after {self.retries + 1} tries: {problem}")
+
+
+class OpenAICaptioner(ChatEndpoint):
+    """A POST {base_url}/chat/completions per image (ChatEndpoint: retries, errors), `concurrency` at a time,
+    with the image inline as JPEG. A failed image gets {} and the server's message in `errors`.
+    """
+
+    def __init__(self, base_url: str, model: str, api_key_env: str | None = "OPENAI_API_KEY",
+                 prompt: str = PIXART_PROMPT, kind: str = "vlm", max_tokens: int = 300, temperature: float = 0.2,
+                 timeout: float = 60, retries: int = 3, concurrency: int = 4, image_size: int = 512):
+        super().__init__(base_url, model, api_key_env, timeout, retries)
+        self.prompt, self.kind = prompt, kind
+        self.max_tokens, self.temperature = max_tokens, temperature
+        self.concurrency, self.image_size = concurrency, image_size
+        self.errors: list[str | None] = []
+
+    def caption(self, images, alts, metas):
+        with ThreadPoolExecutor(self.concurrency) as pool:
+            results = list(pool.map(self._one, images, alts))  # map keeps the order of the images
+        self.errors = [error for _, error in results]
+        return [caps for caps, _ in results]
+
+    def _one(self, image: Image.Image, alt: str | None) -> tuple[dict[str, str], str | None]:
+        try:
+            return {self.kind: self.ask(image, alt)}, None
+        except CaptionFailed as e:
+            log.warning("no %s caption: %s", self.kind, e)
+            return {}, str(e)
+
+    def ask(self, image: Image.Image, alt: str | None) -> str:
+        content = [{"type": "text", "text": fill(self.prompt, alt)},
+                   {"type": "image_url", "image_url": {"url": data_url(image, self.image_size)}}]
+        reply = self.post({"model": self.model, "messages": [{"role": "user", "content": content}],
+                            "max_tokens": self.max_tokens, "temperature": self.temperature})
+        try:
+            text = reply["choices"][0]["message"]["content"]
+        except (KeyError, IndexError, TypeError):
+            text = None
+        if not isinstance(text, str) or not text.strip():
+            raise CaptionFailed(f"{self.endpoint} answered without a caption in choices[0].message.content: "
+                                f"{json.dumps(reply)[:300]}")
+        return text.strip()
 
 
 def data_url(image: Image.Image, size: int) -> str:

@@ -48,11 +48,16 @@ class DataConfig:
     # shapes: more captioners (world/captioners.py: terse, prose_count, relational, scene_walk, inventory,
     # british_detailed, templates), each adding its caption under its own name; weigh them in caption_weights
     captioners: list = field(default_factory=list)
-    cache_dir: str | None = None  # cached latents and text states; None: <limner cache>/train
+    # a language model that rewrites one caption per image into a "paraphrase" caption, weighed in caption_weights
+    # (or by its own `weight`): {base_url, model, api_key_env} or {path}, plus n, ... (data/paraphrase.py)
+    paraphraser: dict | None = None
+    cache_dir: str | None = None  # cached latents, text states and paraphrases; None: <limner cache>/train
 
     def __post_init__(self):
+        from ..data.paraphrase import kind_weight
         from ..world.captioners import CAPTIONERS
 
+        self.caption_weights = kind_weight(self.paraphraser, self.caption_weights, "data.caption_weights")
         unknown = [c for c in self.captioners if c not in CAPTIONERS]
         if unknown:
             raise ValueError(f"data.captioners: unknown {unknown}; known: {', '.join(CAPTIONERS)}")
@@ -132,12 +137,20 @@ def layout_of(rec: Record):
 
 def load_records(cfg: DataConfig) -> list[Record]:
     if cfg.source == "shapes":
-        return shapes_records(cfg)
-    if cfg.source == "webdataset":
+        records = shapes_records(cfg)
+    elif cfg.source == "webdataset":
         if not cfg.shards:
             raise ValueError("data.source is webdataset but data.shards (a glob of .tar files) is not set")
-        return webdataset_records(cfg.shards)
-    raise ValueError(f"unknown data.source {cfg.source!r}: use 'shapes' or 'webdataset'")
+        records = webdataset_records(cfg.shards)
+    else:
+        raise ValueError(f"unknown data.source {cfg.source!r}: use 'shapes' or 'webdataset'")
+    if cfg.paraphraser is not None:
+        from ..data.paraphrase import add_paraphrases
+
+        held = held_out_prompts() if cfg.source == "shapes" else set()   # the suites are Shapes World's
+        add_paraphrases([r.captions for r in records], cfg.paraphraser, cfg.seed, cache_folder(cfg.cache_dir) /
+                        "paraphrase", allowed=lambda text: normalise(text) not in held)
+    return records
 
 
 def training_records(cfg: DataConfig) -> tuple[list[Record], np.ndarray | None]:
