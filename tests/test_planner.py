@@ -127,7 +127,7 @@ def test_the_curriculum_draws_simple_scenes_with_placing_captions_first():
     # captions it drew
     task.text = (torch.arange(len(texts), dtype=torch.float32)[:, None].expand(-1, 384).half(),
                  np.arange(len(texts) + 1), {t: j for j, t in enumerate(texts)})
-    task.tokens = torch.arange(len(task.scenes))[:, None]
+    task.tokens = [{kind: torch.tensor([i]) for kind in caps} for i, caps in enumerate(task.captions)]
     def drawn(step):
         scene_ids, states, _ = task.batch(step, 0, 1)
         writers = [next(k for k, v in task.captions[i].items() if texts[int(row[0, 0])] == v)
@@ -140,6 +140,57 @@ def test_the_curriculum_draws_simple_scenes_with_placing_captions_first():
     assert max(max(s) for s in sizes) > 2 and {"terse", "prose_count"} & {w for ws in writers for w in ws}
     with pytest.raises(ValueError, match="easy_captioners"):
         load_config(ROOT / "configs/planner-default.yaml", overrides=["data.captioners={terse: 1.0}"])
+
+
+def test_layouts_list_objects_in_the_order_the_caption_names_them():
+    from limner.train.planner import PlannerTask
+    from limner.world import captioners as CAP
+    from limner.world.scene import Obj, Scene
+
+    scene = Scene("ivory", [Obj("circle", "red", "small", 0.8, 0.5), Obj("square", "blue", "large", 0.2, 0.5),
+                            Obj("square", "blue", "small", 0.5, 0.2)])
+    text = "Two cobalt boxes sit left of a single crimson disc"
+    assert CAP.mention_order(text, scene) == {("blue", "square"): 4, ("red", "circle"): 38}
+    cfg = load_config(ROOT / "configs/planner-tiny.yaml")
+    task = PlannerTask.__new__(PlannerTask)
+    task.cfg, task.model = cfg, untrained()
+    names = [task.model.cfg.labels[t] for t in task.layout_tokens(scene, text)[:15:5].tolist()]
+    assert names == ["small blue square", "large blue square", "small red circle"]   # named first, listed first
+    cfg.data.order = "label"   # the vocabulary's order: red circles come before blue squares in world_labels
+    assert [task.model.cfg.labels[t] for t in task.layout_tokens(scene, text)[:15:5].tolist()][0] == "small red circle"
+    # every training captioner names every group in a form mention_order finds
+    rng = random.Random(2)
+    for _ in range(200):
+        sc = sample_scene(rng)
+        for kind, caption in CAP.caption(sc, rng).items():
+            assert set(CAP.mention_order(caption, sc)) == set(sc.groups()), (kind, caption)
+
+
+def test_text_positions_let_the_planner_read_word_order():
+    torch.manual_seed(0)
+    states, mask = torch.randn(1, 7, 384), torch.ones(1, 7, dtype=torch.bool)
+    flipped = states.flip(1)   # the same token states in the opposite order
+    for positions in (0, 16):
+        p = Planner(PlannerConfig(labels=world_labels(), width=32, depth=1, heads=2, text_positions=positions)).eval()
+        with torch.no_grad():
+            same = torch.allclose(p.read(states, mask).flip(1), p.read(flipped, mask), atol=1e-5)
+        assert same == (positions == 0)   # without positions the text is a set of states
+    with pytest.raises(ValueError, match="at most 16"):
+        p.read(torch.randn(1, 20, 384), torch.ones(1, 20, dtype=torch.bool))
+
+
+def test_captions_per_scene_draws_that_many_captioners_by_weight():
+    cfg = load_config(ROOT / "configs/planner-default.yaml", overrides=[
+        "data.scenes=600", "data.captions_per_scene=1", "data.captioners={terse: 3.0, relational: 1.0, scene_walk: 0.0}"])
+    _, captions = scenes_and_captions(cfg.data)
+    kinds = Counter(k for caps in captions for k in caps)
+    # one each (none where that one was a held-out prompt: such scenes are dropped by the task)
+    assert all(len(caps) <= 1 for caps in captions) and sum(kinds.values()) > 0.95 * len(captions)
+    assert "scene_walk" not in kinds and 0.65 < kinds["terse"] / sum(kinds.values()) < 0.85   # 3 : 1
+    cfg.data.captions_per_scene = 2
+    assert Counter(len(caps) for caps in scenes_and_captions(cfg.data)[1]).most_common(1)[0][0] == 2
+    with pytest.raises(ValueError, match="captions_per_scene"):
+        load_config(ROOT / "configs/planner-default.yaml", overrides=["data.captions_per_scene=0"])
 
 
 @pytest.fixture(scope="module")

@@ -11,6 +11,7 @@ Evaluation wordings are written separately (`world/unseen_wordings.py`) and neve
 from __future__ import annotations
 
 import random
+import re
 
 from . import captions as C
 from .scene import Obj, Scene
@@ -255,3 +256,28 @@ def caption(scene: Scene, rng: random.Random, names=tuple(CAPTIONERS)) -> dict[s
     if unknown:
         raise ValueError(f"unknown captioners {unknown}; known: {', '.join(CAPTIONERS)}")
     return {n: CAPTIONERS[n](scene, rng) for n in names}
+
+
+def _group_pattern(colour: str, shape: str) -> re.Pattern:
+    colours = sorted({colour, *COLOUR_WORDS[colour]}, key=len, reverse=True)
+    shapes = sorted({w for pair in SHAPE_WORDS[shape] for w in pair} | {shape, C.PLURALS[shape]}, key=len, reverse=True)
+    return re.compile(r"\b(?:%s)\s+(?:%s)\b" % ("|".join(map(re.escape, colours)), "|".join(map(re.escape, shapes))),
+                      re.IGNORECASE)
+
+
+_PATTERNS: dict[tuple[str, str], re.Pattern] = {}
+
+
+def mention_order(text: str, scene: Scene) -> dict[tuple[str, str], int]:
+    """Where each (colour, shape) group of `scene` is first named in a caption written by these captioners (a
+    character offset; groups not found are left out). Training only: a layout planner learns to list objects in
+    the order the prompt names them, as LLM layout planners do, which makes "A left of B" a question about the
+    first object listed rather than about which of two objects the sentence is about (the order by label left
+    relations at chance)."""
+    out = {}
+    for key in scene.groups():
+        pattern = _PATTERNS.get(key) or _PATTERNS.setdefault(key, _group_pattern(*key))
+        m = pattern.search(text)
+        if m:
+            out[key] = m.start()
+    return out
