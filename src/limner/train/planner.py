@@ -110,8 +110,9 @@ def weighted_sample(names: list[str], weights: dict, k: int, rng: random.Random)
 
 
 def scenes_and_captions(cfg: PlannerData) -> tuple[list, list[dict[str, str]]]:
-    """`cfg.scenes` scenes, one caption from each captioner per scene (or `captions_per_scene`, by weight; and, with `cfg.paraphraser`, a "paraphrase"
-    of one of them), none equal to a held-out suite prompt (a scene can be left with none)."""
+    """`cfg.scenes` scenes, one caption from each captioner per scene (or `captions_per_scene`, by weight; and, with
+    `cfg.paraphraser`, a "paraphrase" of one of them), none equal to a held-out suite prompt (a scene can be left
+    with none)."""
     from ..data.paraphrase import KIND, add_paraphrases
     from .data import cache_folder
 
