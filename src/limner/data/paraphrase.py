@@ -182,7 +182,8 @@ class TransformersParaphraser:
     """A local transformers model: seq2seq (T5, Flan-T5, BART: AutoModelForSeq2SeqLM) or causal (GPT-2, Llama,
     Qwen, ...: AutoModelForCausalLM). The prompt goes through the tokenizer's chat template when it has one, as
     plain text otherwise. temperature > 0 samples n rewrites, seeded by the batch's captions (the same batch
-    gets the same rewrites); temperature 0 keeps the n best beams."""
+    gets the same rewrites); temperature 0 keeps the n best beams. A rewrite stops at `max_tokens`, or sooner at
+    the length past which `check` would drop it."""
 
     def __init__(self, path: str, prompt: str = PROMPT, temperature: float = 0.8, max_tokens: int = 200,
                  batch_size: int = 16, device: str = "cpu"):
@@ -236,12 +237,15 @@ class TransformersParaphraser:
         encoded = tokenizer(texts, return_tensors="pt", padding=True)
         # only what every generator takes: a BERT-style tokenizer adds token_type_ids, which causal LMs refuse
         inputs = {k: encoded[k].to(self.device) for k in ("input_ids", "attention_mask")}
+        # check() drops a rewrite over MAX_RATIO times its caption's length: writing past ~4x its tokens is wasted
+        longest = max(len(tokenizer(c, add_special_tokens=False)["input_ids"]) for c in captions)
+        limit = min(self.max_tokens, int((MAX_RATIO + 1) * longest) + 8)
         sample = self.temperature > 0
         decoding = ({"do_sample": True, "temperature": self.temperature} if sample
                     else {"do_sample": False, "num_beams": max(n, 1)})  # greedy search returns one sequence only
         with torch.inference_mode(), torch.random.fork_rng(devices=[]):
             torch.manual_seed(int(digest(*captions), 16) % 2**31)  # reproducible without touching the caller's seed
-            out = model.generate(**inputs, max_new_tokens=self.max_tokens, num_return_sequences=n,
+            out = model.generate(**inputs, max_new_tokens=limit, num_return_sequences=n,
                                  pad_token_id=tokenizer.pad_token_id, **decoding)
         if not seq2seq:
             out = out[:, inputs["input_ids"].shape[1]:]  # left-padded: every prompt ends at the same column
