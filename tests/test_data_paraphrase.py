@@ -318,7 +318,22 @@ def test_transformers_paraphraser_uses_the_chat_template(tiny_causal, monkeypatc
     monkeypatch.setattr(type(tokenizer), "__call__", lambda self, texts, **kw: prompts.append(texts) or
                         real(self, texts, **kw))
     para.paraphrase(["two red circles"], 1)
-    assert prompts == [["user : " + fill(PROMPT, "two red circles") + " assistant :"]]
+    assert ["user : " + fill(PROMPT, "two red circles") + " assistant :"] in prompts
+
+
+def test_a_local_model_is_cached_by_what_it_holds(tiny_t5, tmp_path):
+    import shutil
+
+    def asked(folder):
+        para = TransformersParaphraser(str(folder), SHORT, temperature=0, max_tokens=3)
+        return paraphrase(para, CAPTIONS[:2], n=1, cache_dir=tmp_path / "cache")[1].asked
+
+    assert asked(tiny_t5) == 2 and asked(tiny_t5) == 0
+    moved = shutil.copytree(tiny_t5, tmp_path / "moved")
+    assert asked(moved) == 0   # the same model elsewhere: its answers are in the cache
+    config = json.loads((moved / "config.json").read_text())
+    (moved / "config.json").write_text(json.dumps({**config, "dropout_rate": 0.2}))   # changed in place: asked again
+    assert asked(moved) == 2
 
 
 def test_transformers_paraphraser_needs_a_local_text_model(tmp_path, monkeypatch):

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Protocol
 
-from ..common.cache import cache_root
+from ..common.cache import cache_root, file_digest
 from ..common.config import build
 from ..common.files import digest, write_atomic
 from ..common.progress import progress
@@ -178,6 +178,13 @@ class OpenAIParaphraser(ChatEndpoint):
         return texts
 
 
+def folder_identity(folder: Path) -> str:
+    """A local model named by what it holds, not where: its files' digests (each hashed once, then remembered by
+    its stat), so cached answers follow the model when it moves and are not reused when it is retrained in place."""
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and not any(x.startswith(".") for x in p.parts))
+    return f"local model {digest(*(f'{p.relative_to(folder)}:{file_digest(p)}' for p in files), size=24)}"
+
+
 class TransformersParaphraser:
     """A local transformers model: seq2seq (T5, Flan-T5, BART: AutoModelForSeq2SeqLM) or causal (GPT-2, Llama,
     Qwen, ...: AutoModelForCausalLM). The prompt goes through the tokenizer's chat template when it has one, as
@@ -190,7 +197,7 @@ class TransformersParaphraser:
         self.path = local_model(path, "language model")  # fails now, before any caption is read
         self.prompt, self.temperature, self.max_tokens = prompt, temperature, max_tokens
         self.batch_size, self.device = batch_size, device
-        self.name = str(Path(self.path).resolve()) if Path(self.path).is_dir() else self.path
+        self.name = folder_identity(Path(self.path)) if Path(self.path).is_dir() else self.path
         self.errors: list[str | None] = []
         self._loaded = None
 
