@@ -279,7 +279,7 @@ class Report:
                 f"{self.failed} failed), {self.kept} rewrites kept, dropped: {why}")
 
 
-def cache_folder(paraphraser: Paraphraser, n: int, cache_dir: str | Path | None) -> Path:
+def answers_folder(paraphraser: Paraphraser, n: int, cache_dir: str | Path | None) -> Path:
     """The folder of one (model, settings, n): one JSONL file per finished batch, {"caption", "rewrites"} a line."""
     identity = {"model": paraphraser.name, **paraphraser.settings(), "n": n}
     folder = Path(cache_dir or cache_root() / "paraphrase") / digest(json.dumps(identity, sort_keys=True))
@@ -305,7 +305,7 @@ def paraphrase(paraphraser: Paraphraser, captions: list[str], n: int = 2, cache_
     if n < 1:
         raise ValueError(f"n is {n}: ask for at least one paraphrase per caption")
     unique = list(dict.fromkeys(captions))
-    folder = cache_folder(paraphraser, n, cache_dir)
+    folder = answers_folder(paraphraser, n, cache_dir)
     answers = read_cache(folder)
     todo = [c for c in unique if c not in answers]
     report = Report(captions=len(unique), cached=len(unique) - len(todo), asked=len(todo))
