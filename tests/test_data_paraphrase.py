@@ -165,6 +165,17 @@ def test_the_cache_asks_each_caption_once_and_drops_bad_rewrites(server, tmp_pat
     assert all(p.name == "about.json" or p.suffix == ".jsonl" for p in tmp_path.rglob("*") if p.is_file())
 
 
+def test_a_run_without_a_bar_logs_how_far_it_got(server, tmp_path, monkeypatch, caplog):
+    import limner.data.paraphrase as P
+
+    monkeypatch.setattr(P, "LOG_EVERY", 0.0)
+    with caplog.at_level("INFO", logger="limner.data.paraphrase"):
+        paraphrase(OpenAIParaphraser(server, "m"), [f"{k} red dots" for k in range(5)], n=1, cache_dir=tmp_path,
+                   batch_size=2)
+    assert [r.getMessage() for r in caplog.records] == [f"paraphrases: {k} of 5 captions asked (0 failed)"
+                                                         for k in (0, 2, 4)]
+
+
 def test_an_interrupted_run_keeps_its_finished_batches(server, tmp_path, monkeypatch):
     captions = [f"{k} green triangles" for k in range(10)]
     para = OpenAIParaphraser(server, "m", concurrency=1)

@@ -27,6 +27,7 @@ import json
 import logging
 import random
 import re
+import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -42,6 +43,7 @@ from .captioners import CaptionFailed, ChatEndpoint
 
 log = logging.getLogger(__name__)
 KIND = "paraphrase"  # the caption kind paraphrases train under
+LOG_EVERY = 60.0  # seconds between progress lines in the log when no progress bar is shown
 
 # Few-shot: the examples show what must survive a rewrite (numbers in either style, sizes, colours, places,
 # relations) and that only the wording changes.
@@ -310,7 +312,13 @@ def paraphrase(paraphraser: Paraphraser, captions: list[str], n: int = 2, cache_
     todo = [c for c in unique if c not in answers]
     report = Report(captions=len(unique), cached=len(unique) - len(todo), asked=len(todo))
     bar = progress(len(todo), "paraphrases", unit="caption", enabled=show)
+    said = time.monotonic()
     for i in range(0, len(todo), batch_size):
+        # without a bar (training), a long run still says how far it got: a large model asked 100,000 captions
+        # takes hours, and the log is all a training run shows before its first step
+        if not show and time.monotonic() - said >= LOG_EVERY:
+            log.info("paraphrases: %d of %d captions asked (%d failed)", i, len(todo), report.failed)
+            said = time.monotonic()
         part = todo[i:i + batch_size]
         got = paraphraser.paraphrase(part, n)
         done = {c: texts for c, texts, error in zip(part, got, paraphraser.errors) if texts and error is None}
