@@ -221,6 +221,41 @@ def test_a_killed_cli_run_resumes_where_it_stopped(server, tmp_path):
     assert [r["caption"] for r in rows] == captions and all(len(r["paraphrases"]) == 2 for r in rows)
 
 
+RANK_SCRIPT = """
+import json, os, sys
+import torch.distributed as dist
+from limner.data.paraphrase import add_paraphrases
+
+dist.init_process_group("gloo")
+captions = [{"count": f"{k} red circles", "spatial": f"{k} blue squares left of a star"} for k in range(12)]
+add_paraphrases(captions, {"base_url": sys.argv[1], "model": "m"}, seed=0, cache_dir=sys.argv[2])
+with open(os.path.join(sys.argv[3], f"rank-{dist.get_rank()}.json"), "w") as f:
+    json.dump(captions, f)
+dist.destroy_process_group()
+"""
+
+
+@pytest.mark.slow
+def test_under_torchrun_one_process_asks_and_all_train_on_the_same(server, tmp_path):
+    (tmp_path / "rank.py").write_text(RANK_SCRIPT)
+
+    def torchrun(out):
+        out.mkdir()
+        subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                        str(tmp_path / "rank.py"), server, str(tmp_path / "cache"), str(out)], check=True,
+                       capture_output=True, timeout=300)
+        return [json.loads((out / f"rank-{r}.json").read_text()) for r in (0, 1)]
+
+    first, second = torchrun(tmp_path / "one")
+    assert first == second and all("paraphrase" in caps for caps in first)
+    assert len(TextChat.requests) == 12   # one of each scene's two captions, asked by one process
+    # an earlier run's shared result is never read: this run's local rank 0 writes its own before the others read
+    (shared,) = (tmp_path / "cache").rglob("result-*.json")
+    stale = json.loads(shared.read_text())
+    shared.write_text(json.dumps({**stale, "rewrites": {c: ["STALE"] for c in stale["rewrites"]}}))
+    assert torchrun(tmp_path / "two") == [first, first] and len(TextChat.requests) == 12   # from the cache
+
+
 def test_the_cli_says_what_is_wrong(server, tmp_path, capsys):
     from limner.cli import main
 

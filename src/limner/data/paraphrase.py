@@ -19,12 +19,14 @@ repeated and refusal-looking rewrites. It cannot tell a rewrite that lost an obj
 to keep them, and the weight in the training config says how much to trust the model.
 
 Training takes paraphrases as one more caption kind, "paraphrase", per scene or image (`add_paraphrases`); no
-paraphraser configured (the default) changes nothing.
+paraphraser configured (the default) changes nothing. Under torchrun one process per machine asks and the others
+read its answers (`once_per_machine`).
 """
 from __future__ import annotations
 
 import json
 import logging
+import os
 import random
 import re
 import time
@@ -415,10 +417,44 @@ def add_paraphrases(caption_dicts: list[dict[str, str]], spec: dict | Paraphrase
     for i, caps in enumerate(caption_dicts):
         kinds = [k for k in caps if k != KIND and (not cfg.sources or k in cfg.sources)]
         sources.append(caps[random.Random(f"paraphrase-source-{seed}-{i}").choice(kinds)] if kinds else None)
-    rewrites, report = paraphrase(cfg.build(), [s for s in sources if s], cfg.n, cache_dir, cfg.batch_size, show)
+    para, asked = cfg.build(), [s for s in sources if s]
+
+    def ask() -> dict:
+        rewrites, report = paraphrase(para, asked, cfg.n, cache_dir, cfg.batch_size, show)
+        log.info("%s", report.line())
+        return {"rewrites": rewrites, "report": {**vars(report), "dropped": dict(report.dropped)}}
+
+    shared = answers_folder(para, cfg.n, cache_dir) / f"result-{digest(*asked)}.json"
+    result = once_per_machine(shared, ask)
     for i, (caps, source) in enumerate(zip(caption_dicts, sources)):
-        usable = [t for t in rewrites.get(source, []) if allowed(t)] if source else []
+        usable = [t for t in result["rewrites"].get(source, []) if allowed(t)] if source else []
         if usable:
             caps[KIND] = random.Random(f"paraphrase-pick-{seed}-{i}").choice(usable)
-    log.info("%s", report.line())
-    return report
+    return Report(**{**result["report"], "dropped": Counter(result["report"]["dropped"])})
+
+
+def once_per_machine(path: Path, compute: Callable[[], dict]) -> dict:
+    """compute() in one process per machine under torchrun (LOCAL_WORLD_SIZE > 1): local rank 0 computes it and
+    writes it to `path`, the machine's other processes wait for that file and read it, so n processes ask a paid
+    endpoint once and all train on the same captions. Waiting is a file poll, not a collective: asking a model
+    can outlast a process group's timeout. A barrier first keeps a file left by an earlier run from being read."""
+    if int(os.environ.get("LOCAL_WORLD_SIZE", "1")) <= 1:
+        return compute()
+    import torch.distributed as dist
+
+    first = int(os.environ.get("LOCAL_RANK", "0")) == 0
+    if first:
+        path.unlink(missing_ok=True)
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+    if first:
+        result = compute()
+        write_atomic(path, json.dumps(result))
+        return result
+    said = time.monotonic()
+    while not path.exists():
+        if time.monotonic() - said >= LOG_EVERY:
+            log.info("waiting for local rank 0's paraphrases (%s)", path)
+            said = time.monotonic()
+        time.sleep(0.5)
+    return json.loads(path.read_text())
