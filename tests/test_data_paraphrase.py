@@ -477,6 +477,29 @@ def test_denoiser_data_gets_a_paraphrase_kind(server, tmp_path):
     assert abs(share - expected) < 0.05 and expected > 0.6, (share, expected)
 
 
+def test_own_images_get_their_alt_text_or_captions_paraphrased(server, tmp_path):
+    import io
+
+    from PIL import Image
+
+    from limner.data.shards import write_shard
+    from limner.train.data import DataConfig, load_records
+
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 8), (200, 30, 30)).save(buf, format="PNG")
+    write_shard(tmp_path / "shard-000.tar", [
+        ("a", {"png": buf.getvalue(), "txt": b"a red tile on a table"}),
+        ("b", {"png": buf.getvalue(), "json": json.dumps({"captions": {"vlm": "a small red square"}}).encode()}),
+        ("c", {"png": buf.getvalue(), "txt": b"two red circles"})])
+    cfg = DataConfig(source="webdataset", shards=str(tmp_path / "shard-*.tar"), cache_dir=str(tmp_path / "cache"),
+                     caption_weights={"alt": 1.0, "vlm": 1.0}, paraphraser={"base_url": server, "model": "m", "n": 1})
+    records = load_records(cfg)
+    assert [r.captions["paraphrase"] for r in records] == [rewrite(t, 10) for t in
+                                                           ("a red tile on a table", "a small red square",
+                                                            "two red circles")]
+    assert cfg.caption_weights == {"alt": 1.0, "vlm": 1.0, "paraphrase": 1.0}
+
+
 @pytest.mark.slow
 def test_a_tiny_planner_run_trains_on_paraphrases(server, tmp_path, monkeypatch):
     import limner.train.planner as P
