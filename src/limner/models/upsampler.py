@@ -2,7 +2,8 @@
 given the low-resolution one (SR3 / Imagen's super-resolution diffusion, at CPU scale, in pixel space).
 
 What it reads, per output pixel: the noisy residual x_t (the target is the high-resolution image minus the
-low one enlarged bicubically, which is zero wherever the enlargement is already right) beside the enlarged
+low one enlarged bicubically, which is zero wherever the enlargement is already right; it predicts that
+residual, x0, and `velocity` turns it into the flow's velocity for the samplers) beside the enlarged
 low image, noise-augmented (Imagen's noise conditioning augmentation: the low image is mixed with noise at a
 level drawn per sample in training and fixed at sampling, and the level is given to the model as a second
 timestep, so it learns how far to trust its input; the level of a cascade's later stage hides the earlier
@@ -99,7 +100,7 @@ class Upsampler(nn.Module):
 
     def forward(self, x, t, low_up, level, factor):
         """x: (B, 3, H, W) noisy residual; t, level: (B,) in [0, 1]; low_up: (B, 3, H, W) the augmented low
-        image enlarged to H x W; factor: (B,) the enlargement. Returns the flow velocity, (B, 3, H, W)."""
+        image enlarged to H x W; factor: (B,) the enlargement. Returns the clean residual x0, (B, 3, H, W)."""
         s = self.cfg.shuffle
         c = (self.embed["t"](timestep_embedding(t, 256)) + self.embed["level"](timestep_embedding(level, 256))
              + self.embed["factor"](timestep_embedding(torch.log2(factor.float()) / 4, 256)))
@@ -121,12 +122,24 @@ def augment(low: torch.Tensor, level: torch.Tensor, noise: torch.Tensor) -> torc
 
 
 def loss(model: Upsampler, low, high, factor: int, max_level: float, generator=None) -> torch.Tensor:
-    """The flow-matching loss (diffusion.flow) on the residual high - enlarge(low), with each sample's low image
-    augmented at a level drawn uniformly in [0, max_level]. low: (B, 3, h, w), high: (B, 3, f h, f w) in [-1, 1]."""
+    """The flow's noising (diffusion.flow: x_t = (1 - t) x0 + t noise, logit-normal t) of the residual
+    x0 = high - enlarge(low), with the model predicting x0 itself (mean squared error), and each sample's low image
+    augmented at a level drawn uniformly in [0, max_level]. low: (B, 3, h, w), high: (B, 3, f h, f w) in [-1, 1].
+
+    x0, not the velocity noise - x0 (what the denoiser predicts): the blocks run on a grid `shuffle` times
+    coarser, and a velocity would have them carry every pixel's noise through; the residual is smooth and sparse.
+    The sampler still follows the flow's velocity, `velocity` makes it from the prediction."""
     b = low.shape[0]
     level = torch.rand(b, generator=generator, device=low.device) * max_level
     low_up = enlarge(augment(low, level, torch.randn(low.shape, generator=generator, device=low.device)), factor)
-    factors = torch.full((b,), float(factor), device=low.device)
-    # flow.loss calls model(xt, t, states, mask): the conditions ride in those two places
-    return flow.loss(lambda xt, t, cond, lv: model(xt, t, cond, lv, factors), high - enlarge(low, factor),
-                     low_up, level, generator=generator)
+    x0 = high - enlarge(low, factor)
+    t = flow.sample_t(b, generator=generator, device=low.device)
+    noise = torch.randn(x0.shape, generator=generator, device=low.device)
+    xt = (1 - t.view(-1, 1, 1, 1)) * x0 + t.view(-1, 1, 1, 1) * noise
+    x0_hat = model(xt, t, low_up, level, torch.full((b,), float(factor), device=low.device))
+    return ((x0_hat.float() - x0) ** 2).mean()
+
+
+def velocity(model: Upsampler, x, t, low_up, level, factor) -> torch.Tensor:
+    """The flow velocity (x_t - x0) / t from the model's x0; samplers evaluate it at t > 0 only."""
+    return (x - model(x, t, low_up, level, factor)) / t.view(-1, 1, 1, 1)

@@ -17,7 +17,7 @@ from ..common.files import digest
 from ..common.progress import progress
 from ..diffusion.sampling import SAMPLERS, timesteps
 from ..models import folder
-from ..models.upsampler import Upsampler, augment, enlarge
+from ..models.upsampler import Upsampler, augment, enlarge, velocity
 from .tiles import noise_field, tiled
 
 MAX_OUTPUT_SIDE = 16384
@@ -142,7 +142,7 @@ class Upscaler:
             ly1, lx1 = min(lh, -(-y1 // factor) + margin), min(lw, -(-x1 // factor) + margin)
             up = enlarge(low_aug[..., ly0:ly1, lx0:lx1], factor)
             up = up[..., y0 - ly0 * factor : y1 - ly0 * factor, x0 - lx0 * factor : x1 - lx0 * factor]
-            return self.model(x, t.expand(1), up, level, factors)
+            return velocity(self.model, x, t.expand(1), up, level, factors)
 
         tile = self.tile_size()
         dead = self.model.receptive_field

