@@ -173,55 +173,81 @@ def sd_backend(tiny_sd):
 # ------------------------------------------------------------------------------ a local OpenAI images API
 
 
-class ImagesAPI(BaseHTTPRequestHandler):
-    """POST /v1/images/generations: a solid PNG whose colour comes from the seed; refuses "forbidden"."""
+class JSONAPI(BaseHTTPRequestHandler):
+    """Hands each POSTed JSON body to `answer(path, headers, body)` and sends back what it returns: (status,
+    payload) or (status, payload, headers)."""
 
-    requests: list = []
-    strict = False   # act like OpenAI: reject fields it does not know
+    answer = None
 
     def do_POST(self):
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        type(self).requests.append((self.path, dict(self.headers), body))
-        if self.path != "/v1/images/generations":
-            return self._send(404, {"error": {"message": "not found", "code": None}})
-        if self.strict and "seed" in body:
-            return self._send(400, {"error": {"message": "Unrecognized request argument supplied: seed"}})
-        if "forbidden" in body["prompt"]:
-            return self._send(400, {"error": {"message": "Your request was rejected by our safety system.",
-                                              "type": "invalid_request_error", "code": "content_policy_violation"}})
-        w, h = map(int, body.get("size", "64x64").split("x"))
-        seed = body.get("seed", 0)
-        buf = io.BytesIO()
-        Image.new("RGB", (w, h), (seed * 40 % 256, 100, len(body["prompt"]) % 256)).save(buf, format="PNG")
-        self._send(200, {"created": 0, "data": [{"b64_json": base64.b64encode(buf.getvalue()).decode()}]})
-
-    def _send(self, status, payload):
+        status, payload, *extra = type(self).answer(self.path, dict(self.headers), body)
         data = json.dumps(payload).encode()
         self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
+        for k, v in {"Content-Type": "application/json", "Content-Length": str(len(data)), **(extra[0] if extra else {})}.items():
+            self.send_header(k, v)
         self.end_headers()
-        self.wfile.write(data)
+        try:
+            self.wfile.write(data)
+        except OSError:  # the client gave up waiting (a timeout test) or was killed
+            pass
 
     def log_message(self, *args):
         pass
 
 
 @pytest.fixture
+def json_server():
+    """json_server(answer) -> the base URL of a local JSON API on a free port, until the test ends: `answer(path,
+    headers, body)` returns (status, payload) or (status, payload, headers) for each POST."""
+    servers = []
+
+    def start(answer) -> str:
+        httpd = ThreadingHTTPServer(("127.0.0.1", 0), type("API", (JSONAPI,), {"answer": staticmethod(answer)}))
+        threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+        servers.append(httpd)
+        return f"http://127.0.0.1:{httpd.server_address[1]}"
+
+    yield start
+    for httpd in servers:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+class ImagesAPI:
+    """POST /v1/images/generations: a solid PNG whose colour comes from the seed; refuses "forbidden"."""
+
+    requests: list = []
+    strict = False   # act like OpenAI: reject fields it does not know
+
+    @classmethod
+    def answer(cls, path, headers, body):
+        cls.requests.append((path, headers, body))
+        if path != "/v1/images/generations":
+            return 404, {"error": {"message": "not found", "code": None}}
+        if cls.strict and "seed" in body:
+            return 400, {"error": {"message": "Unrecognized request argument supplied: seed"}}
+        if "forbidden" in body["prompt"]:
+            return 400, {"error": {"message": "Your request was rejected by our safety system.",
+                                   "type": "invalid_request_error", "code": "content_policy_violation"}}
+        w, h = map(int, body.get("size", "64x64").split("x"))
+        seed = body.get("seed", 0)
+        buf = io.BytesIO()
+        Image.new("RGB", (w, h), (seed * 40 % 256, 100, len(body["prompt"]) % 256)).save(buf, format="PNG")
+        return 200, {"created": 0, "data": [{"b64_json": base64.b64encode(buf.getvalue()).decode()}]}
+
+
+@pytest.fixture
 def images_api():
-    """The local images API's handler class: `.requests` it received (path, headers, body), `.strict` to set."""
+    """The local images API (ImagesAPI): `.requests` it received (path, headers, body), `.strict` to set."""
     ImagesAPI.requests, ImagesAPI.strict = [], False
     return ImagesAPI
 
 
 @pytest.fixture
-def openai_server(images_api):
+def openai_server(images_api, json_server):
     """The URL of a local OpenAI images API server (ImagesAPI) on a free port, for this test."""
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), images_api)
-    threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}"
-    httpd.shutdown()
-    httpd.server_close()
+    return json_server(images_api.answer)
 
 
 # ------------------------------------------------------------------------------ the prompt filter's tiny encoder

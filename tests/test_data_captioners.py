@@ -8,7 +8,6 @@ import re
 import socket
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 import pytest
@@ -23,7 +22,7 @@ from limner.world.scene import Scene, render, sample_scene
 # --------------------------------------------------------------------------- a local chat-completions server
 
 
-class ChatAPI(BaseHTTPRequestHandler):
+class ChatAPI:
     """POST /v1/chat/completions. The caption names the alt-text and the image's size and colour; alt-texts
     ask for trouble: "bad" a 400, "flaky" a 503 then success, "busy" a 429 (Retry-After: 1) then success,
     "slow" one answer too late, "down" only 503s; "wait-N" answers after N/20 s."""
@@ -33,33 +32,33 @@ class ChatAPI(BaseHTTPRequestHandler):
     in_flight = peak = 0
     lock = threading.Lock()
 
-    def do_POST(self):
-        cls = type(self)
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+    @classmethod
+    def answer(cls, path, headers, body):
         with cls.lock:
-            cls.requests.append((self.path, dict(self.headers), body))
+            cls.requests.append((path, headers, body))
             cls.in_flight += 1
             cls.peak = max(cls.peak, cls.in_flight)
         try:
-            self._answer(body)
+            return cls._answer(path, headers, body)
         finally:
             with cls.lock:
                 cls.in_flight -= 1
 
-    def _answer(self, body):
-        if self.path != "/v1/chat/completions":
-            return self._send(404, {"error": {"message": "not found"}})
-        if self.headers.get("Authorization") != "Bearer sk-test":
-            return self._send(401, {"error": {"message": "Incorrect API key provided"}})
+    @classmethod
+    def _answer(cls, path, headers, body):
+        if path != "/v1/chat/completions":
+            return 404, {"error": {"message": "not found"}}
+        if headers.get("Authorization") != "Bearer sk-test":
+            return 401, {"error": {"message": "Incorrect API key provided"}}
         text, image = body["messages"][0]["content"]
         alt = m[1] if (m := re.search(r'alt-text "(.*?)"', text["text"])) else "none"
-        tries = type(self).seen[alt] = type(self).seen.get(alt, 0) + 1
+        tries = cls.seen[alt] = cls.seen.get(alt, 0) + 1
         if "bad" in alt:
-            return self._send(400, {"object": "error", "message": "Image could not be decoded", "code": 400})
+            return 400, {"object": "error", "message": "Image could not be decoded", "code": 400}
         if "down" in alt or ("flaky" in alt and tries == 1):
-            return self._send(503, {"error": {"message": "overloaded"}}, {"Retry-After": "0"})
+            return 503, {"error": {"message": "overloaded"}}, {"Retry-After": "0"}
         if "busy" in alt and tries == 1:
-            return self._send(429, {"error": {"message": "slow down"}}, {"Retry-After": "1"})
+            return 429, {"error": {"message": "slow down"}}, {"Retry-After": "1"}
         if "slow" in alt and tries == 1:
             time.sleep(1.5)
         if m := re.search(r"wait-(\d+)", alt):
@@ -67,33 +66,15 @@ class ChatAPI(BaseHTTPRequestHandler):
         img = Image.open(io.BytesIO(base64.b64decode(image["image_url"]["url"].split(",", 1)[1])))
         r, g, b = img.convert("RGB").getpixel((img.width // 2, img.height // 2))
         caption = f" {alt} {img.width}x{img.height} {'red' if r > b else 'blue'} "
-        self._send(200, {"choices": [{"index": 0, "message": {"role": "assistant", "content": caption}}]})
-
-    def _send(self, status, payload, headers=None):
-        data = json.dumps(payload).encode()
-        self.send_response(status)
-        for k, v in {"Content-Type": "application/json", "Content-Length": str(len(data)), **(headers or {})}.items():
-            self.send_header(k, v)
-        self.end_headers()
-        try:
-            self.wfile.write(data)
-        except OSError:  # the client gave up waiting (the timeout test)
-            pass
-
-    def log_message(self, *args):
-        pass
+        return 200, {"choices": [{"index": 0, "message": {"role": "assistant", "content": caption}}]}
 
 
 @pytest.fixture
-def server(monkeypatch):
+def server(monkeypatch, json_server):
     ChatAPI.requests, ChatAPI.seen, ChatAPI.in_flight, ChatAPI.peak = [], {}, 0, 0
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
     monkeypatch.setattr(OpenAICaptioner, "backoff", 0.01)
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), ChatAPI)
-    threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}/v1"
-    httpd.shutdown()
-    httpd.server_close()
+    return json_server(ChatAPI.answer) + "/v1"
 
 
 RED, BLUE = Image.new("RGB", (800, 400), (220, 30, 30)), Image.new("RGB", (300, 600), (30, 30, 220))

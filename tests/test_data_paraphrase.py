@@ -10,7 +10,6 @@ import sys
 import threading
 import time
 from collections import Counter
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +29,7 @@ def rewrite(caption: str, i: int) -> str:
     return f"{' '.join(reversed(caption.split()))} (take {i})"
 
 
-class TextChat(BaseHTTPRequestHandler):
+class TextChat:
     """POST /v1/chat/completions for text. It reads the caption after the prompt's last "Description:" and
     answers n rewrites; captions ask for trouble: "@busy" a 429 (Retry-After: 1) then success, "@flaky" a 503
     then success, "@bad" a 400, "@down" only 503s, "@single" one choice whatever n is, "@refuse" / "@echo" /
@@ -40,25 +39,24 @@ class TextChat(BaseHTTPRequestHandler):
     seen: Counter = Counter()
     lock = threading.Lock()
 
-    def do_POST(self):
-        cls = type(self)
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+    @classmethod
+    def answer(cls, path, headers, body):
         caption = body["messages"][0]["content"].rsplit("Description:", 1)[-1].split("\nRewrite:")[0].strip()
         with cls.lock:
-            cls.requests.append((self.path, dict(self.headers), body, caption))
-        if self.path != "/v1/chat/completions":
-            return self._send(404, {"error": {"message": "not found"}})
-        if self.headers.get("Authorization") != "Bearer sk-test":
-            return self._send(401, {"error": {"message": "Incorrect API key provided"}})
+            cls.requests.append((path, headers, body, caption))
+        if path != "/v1/chat/completions":
+            return 404, {"error": {"message": "not found"}}
+        if headers.get("Authorization") != "Bearer sk-test":
+            return 401, {"error": {"message": "Incorrect API key provided"}}
         with cls.lock:   # tries of the caption that reached the model
             cls.seen[caption] += 1
             tries = cls.seen[caption]
         if "@bad" in caption:
-            return self._send(400, {"object": "error", "message": "prompt too long", "code": 400})
+            return 400, {"object": "error", "message": "prompt too long", "code": 400}
         if "@down" in caption or ("@flaky" in caption and tries == 1):
-            return self._send(503, {"error": {"message": "overloaded"}}, {"Retry-After": "0"})
+            return 503, {"error": {"message": "overloaded"}}, {"Retry-After": "0"}
         if "@busy" in caption and tries == 1:
-            return self._send(429, {"error": {"message": "slow down"}}, {"Retry-After": "1"})
+            return 429, {"error": {"message": "slow down"}}, {"Retry-After": "1"}
         if "@wait" in caption:
             time.sleep(0.3)
         n = 1 if "@single" in caption else body.get("n", 1)
@@ -66,34 +64,16 @@ class TextChat(BaseHTTPRequestHandler):
                    "@ramble": "a " * 200, "@blank": "  "}
         texts = [next((v for k, v in special.items() if k in caption), None) or rewrite(caption, tries * 10 + i)
                  for i in range(n)]
-        self._send(200, {"choices": [{"index": i, "message": {"role": "assistant", "content": t}}
-                                     for i, t in enumerate(texts)]})
-
-    def _send(self, status, payload, headers=None):
-        data = json.dumps(payload).encode()
-        self.send_response(status)
-        for k, v in {"Content-Type": "application/json", "Content-Length": str(len(data)), **(headers or {})}.items():
-            self.send_header(k, v)
-        self.end_headers()
-        try:
-            self.wfile.write(data)
-        except OSError:  # a killed client
-            pass
-
-    def log_message(self, *args):
-        pass
+        return 200, {"choices": [{"index": i, "message": {"role": "assistant", "content": t}}
+                                 for i, t in enumerate(texts)]}
 
 
 @pytest.fixture
-def server(monkeypatch):
+def server(monkeypatch, json_server):
     TextChat.requests, TextChat.seen = [], Counter()
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
     monkeypatch.setattr(ChatEndpoint, "backoff", 0.01)
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), TextChat)
-    threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}/v1"
-    httpd.shutdown()
-    httpd.server_close()
+    return json_server(TextChat.answer) + "/v1"
 
 
 def test_openai_paraphraser_sends_the_prompt_and_asks_n(server):

@@ -17,6 +17,7 @@ import torch
 
 from limner.models.autoencoder import AutoencoderConfig
 from limner.models.dit import DiTConfig
+from limner.models.upsampler import UpsamplerConfig
 from limner.train import KINDS, load_config, run
 from limner.train.autoencoder import AutoencoderTrainConfig
 from limner.train.data import DataConfig, Record, batch_indices, shapes_records
@@ -212,8 +213,8 @@ def test_shipped_configs_load_as_their_kind():
         assert type(cfg).__module__ == f"limner.train.{cfg.kind}"
         if cfg.kind != "reward":
             assert type(cfg.model) is {"autoencoder": AutoencoderConfig, "denoiser": DiTConfig,
-                                       "planner": PlannerConfig}[cfg.kind]
-    assert {"autoencoder", "denoiser", "planner", "reward"} <= set(kinds.values()) <= set(KINDS)
+                                       "planner": PlannerConfig, "upsampler": UpsamplerConfig}[cfg.kind]
+    assert {"autoencoder", "denoiser", "planner", "reward", "upsampler"} <= set(kinds.values()) <= set(KINDS)
     assert load_config(ROOT / "configs/shapes-default.yaml").model.grounding is True
 
 
@@ -230,7 +231,7 @@ def test_config_errors_are_clear(tmp_path):
         load_config(ROOT / "configs/denoiser-tiny.yaml", overrides=["model.deph=3"])
     with pytest.raises(ValueError, match="model: unknown preset 'XXL'"):
         load_config({"model": {"preset": "XXL"}})
-    with pytest.raises(ValueError, match="kind must be one of autoencoder, denoiser, planner, reward, not 'vae'"):
+    with pytest.raises(ValueError, match="kind must be one of autoencoder, denoiser, planner, reward, upsampler, not 'vae'"):
         load_config({"kind": "vae"})
     with pytest.raises(FileNotFoundError, match="does not exist"):
         load_config(tmp_path / "missing.yaml")
