@@ -141,19 +141,34 @@ def _collapse(match: re.Match, keep_article: bool) -> str:
     return letters
 
 
-def _views(text: str) -> tuple[str, str]:
-    """The canonical reading and one alternative: 1 read as l, the article before spaced letters kept
-    apart, and punctuation inside words deleted ("nu.de" -> "nude")."""
+def _views(text: str) -> tuple[str, ...]:
+    """The canonical reading and alternatives: 1 read as l, the article before spaced letters kept
+    apart, and punctuation inside words deleted ("nu.de" -> "nude"); and, where lookalike folding changed
+    it, the plain transliteration (a Russian word of lookalike letters, "секс", is "seks", not "cekc")."""
     text = unicodedata.normalize("NFKC", text).translate(ZERO_WIDTH).casefold()
-    text = anyascii(re.sub(r"\S+", lambda m: _fold_token(m.group()), text)).lower()
+    folded = anyascii(re.sub(r"\S+", lambda m: _fold_token(m.group()), text)).lower()
     out = []
     for alt in (False, True):
-        t = SPACED.sub(lambda m: _collapse(m, keep_article=alt), text)
+        t = SPACED.sub(lambda m: _collapse(m, keep_article=alt), folded)
         t = WORD.sub(lambda m: _deleet(m.group(), one="l" if alt else "i"), t)
         if alt:
             t = INNER_PUNCT.sub("", t)
         out.append(REPEATS.sub(r"\1\1\1", t))
-    return out[0], out[1]
+    plain = anyascii(text).lower()
+    if plain != folded:
+        out.append(plain)
+    return tuple(out)
+
+
+# Han, kana and Hangul: written without spaces, so their terms are matched as substrings of the original text
+CJK = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uac00-\ud7af\uff66-\uff9f]")
+
+
+def _native(text: str) -> str:
+    """The text in its own script for the CJK terms: NFKC, case folded, without zero-width characters,
+    spaces or punctuation (so that "枪 杀" or "枪.杀" still reads "枪杀")."""
+    text = unicodedata.normalize("NFKC", text).translate(ZERO_WIDTH).casefold()
+    return re.sub(r"[\W_]+", "", text) if CJK.search(text) else ""
 
 
 def normalise(text: str) -> str:
@@ -203,14 +218,67 @@ def _trie(seqs: list[list[str]]) -> str:
     return emit(root)
 
 
-def compile_terms(terms: list[str]) -> re.Pattern | None:
-    """A policy term list as one regex matched on whole words; terms starting "re:" are raw regexes."""
-    terms = [str(t).strip() for t in terms if str(t).strip()]
+def _terms_body(terms: list[str]) -> str:
+    """The alternatives of a term list (not CJK) as one regex body, without the word boundaries."""
+    terms = [str(t).strip() for t in terms if str(t).strip() and not CJK.search(str(t))]
     raw = [t[3:] for t in terms if t.startswith("re:")]
-    words = _trie([_term_atoms(t) for t in terms if not t.startswith("re:")])
-    if not (raw or words):
-        return None
-    return re.compile(r"(?<![a-z0-9])(?:" + "|".join(filter(None, [words, *raw])) + r")(?![a-z0-9])")
+    # a term in another alphabet is matched in the form the prompt takes after transliteration ("голая" -> "golaia")
+    words = _trie([_term_atoms(anyascii(t).lower()) for t in terms if not t.startswith("re:")])
+    return "|".join(filter(None, [words, *raw]))
+
+
+def compile_terms(terms: list[str]) -> re.Pattern | None:
+    """A policy term list as one regex matched on whole words; terms starting "re:" are raw regexes.
+    CJK terms are left out: `compile_native` matches them."""
+    body = _terms_body(terms)
+    return re.compile(r"(?<![a-z0-9])(?:" + body + r")(?![a-z0-9])") if body else None
+
+
+def _native_body(terms: list[str]) -> str:
+    terms = [str(t).strip() for t in terms if CJK.search(str(t))]
+    return "|".join(t[3:] if t.startswith("re:") else re.escape(unicodedata.normalize("NFKC", t).casefold())
+                    for t in terms)
+
+
+def compile_native(terms: list[str]) -> re.Pattern | None:
+    """The CJK terms of a list, matched as substrings of `_native(prompt)` (no word boundaries in CJK)."""
+    body = _native_body(terms)
+    return re.compile(body) if body else None
+
+
+@dataclass(frozen=True)
+class Terms:
+    """A term list compiled: the transliterated terms on whole words, the CJK ones on the native text."""
+    latin: re.Pattern | None
+    native: re.Pattern | None
+
+    @classmethod
+    def compile(cls, terms: list[str]) -> "Terms":
+        return cls(compile_terms(terms), compile_native(terms))
+
+    def find(self, views: tuple[str, ...], native: str) -> str | None:
+        for v in views:
+            m = self.latin.search(v) if self.latin else None
+            if m:
+                return m.group()
+        m = self.native.search(native) if self.native and native else None
+        return m.group() if m else None
+
+
+def compile_near(rule: dict, lexicons: dict[str, list[str]]) -> Terms:
+    """A `near` rule as one pattern: a word of `verbs` and one of `targets` at most `within` words apart
+    (only words of `fillers` between them, when the rule names a fillers lexicon), verb first, or in either
+    order with `order: any` (German, Russian, Turkish and Japanese put the object first)."""
+    verbs, targets = lexicons[rule["verbs"]], lexicons[rule["targets"]]
+    within = int(rule.get("within", 3))
+    gap_word = f"(?:{_terms_body(lexicons[rule['fillers']])})" if rule.get("fillers") else "[a-z0-9']+"
+    gap = rf"(?:[\W_]+{gap_word}(?![a-z0-9])){{0,{within}}}[\W_]+"
+    v, t = _terms_body(verbs), _terms_body(targets)
+    pairs = [(v, t)] + ([(t, v)] if rule.get("order", "forward") == "any" else [])
+    latin = "|".join(rf"(?<![a-z0-9])(?:{a})(?![a-z0-9]){gap}(?:{b})(?![a-z0-9])" for a, b in pairs) if v and t else ""
+    nv, nt = _native_body(verbs), _native_body(targets)
+    native = "|".join(f"(?:{a}).{{0,{2 * within}}}(?:{b})" for a, b in [(nv, nt), (nt, nv)]) if nv and nt else ""
+    return Terms(re.compile(latin) if latin else None, re.compile(native) if native else None)
 
 
 # ----------------------------------------------------------------------------- policy
@@ -402,8 +470,18 @@ class PromptFilter:
         cats = policy["categories"]
         self.descriptions = {c: cats[c].get("description", c) for c in cats}
         # every category's terms are matched (a disabled one can still feed a combination)
-        self.terms = {c: compile_terms(cats[c].get("terms", [])) for c in cats}
-        self.lexicons = {k: compile_terms(v) for k, v in policy.get("lexicons", {}).items()}
+        self.terms = {c: Terms.compile(cats[c].get("terms", [])) for c in cats}
+        lexicons = policy.get("lexicons", {})
+        self.lexicons = {k: Terms.compile(v) for k, v in lexicons.items()}
+        # requests to harm a person ("shoot the teacher"): a verb near a target, per category
+        near = policy.get("near") or {}
+        unknown = {name for rules in near.values() for rule in rules
+                   for name in (rule.get("verbs"), rule.get("targets"), rule.get("fillers"), rule.get("unless"))
+                   if name and name not in lexicons}
+        if unknown or any(not (rule.get("verbs") and rule.get("targets")) for rules in near.values() for rule in rules):
+            raise ValueError(f"policy: each `near` rule needs `verbs` and `targets`, naming lexicons defined under "
+                             f"`lexicons`; unknown: {sorted(unknown)}")
+        self.near = {c: [(compile_near(rule, lexicons), rule.get("unless")) for rule in rules] for c, rules in near.items()}
         self.combinations = {c: rule for c, rule in policy.get("combinations", {}).items() if c in self.enabled}
         self.allow = compile_terms(policy.get("allow", []))
         self.use_semantic = semantic and policy.get("semantic", {}).get("enabled", True)
@@ -428,21 +506,17 @@ class PromptFilter:
     def _strip_allowed(self, text: str) -> str:
         return self.allow.sub(" ", text) if self.allow else text
 
-    def _lexical(self, views: tuple[str, ...], semantic: dict[str, float] | None = None) -> Verdict | None:
-        """Term lists, then combinations. `semantic` maps the categories the semantic layer fired on to
-        their scores: they count as signals in combinations (a paraphrased sexual request naming a child)."""
+    def _lexical(self, views: tuple[str, ...], semantic: dict[str, float] | None = None, native: str = "") -> Verdict | None:
+        """Term lists, `near` rules, then combinations. `semantic` maps the categories the semantic layer fired
+        on to their scores: they count as signals in combinations (a paraphrased sexual request naming a child).
+        `native`: the prompt's CJK reading (`_native`), for the CJK terms."""
         semantic = semantic or {}
         views = tuple(dict.fromkeys(self._strip_allowed(v) for v in views))   # usually one
-
-        def find(pattern):
-            for v in views:
-                m = pattern.search(v) if pattern else None
-                if m:
-                    return m.group()
-            return None
-
-        hits = {c: find(p) for c, p in self.terms.items()}
-        words = {k: find(p) for k, p in self.lexicons.items()}
+        hits = {c: terms.find(views, native) for c, terms in self.terms.items()}
+        words = {k: terms.find(views, native) for k, terms in self.lexicons.items()}
+        for c, rules in self.near.items():
+            hits[c] = hits.get(c) or next((m for rule, unless in rules if not (unless and words[unless])
+                                           for m in [rule.find(views, native)] if m), None)
 
         def signal(name):
             return hits.get(name) or words.get(name) or (f"semantic:{name}" if name in semantic else None)
@@ -458,14 +532,14 @@ class PromptFilter:
                 return Verdict(False, c, 1.0, "lexical", hits[c])
         return None
 
-    def _decide(self, views: tuple[str, str], scores: tuple) -> Verdict:
+    def _decide(self, views: tuple[str, ...], scores: tuple, native: str = "") -> Verdict:
         margin, best, closest = scores
         layer = self.semantic
         fired = {c: round(float(margin[k]), 4) for k, c in enumerate(layer.categories)
                  if margin[k] >= layer.thresholds[k] and best[k] >= layer.min_similarity}
         if not fired:
             return Verdict(True, None, round(float(margin.max()), 4))
-        combination = self._lexical(views, fired)
+        combination = self._lexical(views, fired, native)
         if combination is not None:
             return combination
         # the category it is surest of (furthest above its threshold), not the policy order: similarity
@@ -482,7 +556,8 @@ class PromptFilter:
         """Verdicts for many prompts. Those the lists let pass go to the semantic layer: its fast screen
         clears the ones far below every threshold, the encoder runs batched on the rest."""
         views = [_views(p) for p in prompts]
-        verdicts: list[Verdict | None] = [self._lexical(v) for v in views]
+        natives = [_native(p) for p in prompts]
+        verdicts: list[Verdict | None] = [self._lexical(v, native=n) for v, n in zip(views, natives)]
         if not self.use_semantic:
             return [v or Verdict(True) for v in verdicts]
         todo = [i for i, v in enumerate(verdicts) if v is None and views[i][0] not in self._cache]
@@ -505,7 +580,7 @@ class PromptFilter:
                         kept.append(j)
                 rest = kept
             for j, s in zip(rest, layer.scores([texts[j] for j in rest]) if rest else []):
-                self._cache[views[todo[j]][0]] = self._decide(views[todo[j]], s)
+                self._cache[views[todo[j]][0]] = self._decide(views[todo[j]], s, natives[todo[j]])
         return [v or self._cache[views[i][0]] for i, v in enumerate(verdicts)]
 
     def clear_cache(self) -> None:
