@@ -261,8 +261,12 @@ def main() -> None:
         print("scikit-image photos, 256 px truth:", flush=True)
         out["photos"] = table(photo_pairs, fns, [f for f in a.factors if f <= 4])
     if "sweeps" in parts:
+        levels = [0.0, 0.1, 0.2, 0.25]
         print("4x, noise level at sampling:", flush=True)
-        out["noise_level"] = sweep(up, a.scenes, a.low, 4, noise_level=[0.0, 0.1, 0.2, 0.25])
+        out["noise_level"] = sweep(up, a.scenes, a.low, 4, noise_level=levels)
+        # the cascade: the second stage reads the first one's output, not an exact render (what augmentation is for)
+        print("16x (the cascade 64 -> 256 -> 1024), noise level at sampling:", flush=True)
+        out["noise_level_cascade"] = sweep(up, max(2, a.scenes // 2), 64, 16, noise_level=levels)
         print("4x, sampling steps:", flush=True)
         out["steps"] = sweep(up, a.scenes, a.low, 4, steps=[1, 2, 4, 8])
     if "seams" in parts:
