@@ -145,26 +145,32 @@ def sweep(upscaler, n: int, low: int, factor: int, **grid) -> list[dict]:
     return rows
 
 
-def seams(upscaler, side: int = 96, factor: int = 4, tile: int = 256) -> dict:
-    """Mean absolute step between neighbouring pixels across tile borders vs everywhere else (rows and columns)."""
+def seams(upscaler, side: int = 96, factor: int = 4, tile: int = 128) -> dict:
+    """Tiled sampling against untiled: the mean absolute step between neighbouring pixels across tile borders
+    (rows and columns) vs everywhere else, the same on the untiled image (content alone), and the largest
+    difference between the two images."""
     from limner.pipeline import tiles
     from limner.world.scene import render, sample_scene
 
     img = render(sample_scene(random.Random(SCENE_SEED + 1)), side)
     upscaler.settings.tile = tile
     out = np.asarray(upscaler(img, factor), np.float64)
+    upscaler.settings.tile = 1 << 20
+    whole = np.asarray(upscaler(img, factor), np.float64)
     upscaler.settings.tile = 0
     dead = upscaler.model.receptive_field
     overlap = -(-(2 * dead + 16) // upscaler.model.multiple) * upscaler.model.multiple
     spans = tiles.spans(side * factor, max(tile, 2 * overlap), overlap, upscaler.model.multiple)
-    borders = sorted({b for a, z in spans for b in (a, z) if 0 < b < side * factor})
-    dx = np.abs(np.diff(out, axis=1)).mean(axis=(0, 2))
-    dy = np.abs(np.diff(out, axis=0)).mean(axis=(1, 2))
-    at = [b - 1 for b in borders]
-    across = float((dx[at].mean() + dy[at].mean()) / 2)
-    inside = float((np.delete(dx, at).mean() + np.delete(dy, at).mean()) / 2)
+    at = sorted({b - 1 for a, z in spans for b in (a, z) if 0 < b < side * factor})
+
+    def steps(im):
+        dx, dy = np.abs(np.diff(im, axis=1)).mean(axis=(0, 2)), np.abs(np.diff(im, axis=0)).mean(axis=(1, 2))
+        return float((dx[at].mean() + dy[at].mean()) / 2), float((np.delete(dx, at).mean() + np.delete(dy, at).mean()) / 2)
+
+    (across, inside), (across_whole, inside_whole) = steps(out), steps(whole)
     return {"tile": tile, "tiles_per_side": len(spans), "across_borders": across, "inside_tiles": inside,
-            "ratio": across / inside}
+            "ratio": across / inside, "untiled_same_columns": across_whole, "untiled_ratio": across_whole / inside_whole,
+            "max_abs_difference_tiled_untiled": float(np.abs(out - whole).max())}
 
 
 def composition(upscaler, n: int) -> dict:
@@ -182,6 +188,29 @@ def composition(upscaler, n: int) -> dict:
         key = lambda found: Counter((o.colour, o.shape, o.size) for o in found)
         same += key(detect(low)) == key(detect(big.resize((64, 64), Image.BOX)))
     return {"scenes": n, "same_objects": same / n}
+
+
+def picture(fns: dict, path: str, factor: int = 4, low: int = 64, crop: int = 48) -> None:
+    """One held-out scene's busiest crop at `factor`x: the input (whole pixels), each method, the truth."""
+    lo, truth = next(iter(scene_pairs(1, low, factor)))
+    g = gradient_energy(np.asarray(truth))
+    c = crop * factor
+    _, y, x = max((g[y : y + c, x : x + c].sum(), y, x) for y in range(0, truth.height - c + 1, factor * 4)
+                  for x in range(0, truth.width - c + 1, factor * 4))
+    box = (x, y, x + c, y + c)
+    panels = [("input", lo.resize(truth.size, Image.NEAREST))] + [(n, fn(lo, factor)) for n, fn in fns.items()
+                                                                   if n != "bicubic"] + [("truth", truth)]
+    out = Image.new("RGB", (len(panels) * (c + 8), c + 24), "white")
+    from PIL import ImageDraw
+
+    draw = ImageDraw.Draw(out)
+    for i, (name, img) in enumerate(panels):
+        out.paste(img.convert("RGB").crop(box), (i * (c + 8), 24))
+        draw.text((i * (c + 8) + 4, 6), name, fill="black")
+    from limner.common.files import atomic_path
+
+    with atomic_path(path) as tmp:
+        out.save(tmp, format="PNG")
 
 
 def one_run(kind: str, model: str, size: int, factor: int) -> dict:
@@ -233,6 +262,7 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=1024, help="speed: the side of the image enlarged")
     ap.add_argument("--no-esrgan", action="store_true")
     ap.add_argument("--json", help="write every figure here as JSON")
+    ap.add_argument("--picture", help="write a side-by-side crop (input, methods, truth) at 4x here (PNG)")
     ap.add_argument("--one-run", choices=["prompt", "upscale"], help=argparse.SUPPRESS)
     ap.add_argument("--factor", type=int, default=4, help=argparse.SUPPRESS)
     a = ap.parse_args()
@@ -254,6 +284,8 @@ def main() -> None:
            "real_esrgan": "skipped" if esrgan is None else (esrgan.error or "ran")}
     print(f"limner upsampler {a.model} {up.settings.to_dict()}; Real-ESRGAN: {out['real_esrgan']}", flush=True)
     fns = methods(up, esrgan)
+    if a.picture:
+        picture(fns, a.picture)
     if "quality" in parts:
         print(f"Shapes World, {a.scenes} held-out scenes, {a.low} px in:", flush=True)
         out["quality"] = table(lambda f: scene_pairs(a.scenes, a.low, f), fns, a.factors)
