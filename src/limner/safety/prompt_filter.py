@@ -92,6 +92,13 @@ NUMBER = re.compile(r"\d+(?:[.,]\d+)?(?:px|k|mm|cm|m|km|kg|g|d|s|x|th|st|nd|rd|f
 SPACED = re.compile(r"(?<![a-z0-9])[a-z0-9@$](?P<sep>[^\w\s]\s?|\s|_)(?:[a-z0-9@$](?P=sep))+[a-z0-9@$](?![a-z0-9])")
 SEPARATOR = re.compile(r"[^a-z0-9@$]")
 INNER_PUNCT = re.compile(r"(?<=[a-z])[.\-_*'`~^·•:/\\](?=[a-z])")
+# The marks that never join two parts of a real word: deleted in the canonical reading too, so that the semantic
+# layer reads "woma*n" and "ga.ng" as words (hyphens and apostrophes stay: "t-shirt", "o'clock").
+INNER_MARK = re.compile(r"(?<=[a-z])[._*`~^·•](?=[a-z])")
+# Spaced ASCII letters against an accented letter: "c o c a ína", "kü r t l e r i" (whoever spaces the letters
+# of "cocaína" or "kürtleri" on an ASCII keyboard leaves the accented ones as they were): one word again.
+SPACED_BEFORE_ACCENT = re.compile(r"(?<![a-z0-9])((?:[a-z] ){2,}[a-z]) (?=[^\W\d_a-z])")
+SPACED_AFTER_ACCENT = re.compile(r"(?<=[^\W\d_a-z]) ((?:[a-z] ){2,}[a-z])(?![a-z0-9])")
 REPEATS = re.compile(r"([a-z])\1{3,}")   # "nuuuuude" -> "nuuude"; term regexes accept any repeats
 
 
@@ -145,14 +152,17 @@ def _views(text: str) -> tuple[str, ...]:
     """The canonical reading and alternatives: 1 read as l, the article before spaced letters kept
     apart, and punctuation inside words deleted ("nu.de" -> "nude"); and, where lookalike folding changed
     it, the plain transliteration (a Russian word of lookalike letters, "секс", is "seks", not "cekc")."""
-    text = unicodedata.normalize("NFKC", text).translate(ZERO_WIDTH).casefold()
+    text = unicodedata.normalize("NFKC", text).translate(ZERO_WIDTH).lower()
+    if not text.isascii():   # before case folding, which turns ß into ss
+        join = lambda m: m.group(1).replace(" ", "")
+        text = SPACED_AFTER_ACCENT.sub(join, SPACED_BEFORE_ACCENT.sub(join, text))
+    text = text.casefold()
     folded = anyascii(re.sub(r"\S+", lambda m: _fold_token(m.group()), text)).lower()
     out = []
     for alt in (False, True):
         t = SPACED.sub(lambda m: _collapse(m, keep_article=alt), folded)
         t = WORD.sub(lambda m: _deleet(m.group(), one="l" if alt else "i"), t)
-        if alt:
-            t = INNER_PUNCT.sub("", t)
+        t = (INNER_PUNCT if alt else INNER_MARK).sub("", t)
         out.append(REPEATS.sub(r"\1\1\1", t))
     plain = anyascii(text).lower()
     if plain != folded:
