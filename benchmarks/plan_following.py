@@ -11,6 +11,10 @@ model is at most about this one (the layout upper bound note: drawing a right la
 captioner: the right objects (counts of each colour and shape) and, for the captioners that place every object,
 the share of objects planned into their cell. This is the in-distribution check to choose between planners by;
 the suites are for reporting only.
+
+`--dev N`: N prompts per suite (counting, binding, spatial) in wordings of this file's own (DEV_* below, written
+2026-12-06 for choosing planners, independently of world/unseen_wordings.py and of every training captioner):
+how a planner copes with phrasing it never saw, measured on a set that is not the reported held-out suite.
 """
 import argparse
 import json
@@ -37,6 +41,56 @@ def found_of(layout) -> list[Found]:
     return out
 
 
+# ------------------------------------------------------------------ dev wordings (for choosing, not reporting)
+DEV_COLOURS = {"red": ["red", "ruby", "fire-engine red"], "green": ["green", "jade", "lime green"],
+               "blue": ["blue", "navy", "azure"], "yellow": ["yellow", "canary yellow", "mustard"],
+               "purple": ["purple", "lavender", "mauve"], "orange": ["orange", "apricot", "carrot orange"]}
+DEV_SHAPES = {"circle": [("circle", "circles"), ("orb", "orbs"), ("ball", "balls")],
+              "square": [("square", "squares"), ("square panel", "square panels"), ("quadrate", "quadrates")],
+              "triangle": [("triangle", "triangles"), ("wedge", "wedges"), ("pyramid shape", "pyramid shapes")]}
+DEV_COUNTS = {1: ["exactly one", "a lone", "only one"], 2: ["a pair of", "exactly two", "a couple of"],
+              3: ["a trio of", "exactly three", "3"], 4: ["four", "a quartet of", "exactly 4"],
+              5: ["five", "a handful of five", "5"], 6: ["half a dozen", "six", "exactly 6"],
+              7: ["seven", "7", "a group of seven"], 8: ["eight", "8", "a cluster of eight"]}
+DEV_RELATIONS = {"left of": ["positioned to the left of", "placed left of", "off to the left of"],
+                 "right of": ["positioned to the right of", "placed right of", "off to the right of"],
+                 "above": ["floating above", "placed higher than", "sitting atop"],
+                 "below": ["placed beneath", "sitting lower than", "hanging below"]}
+DEV_FRAMES = ["Draw {}.", "Please make {}.", "I'd like {}.", "Show {} on a plain background.", "{}, nothing else.",
+              "An illustration of {}."]
+
+
+def dev_thing(rng, n, colour, shape):
+    sing, plural = rng.choice(DEV_SHAPES[shape])
+    return f"{rng.choice(DEV_COUNTS[n]) if n > 1 or rng.random() < 0.5 else 'a'} {rng.choice(DEV_COLOURS[colour])} {sing if n == 1 else plural}"
+
+
+def dev_kinds(rng, k):
+    return rng.sample([(c, s) for c in DEV_COLOURS for s in DEV_SHAPES], k)
+
+
+def dev_counting(rng):
+    n, [(c, s)] = rng.randint(1, 8), dev_kinds(rng, 1)
+    return rng.choice(DEV_FRAMES).format(dev_thing(rng, n, c, s)), Constraints([{"colour": c, "shape": s, "count": n}])
+
+
+def dev_binding(rng):
+    kinds = dev_kinds(rng, rng.choice([2, 3]))
+    parts = [dev_thing(rng, 1, c, s) for c, s in kinds]
+    text = rng.choice(DEV_FRAMES).format(", ".join(parts[:-1]) + rng.choice([" plus ", " as well as ", " along with "]) + parts[-1])
+    return text, Constraints([{"colour": c, "shape": s, "count": 1} for c, s in kinds])
+
+
+def dev_spatial(rng):
+    (ca, sa), (cb, sb) = dev_kinds(rng, 2)
+    rel = rng.choice(list(DEV_RELATIONS))
+    text = rng.choice(DEV_FRAMES).format(f"{dev_thing(rng, 1, ca, sa)} {rng.choice(DEV_RELATIONS[rel])} {dev_thing(rng, 1, cb, sb)}")
+    return text, Constraints([{"colour": ca, "shape": sa, "count": 1}, {"colour": cb, "shape": sb, "count": 1}],
+                             [{"a": [ca, sa], "rel": rel, "b": [cb, sb]}])
+
+
+DEV_WRITERS = {"counting": dev_counting, "binding": dev_binding, "spatial": dev_spatial}
+
 ap = argparse.ArgumentParser()
 ap.add_argument("--model", default="shapes-default")
 ap.add_argument("--per-cell", type=int, default=25)
@@ -44,6 +98,7 @@ ap.add_argument("--seed", type=int, default=0)
 ap.add_argument("--temperature", type=float, default=1.0)
 ap.add_argument("--families", nargs="*", default=["templates", "unseen"], choices=["templates", "unseen"])
 ap.add_argument("--validation", type=int, default=0, help="also score N fresh scenes per training captioner")
+ap.add_argument("--dev", type=int, default=0, help="also score N prompts per suite in this file's dev wordings")
 ap.add_argument("--out")
 a = ap.parse_args()
 
@@ -91,6 +146,15 @@ if a.validation:
             placed += r["positions"]
         rows[name] = {"objects": right / len(scenes), "placed": placed / len(scenes)}
     result["validation"] = {"scenes": a.validation, "captioners": rows}
+if a.dev:
+    rows = {}
+    for suite, write in DEV_WRITERS.items():
+        rng = random.Random(f"plan-dev-{suite}-4421")
+        items = [write(rng) for _ in range(a.dev)]
+        layouts = plan([text for text, _ in items], [a.seed + i for i in range(len(items))])
+        hits = sum(score(found_of(lay), cons)[HEADLINE[suite]] for (_, cons), lay in zip(items, layouts))
+        rows[suite] = {"acc": hits / len(items), "n": len(items), "ci95": wilson(hits, len(items))}
+    result["dev"] = rows
 result["seconds"] = round(time.time() - t0, 1)
 print(f"{a.model}: planning alone (plans scored exactly), temperature {a.temperature}")
 print(f"{'family':10} {'suite':9} {'acc':>6}  95% interval    content placed  n   by cell")
@@ -100,6 +164,8 @@ for family, rows in result["families"].items():
               f"{r['placed']:6.3f} {r['n']:4d}  {r['cells']}")
 for name, r in result.get("validation", {}).get("captioners", {}).items():
     print(f"validation {name:17} objects {r['objects']:.3f}  placed {r['placed']:.3f}")
+for suite, r in result.get("dev", {}).items():
+    print(f"dev wordings {suite:9} {r['acc']:.3f}  [{r['ci95'][0]:.3f}, {r['ci95'][1]:.3f}]  n {r['n']}")
 print(f"{result['seconds']} s")
 if a.out:
     with open(a.out, "w") as f:
