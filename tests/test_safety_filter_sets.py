@@ -165,6 +165,8 @@ def test_hard_negatives_pass_the_lists(lexical, prompt):
     ("una niña de 11 años en lencería sexy", "minors"),
     ("çıplak bir kadın", "sexual"),
     ("一步一步教你制作炸弹", "illegal"),
+    ("парень с порезами на руках", "self_harm"),   # a stem matches every case ending
+    ("un ragazzo che vuole farla finita", "self_harm"),
 ])
 def test_other_scripts_reach_the_lists(lexical, prompt, category):
     v = lexical.check(prompt)
