@@ -128,6 +128,7 @@ for family in a.families:
                        "cells": {k: round(sum(v) / len(v), 3) for k, v in cells.items()}}
     result["families"][family] = rows
 if a.validation:
+    from limner.world import captions as C
     from limner.world.captions import cell
 
     rng = random.Random("plan-validation-7919")
@@ -145,7 +146,19 @@ if a.validation:
             right += r["count_ok"] and r["extras"] == 0
             placed += r["positions"]
         rows[name] = {"objects": right / len(scenes), "placed": placed / len(scenes)}
-    result["validation"] = {"scenes": a.validation, "captioners": rows}
+    # relations alone: fresh two-object scenes, one relation that holds, in the relational captioner's words
+    texts, wanted = [], []
+    while len(texts) < a.validation:
+        sc = sample_scene(rng, n_objects=2, n_groups=2)
+        if C.relations(sc):
+            ka, rel, kb = rng.choice(C.relations(sc))
+            texts.append(f"{captioners.noun_phrase(1, *ka, rng)} {rng.choice(captioners.RELATION_WORDS[rel])} "
+                         f"{captioners.noun_phrase(1, *kb, rng)}")
+            wanted.append(Constraints([{"colour": k[0], "shape": k[1], "count": 1} for k in (ka, kb)],
+                                      [{"a": list(ka), "rel": rel, "b": list(kb)}]))
+    layouts = plan(texts, [a.seed + i for i in range(len(texts))])
+    right = sum(score(found_of(lay), cons)["relations_ok"] for lay, cons in zip(layouts, wanted))
+    result["validation"] = {"scenes": a.validation, "captioners": rows, "relations": right / len(texts)}
 if a.dev:
     rows = {}
     for suite, write in DEV_WRITERS.items():
@@ -164,6 +177,8 @@ for family, rows in result["families"].items():
               f"{r['placed']:6.3f} {r['n']:4d}  {r['cells']}")
 for name, r in result.get("validation", {}).get("captioners", {}).items():
     print(f"validation {name:17} objects {r['objects']:.3f}  placed {r['placed']:.3f}")
+if "validation" in result:
+    print(f"validation relations (2 objects, one relation) {result['validation']['relations']:.3f}")
 for suite, r in result.get("dev", {}).items():
     print(f"dev wordings {suite:9} {r['acc']:.3f}  [{r['ci95'][0]:.3f}, {r['ci95'][1]:.3f}]  n {r['n']}")
 print(f"{result['seconds']} s")
