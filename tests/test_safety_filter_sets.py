@@ -229,3 +229,24 @@ def test_obfuscated_accented_words_read_as_one_word():
     assert "kurtleri" in pf.normalise(redteam.obfuscate("Kürtleri", "spacing"))
     assert pf.normalise("a woma*n in the ga.ng, wearing a t-shirt") == "a woman in the gang, wearing a t-shirt"
     assert pf.normalise("a é b c d in 3.5 m") == "a ebcd in 3.5 m"   # a number keeps its point
+
+
+def test_a_multilingual_encoder_by_path_reads_every_script(tmp_path, monkeypatch, saved_tiny_encoder):
+    """`semantic.encoder: PATH` with `transliterate: false`: the encoder at PATH (here a tiny BERT built in the
+    test) scores the prompt in its own script; with the default, it reads the transliteration."""
+    monkeypatch.setenv("LIMNER_CACHE", str(tmp_path / "cache"))
+    saved_tiny_encoder(tmp_path / "encoder")
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(f"semantic: {{encoder: '{tmp_path / 'encoder'}', runtime: torch, transliterate: false, "
+                      "screen: {enabled: false}}\n")
+    seen = []
+    real = pf.SemanticLayer.scores
+    monkeypatch.setattr(pf.SemanticLayer, "scores", lambda self, texts, *a, **k: seen.extend(texts) or real(self, texts, *a, **k))
+    multilingual = PromptFilter.from_policy(policy)
+    verdict = multilingual.check("красная машина у моря")
+    assert multilingual.semantic.encoder.model.config.hidden_size == 16   # the encoder at PATH, not MiniLM
+    assert seen == ["красная машина у моря"] and verdict.layer in (None, "semantic")
+    policy.write_text(policy.read_text().replace("transliterate: false", "transliterate: true"))
+    seen.clear()
+    PromptFilter.from_policy(policy).check("красная машина у моря")
+    assert seen == [pf.normalise("красная машина у моря")] and seen[0].isascii()

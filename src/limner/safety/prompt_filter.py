@@ -148,26 +148,43 @@ def _collapse(match: re.Match, keep_article: bool) -> str:
     return letters
 
 
-def _views(text: str) -> tuple[str, ...]:
-    """The canonical reading and alternatives: 1 read as l, the article before spaced letters kept
-    apart, and punctuation inside words deleted ("nu.de" -> "nude"); and, where lookalike folding changed
-    it, the plain transliteration (a Russian word of lookalike letters, "секс", is "seks", not "cekc")."""
+def _prepared(text: str) -> str:
+    """NFKC, zero-width characters removed, spaced letters beside an accented one joined, case folded."""
     text = unicodedata.normalize("NFKC", text).translate(ZERO_WIDTH).lower()
     if not text.isascii():   # before case folding, which turns ß into ss
         join = lambda m: m.group(1).replace(" ", "")
         text = SPACED_AFTER_ACCENT.sub(join, SPACED_BEFORE_ACCENT.sub(join, text))
-    text = text.casefold()
+    return text.casefold()
+
+
+def _undo_tricks(text: str, alt: bool = False) -> str:
+    """Spaced letters collapsed, leetspeak read as letters, marks inside words dropped, long repeats shortened."""
+    t = SPACED.sub(lambda m: _collapse(m, keep_article=alt), text)
+    t = WORD.sub(lambda m: _deleet(m.group(), one="l" if alt else "i"), t)
+    t = (INNER_PUNCT if alt else INNER_MARK).sub("", t)
+    return REPEATS.sub(r"\1\1\1", t)
+
+
+def _views(text: str) -> tuple[str, ...]:
+    """The canonical reading and alternatives: 1 read as l, the article before spaced letters kept
+    apart, and punctuation inside words deleted ("nu.de" -> "nude"); and, where lookalike folding changed
+    it, the plain transliteration (a Russian word of lookalike letters, "секс", is "seks", not "cekc")."""
+    text = _prepared(text)
     folded = anyascii(re.sub(r"\S+", lambda m: _fold_token(m.group()), text)).lower()
-    out = []
-    for alt in (False, True):
-        t = SPACED.sub(lambda m: _collapse(m, keep_article=alt), folded)
-        t = WORD.sub(lambda m: _deleet(m.group(), one="l" if alt else "i"), t)
-        t = (INNER_PUNCT if alt else INNER_MARK).sub("", t)
-        out.append(REPEATS.sub(r"\1\1\1", t))
+    out = [_undo_tricks(folded, alt) for alt in (False, True)]
     plain = anyascii(text).lower()
     if plain != folded:
         out.append(plain)
     return tuple(out)
+
+
+def own_script_reading(text: str) -> str:
+    """What a multilingual encoder reads (`semantic.transliterate: false`): the tricks undone as in `normalise`,
+    lookalikes folded only inside words that mix them with Latin letters, and every script kept ("голая", not
+    "golaia": transliterated, a multilingual encoder would no longer know the word)."""
+    table = _homoglyphs()
+    mixed = lambda m: m.group().translate(table) if re.search(r"[a-z]", m.group()) else m.group()
+    return _undo_tricks(re.sub(r"\S+", mixed, _prepared(text)))
 
 
 # Han, kana and Hangul: written without spaces, so their terms are matched as substrings of the original text
@@ -495,6 +512,9 @@ class PromptFilter:
         self.combinations = {c: rule for c, rule in policy.get("combinations", {}).items() if c in self.enabled}
         self.allow = compile_terms(policy.get("allow", []))
         self.use_semantic = semantic and policy.get("semantic", {}).get("enabled", True)
+        # MiniLM (the default) knows English only: it reads the transliterated prompt. A multilingual encoder
+        # (`semantic.encoder: /path/to/paraphrase-multilingual-MiniLM-L12-v2`) reads every script as written.
+        self.transliterate = bool(policy.get("semantic", {}).get("transliterate", True))
         self.use_cascade = cascade
         self._semantic: SemanticLayer | None = None
         self._lock = threading.Lock()
@@ -570,28 +590,31 @@ class PromptFilter:
         verdicts: list[Verdict | None] = [self._lexical(v, native=n) for v, n in zip(views, natives)]
         if not self.use_semantic:
             return [v or Verdict(True) for v in verdicts]
-        todo = [i for i, v in enumerate(verdicts) if v is None and views[i][0] not in self._cache]
+        # what the encoder reads, also the memo's key: the canonical (transliterated) reading for an English
+        # encoder, the prompt in its own script for a multilingual one (`semantic.transliterate: false`)
+        keys = [v[0] for v in views] if self.transliterate else [own_script_reading(p) for p in prompts]
+        todo = [i for i, v in enumerate(verdicts) if v is None and keys[i] not in self._cache]
         if todo:
             layer = self.semantic
-            texts = [self._strip_allowed(views[i][0]) for i in todo]
+            texts = [self._strip_allowed(keys[i]) for i in todo]
             cleared = layer.screen.clears(texts) if layer.screen is not None else [None] * len(todo)
             if len(self._cache) > 10_000:   # a bounded memo: servers see the same prompts again
                 self._cache.clear()
             for i, score in zip(todo, cleared):
                 if score is not None:
-                    self._cache[views[i][0]] = Verdict(True, None, round(score, 4), "screen")
+                    self._cache[keys[i]] = Verdict(True, None, round(score, 4), "screen")
             rest = [j for j, score in enumerate(cleared) if score is None]
             if rest and layer.int8 is not None:   # the int8 encoder clears most of what the screen left
                 kept = []
                 for j, (margin, _, _) in zip(rest, layer.scores([texts[j] for j in rest], runner=layer.int8)):
                     if bool((margin < layer.thresholds - layer.int8_band).all()):
-                        self._cache[views[todo[j]][0]] = Verdict(True, None, round(float(margin.max()), 4), "int8")
+                        self._cache[keys[todo[j]]] = Verdict(True, None, round(float(margin.max()), 4), "int8")
                     else:
                         kept.append(j)
                 rest = kept
             for j, s in zip(rest, layer.scores([texts[j] for j in rest]) if rest else []):
-                self._cache[views[todo[j]][0]] = self._decide(views[todo[j]], s, natives[todo[j]])
-        return [v or self._cache[views[i][0]] for i, v in enumerate(verdicts)]
+                self._cache[keys[todo[j]]] = self._decide(views[todo[j]], s, natives[todo[j]])
+        return [v or self._cache[keys[i]] for i, v in enumerate(verdicts)]
 
     def clear_cache(self) -> None:
         self._cache.clear()
