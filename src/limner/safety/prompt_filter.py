@@ -3,7 +3,8 @@
 A prompt is normalised (Unicode NFKC, homoglyphs, transliteration, leetspeak, spaced and dotted
 letters), then checked by three layers configured in a policy file (policy.yaml beside this one):
 
-- lexical: each category's term list, on whole words;
+- lexical: each category's term list, on whole words (terms in other alphabets after transliteration, CJK
+  terms as substrings of the original text), and `near` rules (a harm verb next to a person: "shoot the teacher");
 - combinations: categories made by two signals together (a sexual word + a minor -> `minors`);
 - semantic: cosine similarity, in the frozen text encoder's space, of the prompt to each category's
   description and examples minus its similarity to benign examples, so that a paraphrase with none
@@ -304,7 +305,8 @@ def compile_near(rule: dict, lexicons: dict[str, list[str]]) -> Terms:
     pairs = [(v, t)] + ([(t, v)] if rule.get("order", "forward") == "any" else [])
     latin = "|".join(rf"(?<![a-z0-9])(?:{a})(?![a-z0-9]){gap}(?:{b})(?![a-z0-9])" for a, b in pairs) if v and t else ""
     nv, nt = _native_body(verbs), _native_body(targets)
-    native = "|".join(f"(?:{a}).{{0,{2 * within}}}(?:{b})" for a, b in [(nv, nt), (nt, nv)]) if nv and nt else ""
+    native_pairs = [(nv, nt)] + ([(nt, nv)] if rule.get("order", "forward") == "any" else [])
+    native = "|".join(f"(?:{a}).{{0,{2 * within}}}(?:{b})" for a, b in native_pairs) if nv and nt else ""
     return Terms(re.compile(latin) if latin else None, re.compile(native) if native else None)
 
 
