@@ -10,6 +10,7 @@ Evaluation wordings are written separately (`world/unseen_wordings.py`) and neve
 """
 from __future__ import annotations
 
+import functools
 import random
 import re
 
@@ -258,14 +259,13 @@ def caption(scene: Scene, rng: random.Random, names=tuple(CAPTIONERS)) -> dict[s
     return {n: CAPTIONERS[n](scene, rng) for n in names}
 
 
+@functools.cache
 def _group_pattern(colour: str, shape: str) -> re.Pattern:
     colours = sorted({colour, *COLOUR_WORDS[colour]}, key=len, reverse=True)
     shapes = sorted({w for pair in SHAPE_WORDS[shape] for w in pair} | {shape, C.PLURALS[shape]}, key=len, reverse=True)
     return re.compile(r"\b(?:%s)\s+(?:%s)\b" % ("|".join(map(re.escape, colours)), "|".join(map(re.escape, shapes))),
                       re.IGNORECASE)
 
-
-_PATTERNS: dict[tuple[str, str], re.Pattern] = {}
 
 
 def mention_order(text: str, scene: Scene) -> dict[tuple[str, str], int]:
@@ -276,8 +276,7 @@ def mention_order(text: str, scene: Scene) -> dict[tuple[str, str], int]:
     relations at chance)."""
     out = {}
     for key in scene.groups():
-        pattern = _PATTERNS.get(key) or _PATTERNS.setdefault(key, _group_pattern(*key))
-        m = pattern.search(text)
+        m = _group_pattern(*key).search(text)
         if m:
             out[key] = m.start()
     return out
