@@ -31,11 +31,6 @@ class AutoencoderTrainConfig(LoopConfig):
     kl_weight: float = 1e-6
     object_weight: float = 0.0  # extra loss weight on pixels unlike the background (small objects)
 
-    def __post_init__(self):
-        super().__post_init__()
-        if self.kind != "autoencoder":
-            raise ValueError(f"kind is {self.kind!r} in an autoencoder config")
-
 
 Config = AutoencoderTrainConfig
 

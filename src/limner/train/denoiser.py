@@ -53,8 +53,6 @@ class DenoiserTrainConfig(LoopConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        if self.kind != "denoiser":
-            raise ValueError(f"kind is {self.kind!r} in a denoiser config")
         if self.train_new_only and not self.init:
             raise ValueError("train_new_only needs `init:` (the model whose weights stay frozen)")
         if not 0 <= self.layout_dropout < 1:

@@ -55,6 +55,9 @@ class LoopConfig:
     ckpt_every: int = 500
 
     def __post_init__(self):
+        expected = type(self).__dataclass_fields__["kind"].default   # each kind's config names its own kind
+        if self.kind != expected:
+            raise ValueError(f"kind is {self.kind!r} in {'an' if expected[:1] in 'aeiou' else 'a'} {expected} config")
         if self.amp not in ("auto", "bf16", "none"):
             raise ValueError(f"amp must be auto, bf16 or none, not {self.amp!r}")
         if self.distributed not in ("ddp", "fsdp"):

@@ -92,11 +92,6 @@ class PlannerTrainConfig(LoopConfig):
     ckpt_every: int = 250
     log_every: int = 25
 
-    def __post_init__(self):
-        super().__post_init__()
-        if self.kind != "planner":
-            raise ValueError(f"kind is {self.kind!r} in a planner config")
-
 
 Config = PlannerTrainConfig
 

@@ -63,8 +63,6 @@ class RewardConfig:
         unknown = set(self.caption_weights) - {"count", "spatial", "detailed"}
         if unknown:
             raise ValueError(f"caption_weights: unknown kinds {sorted(unknown)}; use count, spatial, detailed")
-        if self.kind != "reward":
-            raise ValueError(f"kind is {self.kind!r} in a reward config")
 
 
 Config = RewardConfig

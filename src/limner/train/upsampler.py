@@ -65,8 +65,6 @@ class UpsamplerTrainConfig(LoopConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        if self.kind != "upsampler":
-            raise ValueError(f"kind is {self.kind!r} in an upsampler config")
         if not 0 <= self.max_noise_level < 1:
             raise ValueError(f"max_noise_level must be in [0, 1), not {self.max_noise_level}")
 
