@@ -6,39 +6,12 @@ import threading
 import time
 
 import pytest
-from PIL import Image
 
 from limner.serve.auth import ApiKeys, digest, new_key, read_digests
 from limner.serve.config import ServeConfig
 from limner.serve.engine import Shape
 from limner.serve.jobs import JobQueue, JobSpec, JobStatus, QueueFull
-
-
-class PacedEngine:
-    """Draws nothing: each step waits `step_s` (and, while `hold` is clear, until it is set)."""
-
-    def __init__(self, step_s=0.01):
-        self.step_s, self.hold = step_s, threading.Event()
-        self.hold.set()
-        self.batches = []   # prompts of each call
-
-    def generate(self, shape, prompts, seeds, progress=None):
-        self.batches.append(list(prompts))
-        for i in range(shape.steps):
-            self.hold.wait(10)
-            time.sleep(self.step_s)
-            if progress:
-                progress(1 - i / shape.steps, lambda: [Image.new("RGB", (8, 8))] * (len(prompts) * shape.n))
-        out = []
-        for p, s in zip(prompts, seeds):
-            for i in range(shape.n):
-                img = Image.new("RGB", (8, 8))
-                img.info["parameters"] = {"prompt": p, "seed": s + i}
-                out.append(img)
-        return out
-
-    def safe_previews(self, images):
-        return images
+from limner.serve.standin import StandInEngine
 
 
 def spec(prompt="a", steps=4, n=1, previews=0, negative=""):
@@ -67,7 +40,7 @@ def queue_of():
     made = []
 
     def make(engine=None, **config):
-        q = JobQueue(engine or PacedEngine(), ServeConfig(**config)).start()
+        q = JobQueue(engine or StandInEngine(step_s=0.01, resolution=8), ServeConfig(**config)).start()
         made.append(q)
         return q
 

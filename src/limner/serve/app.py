@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import copy
 import io
 import json
 import logging
+import re
 import threading
 import time
 from contextlib import asynccontextmanager
@@ -19,20 +21,24 @@ from importlib import resources
 from fastapi import Depends, FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response, StreamingResponse
 from PIL import Image
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from .auth import ApiKeys
 from .config import ServeConfig
 from .jobs import FINAL, Job, JobQueue, JobStatus, QueueFull
 from .metrics import Metrics
 from .schema import (ApiError, ErrorResponse, ImageGenerationRequest, ImagesResponse, JobRequest, JobView,
-                     job_spec, usage)
+                     document_limits, job_spec, offered_sizes, usage)
 
 log = logging.getLogger(__name__)
 MEDIA = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
 ERRORS = {code: {"model": ErrorResponse} for code in (400, 401, 404, 409, 429, 500, 503, 504)}
+# where a created job's id leads (OpenAPI links: Schemathesis and other tools follow them)
+JOB_LINKS = {link: {"operationId": operation, "parameters": {"job_id": "$response.body#/id"}}
+             for link, operation in (("GetJob", "getJob"), ("CancelJob", "cancelJob"), ("JobEvents", "jobEvents"))}
 KEEPALIVE_S = 15
 FINAL_EVENTS = tuple(s.value for s in FINAL)
 
@@ -65,23 +71,40 @@ class State:
         return self.queue
 
 
-def create_app(config: ServeConfig | None = None, engine_factory=None) -> FastAPI:
-    """`engine_factory(model) -> Engine` (default: load the limner model with the guard fully on)."""
+def create_app(config: ServeConfig | None = None, engine_factory=None, board=None, replica: str = "") -> FastAPI:
+    """`engine_factory(model) -> Engine` (default: load the limner model with the guard fully on).
+
+    `board`: one of several replicas behind one address (Ray Serve). An object whose coroutine methods are
+    `board.JobBoard`'s, shared by the replicas: this one (named `replica`) posts its jobs there and answers
+    requests for the others' jobs from it, so any replica serves any job."""
     config = config or ServeConfig()
     if engine_factory is None:
         from .engine import Engine as engine_factory
     state = State(config, engine_factory)
+    posting: dict[str, tuple[asyncio.Task, asyncio.Event]] = {}   # job id -> its poster, set once first posted
 
     @asynccontextmanager
     async def lifespan(_app):
         threading.Thread(target=state.load, name="limner-serve-load", daemon=True).start()
+        listener = asyncio.create_task(take_cancels()) if board is not None else None
         yield
+        if listener is not None:
+            listener.cancel()
         if state.queue is not None:
             state.queue.stop()
 
     app = FastAPI(title="limner", version="1", lifespan=lifespan, docs_url=None, redoc_url=None,  # no CDN pages
                   description="Text-to-image: the OpenAI Images API, a job API with progress, and a web page.")
     app.state.limner = state
+    plain_openapi = app.openapi
+
+    def openapi() -> dict:
+        """FastAPI's document with this server's limits written in (its sizes once the model is loaded)."""
+        engine = state.engine
+        return document_limits(copy.deepcopy(plain_openapi()), config, engine and engine.name,
+                               engine and offered_sizes(engine))
+
+    app.openapi = openapi
 
     # ------------------------------------------------------------------------------------------ errors
 
@@ -109,11 +132,17 @@ def create_app(config: ServeConfig | None = None, engine_factory=None) -> FastAP
         return refuse(ApiError(400, message, param=param, code=code, reason="invalid_request"))
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http_error(_, e: StarletteHTTPException):
-        message = {404: "no such route: see /openapi.json", 405: "method not allowed on this route"}.get(
-            e.status_code, str(e.detail))
+    async def _http_error(request: Request, e: StarletteHTTPException):
+        headers = dict(getattr(e, "headers", None) or {})
+        message = {404: "no such route: see /openapi.json"}.get(e.status_code, str(e.detail))
+        if e.status_code == 405:
+            # Starlette's Allow names the first route of the path only; GET and DELETE /v1/jobs/{id} are two
+            allowed = sorted({m for route in app.router.routes if route.matches(request.scope)[0] != Match.NONE
+                              for m in getattr(route, "methods", None) or ()})
+            headers["Allow"] = ", ".join(allowed)
+            message = f"{request.method} is not allowed on this route; it takes {', '.join(allowed)}"
         return JSONResponse({"error": {"message": message, "type": "invalid_request_error", "param": None,
-                                       "code": None}}, status_code=e.status_code)
+                                       "code": None}}, status_code=e.status_code, headers=headers)
 
     app.add_middleware(CountRequests, metrics=state.metrics)
 
@@ -152,16 +181,87 @@ def create_app(config: ServeConfig | None = None, engine_factory=None) -> FastAP
         except QueueFull as e:
             raise queue_full(e) from None
         try:
-            return queue.submit(spec)
+            job = queue.submit(spec)
         except QueueFull as e:
             raise queue_full(e) from None
+        if board is not None:
+            first = asyncio.Event()
+            task = asyncio.create_task(post_to_board(job, first))
+            posting[job.id] = task, first
+            task.add_done_callback(lambda _: posting.pop(job.id, None))
+        return job
 
     def job_of(job_id: str) -> Job:
         job = state.ready_queue().get(job_id)
         if job is None:
-            raise ApiError(404, f"no job {job_id!r}: it never existed, or its results were dropped after "
-                                f"{state.config.result_ttl_s:g} s", param="id", code="job_not_found")
+            raise not_found(job_id)
         return job
+
+    def not_found(job_id: str) -> ApiError:
+        return ApiError(404, f"no job {job_id!r}: it never existed, or its results were dropped after "
+                             f"{state.config.result_ttl_s:g} s", param="id", code="job_not_found")
+
+    # ------------------------------------------------------------------- the board (several replicas)
+
+    async def post_to_board(job: Job, first: asyncio.Event) -> None:
+        """Post the job's view and events as they come (all that queued up in one call), its images at the
+        end. The board is how other replicas see this job: a failed post is logged and the next one tries
+        again; the job itself goes on regardless."""
+        events = job.subscribe()
+        try:
+            while True:
+                batch = [await events.get()]
+                while not events.empty():
+                    batch.append(events.get_nowait())
+                final = any(e["event"] in FINAL_EVENTS for e in batch)
+                images = None
+                if final and job.status == JobStatus.SUCCEEDED:
+                    images = [(await run_in_threadpool(encoded, job, i), img.info["parameters"]["seed"])
+                              for i, img in enumerate(job.images)]
+                try:
+                    await board.post(job.id, replica, view(job, ""), [job_event(job, e, "") for e in batch],
+                                     config.job_timeout_s, images)
+                except Exception:
+                    log.exception("posting job %s to the job board failed", job.id)
+                first.set()
+                if final:
+                    return
+        finally:
+            first.set()
+            job.unsubscribe(events)
+
+    async def on_board(job: Job, final: bool = False) -> None:
+        """Wait (briefly) until the board knows the job, or its end, before telling the client about it:
+        the client's next request may reach another replica."""
+        if board is None or job.id not in posting:   # (not there: its poster is done)
+            return
+        task, first = posting[job.id]
+        try:
+            await asyncio.wait_for(asyncio.shield(task) if final else first.wait(), 10)
+        except asyncio.TimeoutError:
+            log.warning("the job board has not confirmed job %s within 10 s", job.id)
+
+    async def take_cancels() -> None:
+        """Cancel the jobs of this replica that a request to another replica cancelled."""
+        while True:
+            try:
+                ids = await board.take_cancels(replica, 10.0)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("reading cancels from the job board failed")
+                await asyncio.sleep(1)
+                continue
+            for job_id in ids:
+                if state.queue is not None:
+                    state.queue.cancel(job_id)
+
+    async def board_view(job_id: str, request: Request) -> dict:
+        """Another replica's job as the board has it, or 404."""
+        got = await board.view(job_id) if board is not None else None
+        if got is None:
+            raise not_found(job_id)
+        return absolute(got, base_of(request))
 
     def failure(job: Job) -> ApiError:
         error = job.error or {"message": "the job was cancelled", "type": "invalid_request_error",
@@ -186,8 +286,8 @@ def create_app(config: ServeConfig | None = None, engine_factory=None) -> FastAP
         finally:
             job.unsubscribe(events)
 
-    def result_url(request: Request, job: Job, i: int) -> str:
-        return f"{str(request.base_url).rstrip('/')}/v1/results/{job.id}/{i}.{job.spec.output_format}"
+    def result_url(base: str, job: Job, i: int) -> str:
+        return f"{base}/v1/results/{job.id}/{i}.{job.spec.output_format}"
 
     def expires_at(job: Job) -> int:
         return int((job.finished or time.time()) + state.config.result_ttl_s)
@@ -197,11 +297,12 @@ def create_app(config: ServeConfig | None = None, engine_factory=None) -> FastAP
             job.encoded[i] = encode(job.images[i], job.spec.output_format, job.spec.output_compression)
         return job.encoded[i]
 
-    def view(job: Job, request: Request) -> dict:
+    def view(job: Job, base: str) -> dict:
+        """The job as GET /v1/jobs/{id} shows it; result URLs start with `base` ("" on the board)."""
         spec = job.spec
         result = None
         if job.status == JobStatus.SUCCEEDED:
-            result = {"data": [{"url": result_url(request, job, i), "seed": img.info["parameters"]["seed"],
+            result = {"data": [{"url": result_url(base, job, i), "seed": img.info["parameters"]["seed"],
                                 "parameters": img.info["parameters"]} for i, img in enumerate(job.images)],
                       "expires_at": expires_at(job)}
         return {"id": job.id, "object": "image.job", "status": job.status.value, "created": int(job.created),
@@ -216,7 +317,7 @@ def create_app(config: ServeConfig | None = None, engine_factory=None) -> FastAP
     @app.post("/v1/images/generations", response_model=ImagesResponse, responses={
         **ERRORS, 200: {"content": {"text/event-stream": {}}, "description": "JSON, or with stream: Server-Sent "
                         "Events image_generation.partial_image / image_generation.completed / error"}},
-              dependencies=[Depends(authorized)])
+              dependencies=[Depends(authorized)], operation_id="createImage")
     async def generations(body: ImageGenerationRequest, request: Request):
         """Draw images, as OpenAI's `images.generate` does (plus limner's seed, steps, guidance, negative_prompt)."""
         job = await submit(body, previews=(body.partial_images or 0) if body.stream else 0)
@@ -227,8 +328,10 @@ def create_app(config: ServeConfig | None = None, engine_factory=None) -> FastAP
         if job.status != JobStatus.SUCCEEDED:
             raise failure(job)
         url = body.response_format == "url"
+        if url:
+            await on_board(job, final=True)   # its URLs must work from every replica
         data = [{"seed": img.info["parameters"]["seed"],
-                 **({"url": result_url(request, job, i), "expires_at": expires_at(job)} if url else
+                 **({"url": result_url(base_of(request), job, i), "expires_at": expires_at(job)} if url else
                     {"b64_json": base64.b64encode(encoded(job, i)).decode()})} for i, img in enumerate(job.images)]
         return {"created": int(job.created), "data": data, **job.spec.options, "output_format": job.spec.output_format,
                 "usage": usage(state.engine, job.spec.prompt, job.spec.shape.n)}
@@ -277,72 +380,131 @@ def create_app(config: ServeConfig | None = None, engine_factory=None) -> FastAP
 
         return relay(job, render, cancel_on_leave=True)
 
-    @app.get("/v1/models", dependencies=[Depends(authorized)])
+    @app.get("/v1/models", dependencies=[Depends(authorized)], operation_id="listModels")
     def models():
         state.ready_queue()
         engine = state.engine
         return {"object": "list", "data": [{"id": engine.name, "object": "model", "owned_by": "limner",
-                                            "sizes": [f"{engine.resolution}x{engine.resolution}", "auto"],
+                                            "sizes": offered_sizes(engine),
                                             "default_steps": engine.default_steps,
                                             "default_guidance": engine.default_guidance}]}
 
     # -------------------------------------------------------------------------------------- the job API
 
-    @app.post("/v1/jobs", status_code=202, response_model=JobView, responses=ERRORS,
-              dependencies=[Depends(authorized)])
+    @app.post("/v1/jobs", status_code=202, response_model=JobView, responses={**ERRORS, 202: {"links": JOB_LINKS}},
+              dependencies=[Depends(authorized)], operation_id="createJob")
     async def create_job(body: JobRequest, request: Request):
         """Queue a job and answer at once with its id; follow it at /v1/jobs/{id} or /v1/jobs/{id}/events."""
         job = await submit(body, previews=body.previews)
-        return JSONResponse(view(job, request), status_code=202, headers={"Location": f"/v1/jobs/{job.id}"})
+        await on_board(job)   # the next request, for this job, may reach another replica
+        return JSONResponse(view(job, base_of(request)), status_code=202, headers={"Location": f"/v1/jobs/{job.id}"})
 
-    @app.get("/v1/jobs/{job_id}", response_model=JobView, responses=ERRORS, dependencies=[Depends(authorized)])
-    def get_job(job_id: str, request: Request):
-        return view(job_of(job_id), request)
+    @app.get("/v1/jobs/{job_id}", response_model=JobView, responses=ERRORS, dependencies=[Depends(authorized)],
+             operation_id="getJob")
+    async def get_job(job_id: str, request: Request):
+        job = state.ready_queue().get(job_id)
+        return view(job, base_of(request)) if job is not None else await board_view(job_id, request)
 
-    @app.delete("/v1/jobs/{job_id}", response_model=JobView, responses=ERRORS, dependencies=[Depends(authorized)])
-    def cancel_job(job_id: str, request: Request):
+    @app.delete("/v1/jobs/{job_id}", response_model=JobView, responses=ERRORS, dependencies=[Depends(authorized)],
+                operation_id="cancelJob")
+    async def cancel_job(job_id: str, request: Request):
         """Cancel this job (and no other): a queued job at once, a running one at its next step."""
-        job = job_of(job_id)
+        job = state.ready_queue().get(job_id)
+        if job is None:
+            return await cancel_elsewhere(job_id, request)
         if job.done:
-            raise ApiError(409, f"job {job_id} has already {job.status.value}; nothing to cancel", param="id",
-                           code="job_finished")
+            raise finished_already(job_id, job.status.value)
         state.queue.cancel(job_id)
-        return view(job, request)
+        return view(job, base_of(request))
+
+    def finished_already(job_id: str, status: str) -> ApiError:
+        return ApiError(409, f"job {job_id} has already {status}; nothing to cancel", param="id", code="job_finished")
+
+    async def cancel_elsewhere(job_id: str, request: Request) -> dict:
+        """Another replica's job: the board passes the cancel on; answer once its owner has taken it (a queued
+        job ends at once there), or after 2 s with the job as it is then."""
+        got = await board.cancel(job_id) if board is not None else None
+        if got is None:
+            raise not_found(job_id)
+        if got["status"] in FINAL_EVENTS:
+            raise finished_already(job_id, got["status"])
+        end = time.monotonic() + 2
+        while got["status"] in ("queued",) and time.monotonic() < end:
+            await board.events_after(job_id, 1 << 62, max(0.0, end - time.monotonic()))   # wakes on any news
+            got = await board.view(job_id) or got
+        return absolute(got, base_of(request))
 
     @app.get("/v1/jobs/{job_id}/events", responses={**ERRORS, 200: {"content": {"text/event-stream": {}}}},
-             dependencies=[Depends(authorized)])
+             dependencies=[Depends(authorized)], operation_id="jobEvents")
     async def job_events(job_id: str, request: Request):
         """Server-Sent Events: queued (position), started, progress (step, total), preview (b64 PNG), then
         succeeded / failed / cancelled with the job as GET /v1/jobs/{id} shows it."""
-        job = job_of(job_id)
+        job = state.ready_queue().get(job_id)
+        base = base_of(request)
+        if job is None:
+            if board is None or await board.view(job_id) is None:
+                raise not_found(job_id)
+            stream = board_events(job_id, base)
+        else:
+            # leaving does not cancel: a page reload follows the same job again
+            stream = relay(job, lambda event: [sse(*job_event(job, event, base))], cancel_on_leave=False)
+        return StreamingResponse(stream, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
-        def render(event):
-            name = event["event"]
-            if name == "preview":
-                data = {k: v for k, v in event.items() if k not in ("event", "image")}
-                yield sse(name, {**data, "b64_json": b64(event["image"], "png")})
-            elif name in FINAL_EVENTS:
-                yield sse(name, view(job, request))
-            else:
-                yield sse(name, {k: v for k, v in event.items() if k != "event"})
+    def job_event(job: Job, event: dict, base: str) -> tuple[str, dict]:
+        """An event of /v1/jobs/{id}/events: (name, data)."""
+        name = event["event"]
+        if name == "preview":
+            data = {k: v for k, v in event.items() if k not in ("event", "image")}
+            return name, {**data, "b64_json": b64(event["image"], "png")}
+        if name in FINAL_EVENTS:
+            return name, view(job, base)
+        return name, {k: v for k, v in event.items() if k != "event"}
 
-        # leaving does not cancel: a page reload follows the same job again
-        return StreamingResponse(relay(job, render, cancel_on_leave=False), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+    async def board_events(job_id: str, base: str):
+        """Another replica's job's events, from the board, as the owner would send them."""
+        seq = 0
+        while True:
+            events = await board.events_after(job_id, seq, KEEPALIVE_S)
+            if events is None:   # dropped meanwhile
+                return
+            if not events:
+                yield ": keep-alive\n\n"
+            for seq, name, data in events:
+                yield sse(name, absolute(data, base) if name in FINAL_EVENTS else data)
+                if name in FINAL_EVENTS:
+                    return
 
-    @app.get("/v1/results/{job_id}/{name}", responses={**ERRORS, 200: {"content": {m: {} for m in MEDIA.values()}}})
-    def result(job_id: str, name: str):
+    @app.get("/v1/results/{job_id}/{name}", responses={**ERRORS, 200: {"content": {m: {} for m in MEDIA.values()}}},
+             operation_id="getResult")
+    async def result(job_id: str, name: str):
         """An image of a finished job, for result_ttl_s after it finished. The unguessable job id is the key."""
-        job = job_of(job_id)
-        index, _, ext = name.partition(".")
-        if job.status != JobStatus.SUCCEEDED or not index.isdigit() or int(index) >= len(job.images) \
-                or ext != job.spec.output_format:
+        wanted = re.fullmatch(r"([0-9]{1,6})\.([a-z]+)", name)   # ASCII digits: '²'.isdigit() is True too
+        job = state.ready_queue().get(job_id)
+        if job is None:
+            return await result_elsewhere(job_id, name, wanted)
+        if job.status != JobStatus.SUCCEEDED or not wanted or int(wanted[1]) >= len(job.images) \
+                or wanted[2] != job.spec.output_format:
             raise ApiError(404, f"no image {name!r} in job {job_id} ({job.status.value}, {len(job.images)} images "
                                 f"as .{job.spec.output_format})", param="name", code="image_not_found")
-        i = int(index)
-        seed = job.images[i].info["parameters"]["seed"]
-        left = max(0, expires_at(job) - int(time.time()))
-        return Response(encoded(job, i), media_type=MEDIA[ext], headers={
-            "Cache-Control": f"private, max-age={left}",
+        i = int(wanted[1])
+        return image_response(await run_in_threadpool(encoded, job, i), wanted[2],
+                              job.images[i].info["parameters"]["seed"], expires_at(job))
+
+    async def result_elsewhere(job_id: str, name: str, wanted) -> Response:
+        """An image of another replica's job, from the board."""
+        got = await board.view(job_id) if board is not None else None
+        if got is None:
+            raise not_found(job_id)
+        image = await board.image(job_id, int(wanted[1])) if wanted and wanted[2] == got["output_format"] else None
+        if got["status"] != "succeeded" or image is None:
+            raise ApiError(404, f"no image {name!r} in job {job_id} ({got['status']}, as .{got['output_format']})",
+                           param="name", code="image_not_found")
+        data, seed = image
+        return image_response(data, wanted[2], seed, got["result"]["expires_at"])
+
+    def image_response(data: bytes, ext: str, seed: int, expires: int) -> Response:
+        return Response(data, media_type=MEDIA[ext], headers={
+            "Cache-Control": f"private, max-age={max(0, expires - int(time.time()))}",
             "Content-Disposition": f'inline; filename="limner-{seed}.{ext}"'})
 
     # ------------------------------------------------------------------------------- health and the page
@@ -359,7 +521,7 @@ def create_app(config: ServeConfig | None = None, engine_factory=None) -> FastAP
         return {"status": "ready", "model": state.engine.name, "queue_depth": queue.depth,
                 "queue_size": state.config.queue_size}
 
-    @app.get("/metrics")
+    @app.get("/metrics", response_class=PlainTextResponse)
     def metrics():
         return Response(state.metrics.render(state.queue), media_type="text/plain; version=0.0.4")
 
@@ -412,6 +574,19 @@ def encode(img: Image.Image, fmt: str, compression: int | None = None) -> bytes:
         img.convert("RGB").save(buf, format=fmt.upper(), quality=100 if compression is None else compression,
                                 exif=exif)
     return buf.getvalue()
+
+
+def base_of(request: Request) -> str:
+    """Where this server is, as the client reached it: what result URLs start with."""
+    return str(request.base_url).rstrip("/")
+
+
+def absolute(job_view: dict, base: str) -> dict:
+    """A job view from the board (result URLs without the server's address) as this request's client needs it."""
+    if not job_view.get("result"):
+        return job_view
+    data = [{**d, "url": base + d["url"]} for d in job_view["result"]["data"]]
+    return {**job_view, "result": {**job_view["result"], "data": data}}
 
 
 def b64(img: Image.Image, fmt: str, compression: int | None = None) -> str:

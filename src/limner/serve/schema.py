@@ -7,7 +7,8 @@ from __future__ import annotations
 import secrets
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic_core import PydanticCustomError
 
 from .config import ServeConfig
 from .engine import Shape
@@ -30,6 +31,15 @@ class ApiError(Exception):
 
 
 # ---------------------------------------------------------------------------------------------- requests
+
+
+def _json_number(value):
+    """A JSON number or null: pydantic's lax mode would also take `true` or "5" for a number, which the OpenAPI
+    document (and OpenAI) call invalid."""
+    if value is None or (isinstance(value, (int, float)) and not isinstance(value, bool)):
+        return value
+    raise PydanticCustomError("number_type", "must be a number, not {got}", {"got": type(value).__name__})
+
 
 
 class GenerationParams(BaseModel):
@@ -56,10 +66,14 @@ class GenerationParams(BaseModel):
     guidance: float | None = Field(None, ge=0, le=50, description="limner: classifier-free guidance scale")
     negative_prompt: str | None = Field(None, description="limner: what to steer away from")
 
+    # a validator, not an Annotated type: that would hide the fields' minimum/maximum from the JSON schema
+    _numbers = field_validator("n", "output_compression", "seed", "steps", "guidance", "partial_images", "previews",
+                               mode="before", check_fields=False)(_json_number)
+
 
 class ImageGenerationRequest(GenerationParams):
     response_format: Literal["b64_json", "url"] | None = Field("b64_json", description="url: served for result_ttl_s")
-    stream: bool | None = Field(False, description="Server-Sent Events: image_generation.partial_image, "
+    stream: bool | None = Field(False, strict=True, description="Server-Sent Events: image_generation.partial_image, "
                                                     "image_generation.completed")
     partial_images: int | None = Field(0, ge=0, le=3, description="partial images per image while streaming")
     style: Literal["vivid", "natural"] | None = Field(None, description="dall-e-3 only: refused")
@@ -67,6 +81,11 @@ class ImageGenerationRequest(GenerationParams):
 
 class JobRequest(GenerationParams):
     previews: int = Field(4, ge=0, le=50, description="preview images sent over /v1/jobs/{id}/events while drawing")
+
+
+def offered_sizes(engine) -> list[str]:
+    """The `size` values a request may name: what the model draws, and auto (the same)."""
+    return [f"{engine.resolution}x{engine.resolution}", "auto"]
 
 
 def job_spec(body: GenerationParams, engine, config: ServeConfig, previews: int = 0) -> JobSpec:
@@ -104,7 +123,9 @@ def job_spec(body: GenerationParams, engine, config: ServeConfig, previews: int 
         raise ApiError(400, "output_compression applies to jpeg and webp; png is lossless: leave it out or "
                             "choose output_format jpeg or webp", param="output_compression", code="invalid_value")
     quality = body.quality or "auto"
-    steps = body.steps if body.steps is not None else max(1, round(engine.default_steps * QUALITY_STEPS[quality]))
+    # a step count derived from `quality` stays within the server's limit; only an explicit `steps` is refused
+    steps = body.steps if body.steps is not None else \
+        min(config.max_steps, max(1, round(engine.default_steps * QUALITY_STEPS[quality])))
     if steps > config.max_steps:
         raise ApiError(400, f"steps is {steps}; this server takes at most {config.max_steps}", param="steps",
                        code="integer_above_max_value")
@@ -200,3 +221,43 @@ def usage(engine, prompt: str, n: int) -> dict:
     text, out = engine.text_tokens(prompt), n * engine.image_tokens()
     return {"input_tokens": text, "input_tokens_details": {"text_tokens": text, "image_tokens": 0},
             "output_tokens": out, "total_tokens": text + out}
+
+
+# ------------------------------------------------------------------------------------- the OpenAPI document
+
+
+def _value(prop: dict) -> dict:
+    """The non-null branch of an Optional field's schema (pydantic writes `anyOf: [{...}, {type: null}]`)."""
+    return next((b for b in prop.get("anyOf", [prop]) if b.get("type") != "null"), prop)
+
+
+def document_limits(doc: dict, config: ServeConfig, model: str | None, sizes: list[str] | None) -> dict:
+    """The OpenAPI document with this server's own limits and refusals written in, so that what the document
+    calls valid is what the server takes, and what it refuses with a 400 the document calls invalid
+    (Schemathesis checks both ways). The request models stay OpenAI's (their Literals list every value
+    OpenAI's clients send), so a value limner cannot honour gets limner's clear 400 rather than pydantic's."""
+    for name in ("ImageGenerationRequest", "JobRequest"):
+        schema = doc["components"]["schemas"][name]
+        props = schema["properties"]
+        props["prompt"].update(minLength=1, maxLength=config.max_prompt_chars, pattern=r"\S")   # not blank
+        _value(props["negative_prompt"])["maxLength"] = config.max_prompt_chars
+        _value(props["n"])["maximum"] = config.max_n
+        _value(props["steps"])["maximum"] = config.max_steps
+        _value(props["background"])["enum"] = ["auto", "opaque"]
+        _value(props["moderation"])["enum"] = ["auto"]
+        if "style" in props:
+            props["style"] = {"type": "null", "description": props["style"].get("description", "")}
+        if model:
+            _value(props["model"])["enum"] = [model, ""]
+        if sizes:
+            _value(props["size"])["enum"] = sizes
+        # output_compression only with jpeg or webp named (png is lossless)
+        schema["if"] = {"required": ["output_compression"], "properties": {"output_compression": {"type": "integer"}}}
+        schema["then"] = {"required": ["output_format"], "properties": {"output_format": {"enum": ["jpeg", "webp"]}}}
+    # limner answers invalid input with OpenAI's 400, never FastAPI's 422
+    for operations in doc["paths"].values():
+        for operation in operations.values():
+            operation.get("responses", {}).pop("422", None)
+    for unused in ("HTTPValidationError", "ValidationError"):
+        doc["components"]["schemas"].pop(unused, None)
+    return doc

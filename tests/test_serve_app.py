@@ -1,0 +1,254 @@
+"""The app in this process with a stand-in engine: what Schemathesis found (each pinned by a quick test), two
+replicas sharing one job board (any replica serves any job), and (slow) Schemathesis itself driving a real
+`limner serve` process through every operation of its OpenAPI document."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from limner.serve.app import create_app
+from limner.serve.config import ServeConfig
+from limner.serve.standin import StandInEngine
+
+pytest.importorskip("httpx")
+
+
+@pytest.fixture
+def app_client():
+    from fastapi.testclient import TestClient
+
+    def make(board=None, replica="", step_s=0.0, **config):
+        app = create_app(ServeConfig(**config), engine_factory=lambda _model: StandInEngine(step_s), board=board,
+                         replica=replica)
+        return TestClient(app, base_url=f"http://{replica or 'testserver'}")
+
+    return make
+
+
+def ready(client):
+    for _ in range(200):
+        if client.get("/readyz").status_code == 200:
+            return client
+        time.sleep(0.01)
+    raise AssertionError(client.get("/readyz").text)
+
+
+def test_405_names_every_method_of_the_path(app_client):
+    with app_client() as client:
+        r = client.request("OPTIONS", "/v1/jobs/abc")   # GET and DELETE are two routes on one path
+        assert r.status_code == 405 and r.headers["allow"] == "DELETE, GET"
+        assert r.json()["error"]["message"] == "OPTIONS is not allowed on this route; it takes DELETE, GET"
+
+
+def test_a_result_name_with_unicode_digits_is_a_404_not_a_500(app_client):
+    with app_client() as client:
+        ready(client)
+        job = client.post("/v1/images/generations", json={"prompt": "a red circle", "response_format": "url"})
+        url = job.json()["data"][0]["url"]
+        job_id = url.split("/")[-2]
+        r = client.get(f"/v1/results/{job_id}/².png")   # '²'.isdigit() is True, int('²') raises
+        assert r.status_code == 404 and r.json()["error"]["code"] == "image_not_found"
+        assert client.get(f"/v1/results/{job_id}/0.png").status_code == 200
+
+
+@pytest.mark.parametrize("body, param", [
+    ({"partial_images": False}, "partial_images"),
+    ({"n": True}, "n"),
+    ({"guidance": "2"}, "guidance"),
+    ({"stream": "true"}, "stream"),
+])
+def test_what_the_document_calls_invalid_is_refused(app_client, body, param):
+    """pydantic's lax mode took `false` for 0 and "2" for 2, which JSON Schema (and OpenAI) call invalid."""
+    with app_client() as client:
+        ready(client)
+        r = client.post("/v1/images/generations", json={"prompt": "a red circle", **body})
+        assert r.status_code == 400 and r.json()["error"]["param"] == param, r.text
+
+
+def test_integral_floats_are_integers_as_json_schema_says(app_client):
+    with app_client() as client:
+        ready(client)
+        r = client.post("/v1/images/generations", json={"prompt": "a red circle", "steps": 3.0, "seed": 7})
+        assert r.status_code == 200 and r.json()["data"][0]["seed"] == 7
+
+
+def test_the_document_states_this_servers_limits(app_client):
+    with app_client(max_n=3, max_steps=7, max_prompt_chars=50) as client:
+        ready(client)
+        doc = client.get("/openapi.json").json()
+        props = doc["components"]["schemas"]["ImageGenerationRequest"]["properties"]
+        value = lambda p: next(b for b in p.get("anyOf", [p]) if b.get("type") != "null")   # noqa: E731
+        assert value(props["n"])["maximum"] == 3 and value(props["steps"])["maximum"] == 7
+        assert props["prompt"]["maxLength"] == 50 and props["prompt"]["pattern"] == r"\S"
+        assert value(props["size"])["enum"] == ["64x64", "auto"]
+        assert value(props["background"])["enum"] == ["auto", "opaque"]   # transparent: a clear 400
+        assert not any("422" in op["responses"] for ops in doc["paths"].values() for op in ops.values())
+        links = doc["paths"]["/v1/jobs"]["post"]["responses"]["202"]["links"]
+        assert links["GetJob"]["operationId"] == "getJob"
+        assert doc["paths"]["/metrics"]["get"]["responses"]["200"]["content"].keys() == {"text/plain"}
+
+
+def test_quality_never_derives_more_steps_than_the_server_takes(app_client):
+    """quality 'high' is twice the model's default steps: on a server with a lower max_steps it is capped, not
+    refused (the request named no steps); an explicit `steps` above the limit is still a 400."""
+    with app_client(max_steps=8) as client:
+        ready(client)
+        r = client.post("/v1/jobs", json={"prompt": "a red circle", "quality": "high"})
+        assert r.status_code == 202 and r.json()["steps"] == 8
+        r = client.post("/v1/jobs", json={"prompt": "a red circle", "steps": 9})
+        assert r.status_code == 400 and r.json()["error"]["param"] == "steps"
+
+
+# ------------------------------------------------------------------------------- replicas and the job board
+
+
+class BoardOnItsOwnLoop:
+    """A JobBoard on an event loop of its own (as a Ray deployment has), its methods coroutines for any loop."""
+
+    def __init__(self, **kwargs):
+        import asyncio
+        import threading
+
+        from limner.serve.board import JobBoard
+
+        self.board, self.loop = JobBoard(**kwargs), asyncio.new_event_loop()
+        threading.Thread(target=self.loop.run_forever, daemon=True).start()
+
+    def __getattr__(self, name):
+        import asyncio
+
+        method = getattr(self.board, name)
+
+        async def call(*args):
+            return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(method(*args), self.loop))
+
+        return call
+
+
+def sse_events(client, path):
+    events, name = [], None
+    with client.stream("GET", path) as r:
+        assert r.status_code == 200, r.read()
+        for line in r.iter_lines():
+            if line.startswith("event: "):
+                name = line[7:]
+            elif line.startswith("data: "):
+                events.append((name, json.loads(line[6:])))
+    return events
+
+
+def test_any_replica_serves_any_job(app_client):
+    board = BoardOnItsOwnLoop()
+    with app_client(board, "a", step_s=0.01) as a, app_client(board, "b", step_s=0.01) as b:
+        ready(a), ready(b)
+        job = a.post("/v1/jobs", json={"prompt": "a red circle", "steps": 20, "seed": 4, "previews": 2}).json()
+        seen = b.get(f"/v1/jobs/{job['id']}").json()   # at once: the board knew it before A answered
+        assert seen["id"] == job["id"] and seen["status"] in ("queued", "running", "succeeded")
+        events = sse_events(b, f"/v1/jobs/{job['id']}/events")   # followed on B, drawn on A
+        names = [n for n, _ in events]
+        assert names[-1] == "succeeded" and "progress" in names and names.count("preview") == 2
+        final = events[-1][1]
+        assert final["result"]["data"][0]["url"].startswith("http://b/v1/results/")   # B's own address
+        assert final == b.get(f"/v1/jobs/{job['id']}").json()
+        mine = a.get(f"/v1/results/{job['id']}/0.png")
+        theirs = b.get(f"/v1/results/{job['id']}/0.png")
+        assert theirs.status_code == 200 and theirs.content == mine.content
+        assert theirs.headers["content-disposition"] == mine.headers["content-disposition"]
+        assert b.get(f"/v1/results/{job['id']}/1.png").json()["error"]["code"] == "image_not_found"
+        assert b.get("/v1/jobs/nope").json()["error"]["code"] == "job_not_found"
+        assert b.delete(f"/v1/jobs/{job['id']}").json()["error"]["code"] == "job_finished"
+
+
+def test_a_cancel_sent_to_another_replica_cancels_that_job_only(app_client):
+    board = BoardOnItsOwnLoop()
+    with app_client(board, "a", step_s=0.02, max_steps=500) as a, app_client(board, "b") as b:
+        ready(a), ready(b)
+        running = a.post("/v1/jobs", json={"prompt": "a red circle", "steps": 500}).json()
+        queued = a.post("/v1/jobs", json={"prompt": "a blue square", "steps": 400}).json()
+        gone = b.delete(f"/v1/jobs/{queued['id']}")
+        assert gone.status_code == 200 and gone.json()["status"] == "cancelled"   # a queued job: at once
+        assert a.get(f"/v1/jobs/{queued['id']}").json()["status"] == "cancelled"
+        assert a.get(f"/v1/jobs/{running['id']}").json()["status"] in ("queued", "running")   # and no other
+        b.delete(f"/v1/jobs/{running['id']}")
+        for _ in range(200):
+            if a.get(f"/v1/jobs/{running['id']}").json()["status"] == "cancelled":
+                break
+            time.sleep(0.02)
+        assert b.get(f"/v1/jobs/{running['id']}").json()["status"] == "cancelled"
+        assert a.get(f"/v1/jobs/{running['id']}").json()["progress"]["step"] < 500
+
+
+def test_openai_url_results_work_from_another_replica(app_client):
+    board = BoardOnItsOwnLoop()
+    with app_client(board, "a") as a, app_client(board, "b") as b:
+        ready(a), ready(b)
+        r = a.post("/v1/images/generations", json={"prompt": "a red circle", "n": 2, "seed": 9,
+                                                   "response_format": "url", "output_format": "jpeg"}).json()
+        for item in r["data"]:
+            got = b.get(item["url"].replace("http://a", ""))
+            assert got.status_code == 200 and got.headers["content-type"] == "image/jpeg"
+
+
+def test_the_board_answers_for_a_replica_that_vanished():
+    import asyncio
+
+    from limner.serve.board import JobBoard
+
+    async def story():
+        board = JobBoard(grace_s=0)
+        await board.post("j1", "gone", {"status": "running", "result": None}, [("started", {})], timeout_s=0.05)
+        await asyncio.sleep(0.1)
+        return await board.view("j1"), await board.events_after("j1", 0, 0)
+
+    view, events = asyncio.run(story())
+    assert view["status"] == "failed" and view["error"]["code"] == "replica_lost"
+    assert [name for _, name, _ in events] == ["started", "failed"]
+
+
+def test_the_board_forgets_finished_jobs_oldest_first():
+    import asyncio
+
+    from limner.serve.board import JobBoard
+
+    async def story():
+        board = JobBoard(max_finished=2)
+        for i in range(4):
+            await board.post(f"j{i}", "a", {"status": "succeeded"}, [("succeeded", {})], 60, [(b"x", i)])
+        return [await board.view(f"j{i}") is not None for i in range(4)]
+
+    assert asyncio.run(story()) == [False, False, True, True]
+
+
+# ------------------------------------------------------------------------------------------ Schemathesis
+
+SCHEMATHESIS = shutil.which("schemathesis") or str(Path(sys.executable).with_name("schemathesis"))
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+@pytest.mark.skipif(not Path(SCHEMATHESIS).exists(), reason="needs schemathesis: pip install -e '.[test]'")
+def test_schemathesis_finds_no_5xx_and_no_response_outside_the_document(tmp_path):
+    """Every operation, generated valid and invalid requests, then chains along the document's links
+    (create a job, read it, its events, cancel it). All checks but use_after_free: DELETE /v1/jobs/{id}
+    cancels a job, which stays readable (status cancelled) until its results expire, as the job API says."""
+    from limner.serve.process import ServerProcess
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    # small limits keep each generated request cheap (n <= 2, steps <= 4: a quarter second at most)
+    with ServerProcess("--max-n", "2", "--max-steps", "4", "--queue", "4", "--job-timeout", "60",
+                       log=tmp_path / "server.log", env=env) as server:
+        run = subprocess.run(
+            [SCHEMATHESIS, "run", server.url + "/openapi.json", "--checks", "all", "--exclude-checks",
+             "use_after_free", "--workers", "1", "--max-examples", "15", "--seed", "25", "--no-color",
+             "--suppress-health-check", "all", "--generation-database", "none"],
+            capture_output=True, text=True, timeout=840, env=env, cwd=tmp_path)
+        log = (tmp_path / "server.log").read_text()
+    print(run.stdout[-3000:])
+    assert run.returncode == 0, run.stdout[-8000:] + run.stderr[-2000:]
+    assert "Tested: 11" in run.stdout and "Selected: 11/11" in run.stdout   # every operation
+    assert "Traceback" not in log, log[-4000:]
