@@ -104,6 +104,34 @@ def test_quality_never_derives_more_steps_than_the_server_takes(app_client):
         assert r.status_code == 400 and r.json()["error"]["param"] == "steps"
 
 
+def test_a_full_queue_refuses_before_reading_the_request(app_client):
+    """The cheap 429: not even a body that is not JSON is looked at while the queue is full (it gets its 400
+    once there is room); the refusal is counted under its route."""
+    with app_client(queue_size=1, max_batch=1) as client:
+        ready(client)
+        engine = client.app.state.limner.engine
+        engine.hold.clear()   # the first job stays running
+        first = client.post("/v1/jobs", json={"prompt": "a red circle", "steps": 2}).json()
+        for _ in range(500):
+            if client.get(f"/v1/jobs/{first['id']}").json()["status"] == "running":
+                break
+            time.sleep(0.01)
+        assert client.post("/v1/jobs", json={"prompt": "a blue square", "steps": 2}).status_code == 202
+        garbage = {"content": b"not json", "headers": {"content-type": "application/json"}}
+        r = client.post("/v1/images/generations", **garbage)
+        assert r.status_code == 429 and int(r.headers["retry-after"]) >= 1, r.text
+        assert r.json()["error"]["code"] == "queue_full" and r.json()["error"]["type"] == "rate_limit_error"
+        metrics = client.get("/metrics").text
+        assert 'limner_http_requests_total{code="429",route="/v1/images/generations"} 1.0' in metrics
+        assert 'limner_refusals_total{reason="queue_full"} 1.0' in metrics
+        engine.hold.set()
+        for _ in range(500):
+            if client.get("/readyz").json()["queue_depth"] == 0:
+                break
+            time.sleep(0.01)
+        assert client.post("/v1/images/generations", **garbage).status_code == 400
+
+
 # ------------------------------------------------------------------------------- replicas and the job board
 
 

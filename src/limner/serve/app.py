@@ -28,7 +28,7 @@ from starlette.routing import Match
 
 from .auth import ApiKeys
 from .config import ServeConfig
-from .jobs import FINAL, Job, JobQueue, JobStatus, QueueFull
+from .jobs import FINAL, Job, JobQueue, JobStatus, QueueFull, error_body
 from .metrics import Metrics
 from .schema import (ApiError, ErrorResponse, ImageGenerationRequest, ImagesResponse, JobRequest, JobView,
                      document_limits, job_spec, offered_sizes, usage)
@@ -144,6 +144,7 @@ def create_app(config: ServeConfig | None = None, engine_factory=None, board=Non
         return JSONResponse({"error": {"message": message, "type": "invalid_request_error", "param": None,
                                        "code": None}}, status_code=e.status_code, headers=headers)
 
+    app.add_middleware(RefuseWhenFull, state=state)   # inside CountRequests, which counts its refusals too
     app.add_middleware(CountRequests, metrics=state.metrics)
 
     # ------------------------------------------------------------------------------------------ helpers
@@ -530,6 +531,43 @@ def create_app(config: ServeConfig | None = None, engine_factory=None, board=Non
         return resources.files(__package__).joinpath("page.html").read_text(encoding="utf-8")
 
     return app
+
+
+class RefuseWhenFull:
+    """A new image request while the queue is full gets its 429 here, before its body is read, parsed and
+    validated and its prompt filtered. Under a burst every request holds the one event loop for what it
+    costs; a refusal should cost next to nothing, or 200 clients queue behind each other's refusals."""
+    PATHS = ("/v1/images/generations", "/v1/jobs")
+
+    def __init__(self, app, state: State):
+        self.app, self.state, self.routes = app, state, None
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and scope["method"] == "POST" and scope["path"] in self.PATHS:
+            queue = self.state.queue
+            try:
+                if queue is not None and self.known_key(scope):
+                    queue.check_room()
+            except QueueFull as e:
+                self.state.metrics.refuse("queue_full")
+                if self.routes is None:
+                    self.routes = {getattr(r, "path", None): r for r in scope["app"].routes}
+                scope["route"] = self.routes.get(scope["path"])   # CountRequests' label, as if routed
+                body = json.dumps({"error": error_body(str(e), "rate_limit_error", None, "queue_full")}).encode()
+                await send({"type": "http.response.start", "status": 429, "headers": [
+                    (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                    (b"retry-after", str(e.retry_after).encode())]})
+                await send({"type": "http.response.body", "body": body})
+                return
+        await self.app(scope, receive, send)
+
+    def known_key(self, scope) -> bool:
+        """No keys asked for, or a known one: an unknown caller goes the full way to its 401."""
+        keys = self.state.keys
+        if keys is None:
+            return True
+        header = next((v for k, v in scope["headers"] if k == b"authorization"), b"").decode("latin-1")
+        return keys.identify(header) is not None
 
 
 class CountRequests:

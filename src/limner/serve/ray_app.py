@@ -6,10 +6,12 @@ them. Limner's queue settings become Ray's (`deployment_options`): a replica is 
 and one batch hold; past that, requests wait in Ray's router up to `queue_size`, then get 429 + Retry-After,
 as a single server answers. Every response names its replica in `x-limner-replica`.
 
-Jobs live in the replica that queued them: `/v1/images/generations` (JSON with b64_json, or streamed) is
-complete in one request and works on any number of replicas, but a job's later requests (`/v1/jobs/{id}`,
-its events, cancel, `url` results, and so the web page) reach its replica only with one replica. Ray's router
-sees the route pattern, not the job id in the path, so routing them home needs more than a router.
+A job is drawn by the replica that queued it, but its later requests (`/v1/jobs/{id}`, its events, cancel,
+`url` results, the web page) go wherever Ray's router sends them: Ray routes on load, not on the job id in the
+path. So the replicas share a job board (`board.JobBoard`), a deployment of its own in the same application
+(one replica, no CPU reserved): each replica posts its jobs' views, events and images there and answers for
+the others' jobs from it; a cancel that reaches another replica waits there until the owner takes it. If the
+board's replica dies Ray starts a new, empty one: jobs already on it are then known to their own replica only.
 
 `serve run configs/serve/ray.yaml` runs `build` with the YAML's `args`; `limner serve --ray` calls `run`.
 """
@@ -30,6 +32,7 @@ except ImportError as e:   # ray[data] alone lacks Serve's pieces (grpc, aiohttp
     raise ImportError(f"limner serve --ray needs Ray Serve: pip install 'limner[ray]' ({e})") from e
 
 from .app import create_app
+from .board import JobBoard
 from .config import ServeConfig
 
 REPLICA_HEADER = "x-limner-replica"
@@ -91,18 +94,41 @@ def deployment_options(config: ServeConfig, options: RayOptions) -> dict:
     return deployment
 
 
+@serve.deployment(name="LimnerJobBoard", num_replicas=1, ray_actor_options={"num_cpus": 0},
+                  max_ongoing_requests=10_000)   # long polls (cancels, followed events) hold a request each
+class JobBoardDeployment(JobBoard):
+    """The replicas' shared job board: a plain `JobBoard` whose coroutines the replicas call by handle."""
+
+
+class BoardByHandle:
+    """The board's coroutine methods, called through a Ray Serve DeploymentHandle."""
+
+    def __init__(self, handle):
+        self.handle = handle
+
+    def __getattr__(self, name: str):
+        method = getattr(self.handle, name)
+
+        async def call(*args):
+            return await method.remote(*args)
+
+        return call
+
+
 @serve.deployment(name="LimnerServer")
 @serve.ingress()   # the app is built in each replica (`__serve_build_asgi_app__`), not pickled from the driver
 class LimnerReplica:
-    """One replica: limner's own app, answering only once its model is loaded, naming itself in each response."""
+    """One replica: limner's own app, answering only once its model is loaded, naming itself in each response,
+    sharing its jobs with the other replicas through the board."""
 
-    def __init__(self, config: ServeConfig):
+    def __init__(self, config: ServeConfig, board=None):
         self.replica = serve.get_replica_context().replica_id.unique_id
         self.config = config
+        self.board = board and BoardByHandle(board)
         self.state = None
 
     def __serve_build_asgi_app__(self):
-        app = create_app(self.config)
+        app = create_app(self.config, board=self.board, replica=self.replica)
         self.state = state = app.state.limner
         app.add_middleware(NameReplica, replica=self.replica)
         loading = app.router.lifespan_context
@@ -165,7 +191,8 @@ def application(config: ServeConfig, options: RayOptions):
     # replicas are other processes with their own working folder: give them absolute paths
     config = replace(config, model=config.model if config.model in SHIPPED else str(path.resolve()),
                      api_key_file=config.api_key_file and str(Path(config.api_key_file).resolve()))
-    return LimnerReplica.options(**deployment_options(config, options)).bind(config)
+    board = JobBoardDeployment.bind(ttl_s=config.result_ttl_s, max_finished=config.max_finished_jobs)
+    return LimnerReplica.options(**deployment_options(config, options)).bind(config, board)
 
 
 def build(args: dict):
