@@ -1,6 +1,8 @@
 """The app in this process with a stand-in engine: what Schemathesis found (each pinned by a quick test), two
 replicas sharing one job board (any replica serves any job), and (slow) Schemathesis itself driving a real
 `limner serve` process through every operation of its OpenAPI document."""
+import base64
+import io
 import json
 import os
 import shutil
@@ -10,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from limner.serve.app import create_app
 from limner.serve.config import ServeConfig
@@ -22,9 +25,9 @@ pytest.importorskip("httpx")
 def app_client():
     from fastapi.testclient import TestClient
 
-    def make(board=None, replica="", step_s=0.0, **config):
-        app = create_app(ServeConfig(**config), engine_factory=lambda _model: StandInEngine(step_s), board=board,
-                         replica=replica)
+    def make(board=None, replica="", step_s=0.0, sizes=None, **config):
+        app = create_app(ServeConfig(**config), engine_factory=lambda _model: StandInEngine(step_s, sizes=sizes),
+                         board=board, replica=replica)
         return TestClient(app, base_url=f"http://{replica or 'testserver'}")
 
     return make
@@ -130,6 +133,43 @@ def test_a_full_queue_refuses_before_reading_the_request(app_client):
                 break
             time.sleep(0.01)
         assert client.post("/v1/images/generations", **garbage).status_code == 400
+
+
+# ------------------------------------------------------------------------------------- size and upscale
+
+
+def test_size_and_upscale_on_a_model_with_an_upsampler(app_client):
+    """The server's default is the base size (fast); a request asks for a cascade stage by `size` (auto: the
+    model's own default output) and enlarges further with `upscale`, up to the server's max_side."""
+    def side_of(r):
+        assert r.status_code == 200, r.text
+        return Image.open(io.BytesIO(base64.b64decode(r.json()["data"][0]["b64_json"]))).size[0]
+
+    with app_client(sizes=[64, 256, 1024], max_side=2048) as client:
+        ready(client)
+        model = client.get("/v1/models").json()["data"][0]
+        assert model["sizes"] == ["64x64", "256x256", "1024x1024", "auto"] and model["upscale"] == [1, 2, 4, 8]
+        post = lambda **body: client.post("/v1/images/generations", json={"prompt": "a red circle", **body})  # noqa: E731
+        assert side_of(post()) == 64 and post().json()["size"] == "64x64"
+        assert side_of(post(size="256x256")) == 256
+        assert side_of(post(size="auto")) == 1024
+        assert side_of(post(size="256x256", upscale=2)) == 512 and post(upscale=4).json()["size"] == "256x256"
+        error = post(size="512x512").json()["error"]
+        assert error["param"] == "size" and "64x64, 256x256 or 1024x1024" in error["message"]
+        error = post(size="1024x1024", upscale=4).json()["error"]
+        assert error["param"] == "upscale" and "makes 4096 px images; this server makes at most 2048" in error["message"]
+        assert post(upscale=3).json()["error"]["message"] == "upscale is 3; use 1, 2, 4 or 8"
+        doc = client.get("/openapi.json").json()["components"]["schemas"]["JobRequest"]["properties"]
+        assert doc["size"]["anyOf"][0]["enum"] == model["sizes"] and doc["upscale"]["anyOf"][0]["enum"] == [1, 2, 4, 8]
+
+
+def test_a_model_without_an_upsampler_offers_its_size_only(app_client):
+    with app_client() as client:
+        ready(client)
+        model = client.get("/v1/models").json()["data"][0]
+        assert model["sizes"] == ["64x64", "auto"] and model["upscale"] == [1]
+        error = client.post("/v1/images/generations", json={"prompt": "a", "upscale": 2}).json()["error"]
+        assert error["param"] == "upscale" and "has no upsampler" in error["message"]
 
 
 # ------------------------------------------------------------------------------- replicas and the job board
@@ -280,3 +320,44 @@ def test_schemathesis_finds_no_5xx_and_no_response_outside_the_document(tmp_path
     assert run.returncode == 0, run.stdout[-8000:] + run.stderr[-2000:]
     assert "Tested: 11" in run.stdout and "Selected: 11/11" in run.stdout   # every operation
     assert "Traceback" not in log, log[-4000:]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_a_real_server_draws_the_sizes_its_models_upsampler_makes(tmp_path):
+    """`limner serve --model` a folder with an upsampler (random weights, its cascade to 128 px): the official
+    client gets the base size by default, a cascade stage by `size`, `auto` and `upscale`; a size the model
+    cannot make is a 400 naming those it can."""
+    import torch
+
+    openai = pytest.importorskip("openai")
+    from limner.models import folder
+    from limner.models.upsampler import Upsampler, UpsamplerConfig
+    from limner.pipeline.core import Pipeline
+    from limner.pipeline.upscale import UpscaleSettings
+    from limner.serve.process import ServerProcess
+
+    if not hasattr(Pipeline, "check_size"):
+        pytest.skip("needs Pipeline(size=, upscale=) per call (issue 24)")
+    torch.manual_seed(0)
+    model = folder.save_upsampler(folder.resolve("shapes-default"), Upsampler(UpsamplerConfig(width=16, depth=2)),
+                                  UpscaleSettings(steps=2, output=128).to_dict(), tmp_path / "model")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    with ServerProcess("--model", str(model), log=tmp_path / "server.log", env=env) as server:
+        client = openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0, timeout=120)
+        listed = client.models.list().data[0]
+        assert listed.sizes == ["64x64", "128x128", "auto"] and listed.upscale == [1, 2, 4, 8]
+
+        def side(**kwargs):
+            r = client.images.generate(prompt="two red circles", extra_body={"steps": 2, "seed": 1}, **kwargs)
+            img = Image.open(io.BytesIO(base64.b64decode(r.data[0].b64_json)))
+            assert r.size == f"{img.size[0]}x{img.size[1]}"
+            return img.size[0], json.loads(img.text["parameters"]).get("upscale")
+
+        assert side() == (64, None)   # the server's default: the base model alone
+        assert side(size="128x128") == (128, 2) and side(size="auto") == (128, 2)
+        r = client.images.generate(prompt="two red circles", extra_body={"steps": 2, "upscale": 2})
+        assert r.size == "128x128"
+        with pytest.raises(openai.BadRequestError) as e:
+            client.images.generate(prompt="two red circles", size="1024x1024")
+        assert e.value.body["param"] == "size" and "draws 64x64 or 128x128 images" in e.value.body["message"]

@@ -31,7 +31,7 @@ from .config import ServeConfig
 from .jobs import FINAL, Job, JobQueue, JobStatus, QueueFull, error_body
 from .metrics import Metrics
 from .schema import (ApiError, ErrorResponse, ImageGenerationRequest, ImagesResponse, JobRequest, JobView,
-                     document_limits, job_spec, offered_sizes, usage)
+                     document_limits, job_spec, offered_sizes, offered_upscales, usage)
 
 log = logging.getLogger(__name__)
 MEDIA = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
@@ -100,9 +100,7 @@ def create_app(config: ServeConfig | None = None, engine_factory=None, board=Non
 
     def openapi() -> dict:
         """FastAPI's document with this server's limits written in (its sizes once the model is loaded)."""
-        engine = state.engine
-        return document_limits(copy.deepcopy(plain_openapi()), config, engine and engine.name,
-                               engine and offered_sizes(engine))
+        return document_limits(copy.deepcopy(plain_openapi()), config, state.engine)
 
     app.openapi = openapi
 
@@ -386,7 +384,8 @@ def create_app(config: ServeConfig | None = None, engine_factory=None, board=Non
         state.ready_queue()
         engine = state.engine
         return {"object": "list", "data": [{"id": engine.name, "object": "model", "owned_by": "limner",
-                                            "sizes": offered_sizes(engine),
+                                            "sizes": offered_sizes(engine, config),
+                                            "upscale": offered_upscales(engine, config),
                                             "default_steps": engine.default_steps,
                                             "default_guidance": engine.default_guidance}]}
 

@@ -16,11 +16,12 @@ class ServeConfig:
     max_prompt_chars: int = 4000       # OpenAI's dall-e-3 limit
     max_n: int = 10                    # images per request (OpenAI's limit)
     max_steps: int = 100
+    max_side: int = 2048               # largest image side a request may ask for (size x upscale)
     api_key_file: str | None = None    # one sha256 hex digest per line; None: no keys asked for
     rate_limit_per_minute: float = 60  # requests per API key (a burst of this many, refilled evenly)
 
     def __post_init__(self):
-        for name in ("queue_size", "max_batch", "max_finished_jobs", "max_prompt_chars", "max_n", "max_steps"):
+        for name in ("queue_size", "max_batch", "max_finished_jobs", "max_prompt_chars", "max_n", "max_steps", "max_side"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, not {getattr(self, name)}")
         if self.batch_window_s < 0:

@@ -4,6 +4,7 @@ with limner's extras (seed, steps, guidance, negative_prompt), limner's job API,
 a size it does not draw) is a 400 that says so, never silently ignored."""
 from __future__ import annotations
 
+import re
 import secrets
 from typing import Literal
 
@@ -49,7 +50,9 @@ class GenerationParams(BaseModel):
     prompt: str = Field(description="what to draw")
     model: str | None = Field(None, description="the served model's name (GET /v1/models); omitted: that model")
     n: int | None = Field(1, ge=1, description="images to draw; image i has seed + i")
-    size: str | None = Field("auto", description="WIDTHxHEIGHT the model draws (GET /v1/models lists them), or auto")
+    size: str | None = Field(None, description="WIDTHxHEIGHT, one the model draws (GET /v1/models lists them); "
+                             "auto: the model's default output (its upsampler cascade's, if it has one); omitted: "
+                             "the model's base size, the fastest")
     quality: Literal["auto", "low", "medium", "high", "standard", "hd"] | None = Field(
         "auto", description="sampling steps: low = half the model's default, medium/standard/auto = the default, "
                             "high/hd = twice it (an explicit `steps` wins)")
@@ -65,9 +68,11 @@ class GenerationParams(BaseModel):
     steps: int | None = Field(None, ge=1, description="limner: sampling steps [the model's default]")
     guidance: float | None = Field(None, ge=0, le=50, description="limner: classifier-free guidance scale")
     negative_prompt: str | None = Field(None, description="limner: what to steer away from")
+    upscale: int | None = Field(None, ge=1, description="limner: 2, 4 or 8 enlarges the images that many times "
+                                                        "more with the model's upsampler [1]")
 
     # a validator, not an Annotated type: that would hide the fields' minimum/maximum from the JSON schema
-    _numbers = field_validator("n", "output_compression", "seed", "steps", "guidance", "partial_images", "previews",
+    _numbers = field_validator("n", "output_compression", "seed", "steps", "guidance", "upscale", "partial_images", "previews",
                                mode="before", check_fields=False)(_json_number)
 
 
@@ -83,9 +88,51 @@ class JobRequest(GenerationParams):
     previews: int = Field(4, ge=0, le=50, description="preview images sent over /v1/jobs/{id}/events while drawing")
 
 
-def offered_sizes(engine) -> list[str]:
-    """The `size` values a request may name: what the model draws, and auto (the same)."""
-    return [f"{engine.resolution}x{engine.resolution}", "auto"]
+UPSCALES = (1, 2, 4, 8)
+
+
+def offered_sides(engine, config: ServeConfig) -> list[int]:
+    """The sides a request's `size` may name: the model's base resolution, and each stage of its upsampler
+    cascade up to the server's max_side."""
+    return [side for side in engine.sizes if side <= config.max_side] or [engine.resolution]
+
+
+def offered_sizes(engine, config: ServeConfig) -> list[str]:
+    """The `size` values a request may name: WIDTHxHEIGHT of each side offered, and auto."""
+    return [f"{side}x{side}" for side in offered_sides(engine, config)] + ["auto"]
+
+
+def offered_upscales(engine, config: ServeConfig) -> list[int]:
+    """The `upscale` values a request may name (with the base size; a larger size leaves fewer under max_side)."""
+    return [u for u in UPSCALES if u == 1 or (engine.can_upscale and engine.resolution * u <= config.max_side)]
+
+
+def output_side(body: GenerationParams, engine, config: ServeConfig) -> tuple[int, int]:
+    """(side drawn, upscale) for the request's `size` and `upscale`, or the 400 naming what is offered."""
+    sides = offered_sides(engine, config)
+    if body.size in (None, ""):
+        side = engine.resolution   # the server's default: the base model alone, the fastest
+    elif body.size == "auto":
+        side = engine.auto_size    # the model's own default output
+    else:
+        m = re.fullmatch(r"([0-9]{1,5})x([0-9]{1,5})", body.size)
+        side = int(m[1]) if m and m[1] == m[2] and int(m[1]) in sides else None
+        if side is None:
+            names = [f"'{s}x{s}'" for s in sides]
+            listed = names[0] if len(names) == 1 else ", ".join(names[:-1]) + " or " + names[-1]
+            raise ApiError(400, f"size {body.size!r} is not offered: {engine.name} draws {listed.replace(chr(39), '')} "
+                                f"images; use size {listed} or 'auto'", param="size", code="invalid_value")
+    upscale = 1 if body.upscale is None else body.upscale
+    if upscale not in UPSCALES:
+        raise ApiError(400, f"upscale is {upscale}; use 1, 2, 4 or 8", param="upscale", code="invalid_value")
+    if upscale > 1 and not engine.can_upscale:
+        raise ApiError(400, f"upscale {upscale} is not offered: {engine.name} has no upsampler; leave upscale out "
+                            "or at 1", param="upscale", code="invalid_value")
+    if side * upscale > config.max_side:
+        raise ApiError(400, f"size {side}x{side} with upscale {upscale} makes {side * upscale} px images; this server "
+                            f"makes at most {config.max_side} px: ask for a smaller size or upscale",
+                       param="upscale" if upscale > 1 else "size", code="integer_above_max_value")
+    return side, upscale
 
 
 def job_spec(body: GenerationParams, engine, config: ServeConfig, previews: int = 0) -> JobSpec:
@@ -105,10 +152,7 @@ def job_spec(body: GenerationParams, engine, config: ServeConfig, previews: int 
     if n > config.max_n:
         raise ApiError(400, f"n is {n}; this server draws at most {config.max_n} images per request",
                        param="n", code="integer_above_max_value")
-    drawn = f"{engine.resolution}x{engine.resolution}"
-    if (body.size or "auto") not in ("auto", drawn):
-        raise ApiError(400, f"size {body.size!r} is not offered: {engine.name} draws {drawn} images; use size "
-                            f"{drawn!r} or 'auto'", param="size", code="invalid_value")
+    side, upscale = output_side(body, engine, config)
     if body.background == "transparent":
         raise ApiError(400, f"background 'transparent' is not offered: {engine.name} draws opaque images; use "
                             "'opaque' or 'auto'", param="background", code="invalid_value")
@@ -131,10 +175,12 @@ def job_spec(body: GenerationParams, engine, config: ServeConfig, previews: int 
                        code="integer_above_max_value")
     guidance = engine.default_guidance if body.guidance is None else float(body.guidance)
     seed = secrets.randbelow(MAX_SEED + 1) if body.seed is None else body.seed
-    shape = Shape(negative_prompt=(body.negative_prompt or "").strip(), steps=steps, guidance=guidance, n=n)
+    shape = Shape(negative_prompt=(body.negative_prompt or "").strip(), steps=steps, guidance=guidance, n=n,
+                  side=side, upscale=upscale)
+    out = side * upscale
     return JobSpec(prompt=prompt, seed=seed, shape=shape, previews=previews, output_format=fmt,
                    output_compression=body.output_compression,
-                   options={"size": drawn, "quality": QUALITY_NAME[quality], "background": "opaque"})
+                   options={"size": f"{out}x{out}", "quality": QUALITY_NAME[quality], "background": "opaque"})
 
 
 # --------------------------------------------------------------------------------------------- responses
@@ -231,7 +277,7 @@ def _value(prop: dict) -> dict:
     return next((b for b in prop.get("anyOf", [prop]) if b.get("type") != "null"), prop)
 
 
-def document_limits(doc: dict, config: ServeConfig, model: str | None, sizes: list[str] | None) -> dict:
+def document_limits(doc: dict, config: ServeConfig, engine=None) -> dict:
     """The OpenAPI document with this server's own limits and refusals written in, so that what the document
     calls valid is what the server takes, and what it refuses with a 400 the document calls invalid
     (Schemathesis checks both ways). The request models stay OpenAI's (their Literals list every value
@@ -247,10 +293,10 @@ def document_limits(doc: dict, config: ServeConfig, model: str | None, sizes: li
         _value(props["moderation"])["enum"] = ["auto"]
         if "style" in props:
             props["style"] = {"type": "null", "description": props["style"].get("description", "")}
-        if model:
-            _value(props["model"])["enum"] = [model, ""]
-        if sizes:
-            _value(props["size"])["enum"] = sizes
+        if engine is not None:   # loaded: what this model offers
+            _value(props["model"])["enum"] = [engine.name, ""]
+            _value(props["size"])["enum"] = offered_sizes(engine, config)
+            _value(props["upscale"])["enum"] = offered_upscales(engine, config)
         # output_compression only with jpeg or webp named (png is lossless)
         schema["if"] = {"required": ["output_compression"], "properties": {"output_compression": {"type": "integer"}}}
         schema["then"] = {"required": ["output_format"], "properties": {"output_format": {"enum": ["jpeg", "webp"]}}}

@@ -13,8 +13,10 @@ class StandInEngine:
     of each call, to see what the queue drew together."""
     name, default_steps, default_guidance = "stand-in", 20, 1.5
 
-    def __init__(self, step_s: float = 0.0, resolution: int = 64):
+    def __init__(self, step_s: float = 0.0, resolution: int = 64, sizes: list[int] | None = None):
         self.step_s, self.resolution = step_s, resolution
+        self.sizes = sizes or [resolution]   # more than one: as if the model had an upsampler cascade
+        self.auto_size, self.can_upscale = self.sizes[-1], len(self.sizes) > 1
         self.hold = threading.Event()
         self.hold.set()
         self.batches: list[list[str]] = []
@@ -24,7 +26,8 @@ class StandInEngine:
 
     def generate(self, shape, prompts, seeds, progress=None) -> list[Image.Image]:
         self.batches.append(list(prompts))
-        size = (self.resolution, self.resolution)
+        side = (shape.side or self.resolution) * shape.upscale
+        size = (side, side)
         for i in range(shape.steps):
             self.hold.wait(10)
             time.sleep(self.step_s)
