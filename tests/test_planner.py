@@ -236,7 +236,7 @@ def test_a_folder_with_a_planner_generates_without_the_parser(tiny_planner, monk
     calls = []
     real = pipe.planner
     pipe.planner = lambda prompts, seeds: calls.append(prompts) or real(prompts, seeds)
-    img = pipe("3 red circles, 1 blue square", seed=0, steps=2, best_of=1)[0]
+    img = pipe("3 red circles, 1 blue square", seed=0, steps=2, best_of=1, size=64)[0]
     assert img.size == (64, 64) and calls == [["3 red circles, 1 blue square"]]
     bare = model_dir.parent / "without-planner"   # the same folder less its planner
     shutil.copytree(model_dir, bare, ignore=shutil.ignore_patterns("planner"))

@@ -71,7 +71,7 @@ def test_enlarged_outputs_are_marked_at_the_size_they_are_saved(pipe):
 
     big = limner.Pipeline(pipe.denoiser, pipe.vae, pipe.encoder, pipe.meta, guard=Guard(SafetyConfig(enlarge=8)))
     img = big("three red circles and a blue square", steps=4)[0]
-    small = pipe("three red circles and a blue square", steps=4)[0]
+    small = pipe("three red circles and a blue square", steps=4, size=64)[0]   # the base size, as `big` draws
     assert img.size == (8 * small.width, 8 * small.height)
     d = W.detect(ATTACKS["jpeg75"](img))
     assert d.detected is True and d.payload is not None
@@ -83,7 +83,7 @@ def test_enlarged_outputs_are_marked_at_the_size_they_are_saved(pipe):
 def test_cli_signs_c2pa(tmp_path):
     chain, key = make_test_certificate(tmp_path / "keys")
     out = tmp_path / "signed.png"
-    r = cli("generate", "one large orange circle", "--steps", "4", "--output", str(out), "--scale", "4",
+    r = cli("generate", "one large orange circle", "--steps", "4", "--output", str(out), "--size", "64", "--scale", "4",
             "--c2pa-cert", str(chain), "--c2pa-key", str(key))
     assert r.returncode == 0, r.stderr
     assert Image.open(out).size == (256, 256)  # enlarged, then marked (and signed) at that size

@@ -211,6 +211,111 @@ def test_pipeline_runs_the_cascade_and_marks_the_final_image(folder_with_upsampl
         pipe.set_upscale(3)
 
 
+def test_each_call_picks_its_size_and_upscale(folder_with_upsampler):
+    from limner.pipeline.core import Pipeline
+    from limner.safety.guard import SafetyConfig
+
+    pipe = Pipeline.from_pretrained(str(folder_with_upsampler), safety=SafetyConfig.off())
+    assert pipe.sizes == [64, 128] and pipe.default_size == 128
+    calls = []   # the factor of each upsampler stage run
+    real = pipe.upscaler.stage
+    pipe.upscaler.stage = lambda low, factor, *a, **kw: calls.append(factor) or real(low, factor, *a, **kw)
+    base, = pipe("two red circles", steps=2, size=64)
+    assert base.size == (64, 64) and calls == [] and "upscale" not in base.info["parameters"]  # no upsampler ran
+    cascade, = pipe("two red circles", steps=2)
+    assert cascade.size == (128, 128) and calls == [2]
+    assert pipe("two red circles", steps=2, size=64, upscale=2)[0].size == (128, 128)
+    assert pipe("two red circles", steps=2, size=128, upscale=2)[0].size == (256, 256) and calls[-1] == 4
+    # the pipeline's defaults stay the defaults: a call's own values do not stick
+    assert pipe.upscale == 1 and pipe("two red circles", steps=2)[0].size == (128, 128)
+    off = Pipeline.from_pretrained(str(folder_with_upsampler), safety=SafetyConfig.off(), cascade=False)
+    assert off.default_size == 64 and off("two red circles", steps=2, size=128)[0].size == (128, 128)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"size": 512}, r"makes 64 or 128 px images \(size=64: the base model alone, without the upsampler\), not 512"),
+    ({"size": 64.0}, "not 64.0"),
+    ({"size": "64"}, "not '64'"),
+    ({"size": True}, "not True"),
+    ({"upscale": 3}, "must be 2, 4 or 8"),
+])
+def test_a_bad_size_or_upscale_is_refused_before_any_work(folder_with_upsampler, kwargs, message):
+    from limner.pipeline.core import Pipeline
+    from limner.safety.guard import SafetyConfig
+
+    pipe = Pipeline.from_pretrained(str(folder_with_upsampler), safety=SafetyConfig.off())
+    pipe.denoiser = None  # any drawing would fail on this, not with the message
+    with pytest.raises(ValueError, match=message):
+        pipe("two red circles", steps=2, **kwargs)
+
+
+def test_a_model_without_an_upsampler_makes_its_base_size_only(folder_with_upsampler, tmp_path):
+    from limner.pipeline.core import Pipeline
+    from limner.safety.guard import SafetyConfig
+
+    older = tmp_path / "older"
+    shutil.copytree(folder_with_upsampler, older, ignore=shutil.ignore_patterns("upsampler"))
+    pipe = Pipeline.from_pretrained(str(older), safety=SafetyConfig.off())
+    assert pipe.sizes == [64] and pipe.default_size == 64
+    with pytest.raises(ValueError, match=r"makes 64 px images only \(it has no upsampler\), not 1024"):
+        pipe("two red circles", size=1024)
+    with pytest.raises(ValueError, match="has no upsampler to enlarge with"):
+        pipe("two red circles", upscale=2)
+
+
+def test_evaluation_callers_draw_the_base_size(folder_with_upsampler):
+    """Scoring Shapes World and `limner eval generate` grade what the denoiser drew, at its base size, unless a
+    size is asked for."""
+    from limner.pipeline.backends import LimnerBackend
+    from limner.safety.guard import SafetyConfig
+    from limner.world.evaluate import run_suites
+
+    backend = LimnerBackend(str(folder_with_upsampler), SafetyConfig.off())
+    assert backend.generate(["two red circles"], [0], steps=2)[0].size == (64, 64)
+    assert backend.generate(["two red circles"], [0], steps=2, size=(128, 128))[0].size == (128, 128)
+    for bad, message in [((96, 96), "makes 64 or 128 px images"), ((128, 64), "square images only")]:
+        with pytest.raises(ValueError, match=message):
+            backend.generate(["two red circles"], [0], size=bad)
+    seen = []
+    pipe = backend.pipe
+    real = pipe.__call__
+    spy = type("Spy", (), {"resolution": pipe.resolution,
+                           "__call__": lambda self, *a, **kw: seen.append(kw.get("size")) or real(*a, **kw)})()
+    run_suites(spy, per_cell=1, suites=["counting"], steps=1)
+    assert seen and set(seen) == {64}
+
+
+def test_the_shipped_default_makes_1024_px_with_its_cascade():
+    """`limner generate` and `Pipeline.from_pretrained("shapes-default")` make 1024 px by default: 64 px from the
+    base model, then the learned upsampler 64 -> 256 -> 1024; 64 asks for the base model alone."""
+    from limner.pipeline.core import Pipeline
+
+    pipe = Pipeline.from_pretrained("shapes-default")
+    assert pipe.upscaler is not None and pipe.upscaler.plan(16) == [4, 4]
+    assert pipe.sizes == [64, 256, 1024] and pipe.default_size == 1024 and pipe.output_factor == 16
+    assert Pipeline.from_pretrained("shapes-default", cascade=False).default_size == 64
+
+
+@pytest.mark.slow
+def test_the_shipped_default_draws_1024_px_marked_and_the_base_size_on_request(tmp_path):
+    from limner.pipeline import save_png
+    from limner.pipeline.core import Pipeline
+    from limner.safety import watermark as W
+
+    pipe = Pipeline.from_pretrained("shapes-default")
+    big, = pipe("three red circles and a blue square", seed=0, steps=4)
+    assert big.size == (1024, 1024) and big.info["parameters"]["upscale"] == 16
+    assert W.detect(big).detected is True
+    base, = pipe("three red circles and a blue square", seed=0, steps=4, size=64)
+    assert base.size == (64, 64)
+    from limner.world.scorer import detect
+
+    key = lambda img: sorted((o.colour, o.shape) for o in detect(img))
+    assert key(big.resize((64, 64), Image.BOX)) == key(base)   # the same objects at 1024 px as at the base
+    save_png(big, tmp_path / "big.png")
+    assert Image.open(tmp_path / "big.png").size == (1024, 1024)
+
+
 # ------------------------------------------------------------------------------ the command line
 
 
@@ -257,6 +362,18 @@ def test_upscale_refuses_a_folder_without_an_upsampler(tmp_path, capsys, image_f
 def test_generate_refuses_upscale_3_before_loading(capsys):
     assert main(["generate", "a red circle", "--upscale", "3"]) == 2
     assert "--upscale must be 2, 4 or 8" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--size", "512"], "makes 64, 256 or 1024 px images (size=64: the base model alone"),
+    (["--size", "0"], "--size must be a side in pixels"),
+    (["--scale", "4"], "--scale (whole-pixel enlargement) is for its base size only (--size 64)"),
+])
+def test_generate_refuses_a_size_the_model_cannot_make_and_writes_nothing(capsys, tmp_path, flags, message):
+    out = tmp_path / "x.png"
+    assert main(["generate", "a red circle", *flags, "--output", str(out)]) == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()
 
 
 @pytest.mark.slow

@@ -17,6 +17,8 @@ def check(a) -> None:
         raise ValueError("C2PA signing needs both --c2pa-cert (certificate chain PEM) and --c2pa-key (private key PEM)")
     if a.scale < 1:
         raise ValueError(f"--scale must be a whole number >= 1, not {a.scale}")
+    if a.size is not None and a.size < 1:
+        raise ValueError(f"--size must be a side in pixels, e.g. 64 or 1024, not {a.size}")
     validate_upscale(a.upscale)
 
 
@@ -30,16 +32,17 @@ def cmd_generate(a) -> int:
     backend = load_backend(a.model, SafetyConfig(watermark=not a.no_watermark, enlarge=a.scale), layout=a.layout)
     if isinstance(backend, LimnerBackend):
         pipe = backend.pipe
-        if pipe.upscaler is not None and a.scale > 1:
-            raise ValueError(f"{pipe.name} enlarges with its learned upsampler (to {pipe.resolution * pipe.output_factor} px): "
-                             "--scale (whole-pixel enlargement) is for models without one; use --upscale 2|4|8 to go further")
-        pipe.set_upscale(a.upscale)
+        side = pipe.check_size(a.size)  # the sides are the model's: known once it is loaded
+        if a.scale > 1 and (side > pipe.resolution or a.upscale > 1):
+            raise ValueError(f"{pipe.name} enlarges with its learned upsampler (to {side * a.upscale} px): --scale "
+                             f"(whole-pixel enlargement) is for its base size only (--size {pipe.resolution}); "
+                             "use --upscale 2|4|8 to go further")
         pipe.show_progress = True
-        images = pipe(a.prompt, negative_prompt=a.negative_prompt, seed=a.seed, steps=a.steps,
-                      guidance=a.guidance, sampler=a.sampler, num_images=a.n, best_of=a.best_of)
-    elif a.sampler or a.best_of or a.layout != "auto" or a.upscale > 1:
-        raise ValueError("--sampler, --best-of, --layout and --upscale apply to limner models only; diffusers pipelines "
-                         "and servers use their own sampling")
+        images = pipe(a.prompt, negative_prompt=a.negative_prompt, seed=a.seed, steps=a.steps, guidance=a.guidance,
+                      sampler=a.sampler, num_images=a.n, best_of=a.best_of, size=side, upscale=a.upscale)
+    elif a.sampler or a.best_of or a.layout != "auto" or a.upscale > 1 or a.size is not None:
+        raise ValueError("--sampler, --best-of, --layout, --size and --upscale apply to limner models only; diffusers "
+                         "pipelines and servers use their own sampling and size")
     else:  # a diffusers folder or an OpenAI-style server: same seeds as a limner model's -n
         images = backend.generate([a.prompt] * a.n, [a.seed + i for i in range(a.n)], a.negative_prompt,
                                   a.steps, a.guidance)
@@ -76,11 +79,14 @@ def add_parser(sub) -> None:
                         "Shapes World rule parser (research baseline), or none [auto]")
     g.add_argument("--model", default="shapes-default",
                    help="a shipped name, a limner or diffusers model folder, or an OpenAI images API URL[#model]")
+    g.add_argument("--size", type=int, default=None,
+                   help="the side in pixels: the model's base resolution (64: the base model alone, fastest) or a stage "
+                        "of its upsampler's cascade (256, 1024) [the cascade's output: 1024 for shapes-default]")
     g.add_argument("--upscale", type=int, default=1,
-                   help="enlarge 2, 4 or 8 times more with the model's learned upsampler (after its own cascade) [1]")
+                   help="enlarge 2, 4 or 8 times beyond --size with the model's learned upsampler [1]")
     g.add_argument("--scale", type=int, default=1,
-                   help="for models without an upsampler: whole-pixel enlargement made before the watermark (16: "
-                        "1024 px, a mark that survives JPEG)")
+                   help="for base-size images (models without an upsampler, or --size 64): whole-pixel enlargement "
+                        "made before the watermark (16: 1024 px, a mark that survives JPEG)")
     g.add_argument("--no-metadata", action="store_true", help="leave generation parameters out of the PNG")
     g.add_argument("--no-watermark", action="store_true", help="skip the invisible watermark (local use only)")
     g.add_argument("--c2pa-cert", default=os.environ.get("LIMNER_C2PA_CERT"),

@@ -95,12 +95,16 @@ class LimnerBackend:
         return self._pipe
 
     def generate(self, prompts, seeds, negative_prompt=None, steps=None, guidance=None, size=None):
-        if size is not None and tuple(size) != (self.resolution, self.resolution):
-            raise ValueError(f"{self.name} makes {self.resolution}x{self.resolution} images only, not "
-                             f"{size[0]}x{size[1]}")
+        """`size` (width, height): square, one of the pipeline's sides; None: the base resolution, what the
+        denoiser draws (evaluations score that, not the upsampler's enlargement; ask for (1024, 1024) for it)."""
+        side = self.resolution
+        if size is not None:
+            if size[0] != size[1]:
+                raise ValueError(f"{self.name} makes square images only, not {size[0]}x{size[1]}")
+            side = self.pipe.check_size(int(size[0]))
         pairs = _pairs(prompts, seeds)
         return self.pipe([p for p, _ in pairs], negative_prompt=negative_prompt, seed=[s for _, s in pairs],
-                         steps=steps, guidance=guidance)
+                         steps=steps, guidance=guidance, size=side)
 
     def identity(self) -> dict:
         return {"backend": "limner", "version": __version__, "model": fingerprint(self.path),

@@ -8,6 +8,7 @@ to it. `from_pretrained` attaches the ones a model folder's metadata names (`pip
 from __future__ import annotations
 
 import functools
+import operator
 import warnings
 
 import torch
@@ -36,7 +37,8 @@ class Pipeline:
         None per prompt, for a grounded denoiser. `verifier(prompt)`: image -> score for best-of search, or None for a
         prompt it cannot read. `notice(prompt, model)`: a warning about the prompt, or None. `upscaler`: the
         super-resolution cascade, run on the chosen images before the guard (so the watermark and metadata are
-        made once, on the final image): to its `output` side when `cascade`, then `upscale` (2, 4, 8) times more."""
+        made once, on the final image). `cascade` and `upscale` are the defaults of a call's `size` and `upscale`:
+        with `cascade` a call makes the cascade's output side (`sizes[-1]`), without it the base resolution."""
         self.denoiser, self.vae, self.encoder, self.meta = denoiser.eval(), vae.eval(), encoder, meta
         self.guard, self.planner, self.verifier, self.notice = guard, planner, verifier, notice
         self.resolution = meta["resolution"]
@@ -52,8 +54,8 @@ class Pipeline:
         """A model folder (or shipped name) with the guard (`safety`: a SafetyConfig; None: everything on) and
         the hooks its metadata names. `layout`: "learned" (the folder's planner), "rule" (its world's rule
         parser: a research baseline), "none", or "auto" (learned if the folder has a planner, else rule).
-        A folder with an upsampler/ enlarges to its cascade's output side (`cascade=False`: the native size),
-        then `upscale` times more."""
+        A folder with an upsampler/ makes its cascade's output side by default (`cascade=False`: the base
+        resolution by default; a call's `size=` still picks either), then `upscale` times more."""
         from .extras import extras  # the layer above the core: safety and world parts
 
         if layout not in ("auto", "learned", "rule", "none"):
@@ -68,30 +70,68 @@ class Pipeline:
             parts["planner"] = TextPlanner(learned, encoder)
         elif layout == "none":
             parts["planner"] = None
-        upscaler = Upscaler.from_folder(name_or_path, device) if cascade or upscale > 1 else None
+        upscaler = Upscaler.from_folder(name_or_path, device)  # 0.6 MB: loaded even when off, so `size=` can ask for it
         return cls(denoiser, vae, encoder, meta, **parts, upscaler=upscaler, upscale=upscale, cascade=cascade)
 
     def set_upscale(self, upscale: int) -> None:
-        """Enlarge outputs `upscale` (1, 2, 4, 8) times beyond the cascade's side; needs an upsampler."""
+        """The default `upscale` of a call: 1, or 2, 4, 8 times beyond its size; more than 1 needs an upsampler."""
+        self.check_upscale(upscale)
+        self.upscale = upscale
+
+    def check_upscale(self, upscale: int) -> None:
         validate_upscale(upscale)
         if upscale > 1 and self.upscaler is None:
             raise ValueError(f"{self.name} has no upsampler to enlarge with: train one (kind: upsampler, "
                              "configs/upsampler-default.yaml) or use `limner upscale --model` with a folder that has one")
-        self.upscale = upscale
+
+    @property
+    def sizes(self) -> list[int]:
+        """The sides a call's `size=` can ask for: the base resolution, then each stage of the cascade up to its
+        output (shapes-default: 64, 256, 1024)."""
+        sides = [self.resolution]
+        if self.upscaler is not None and self.upscaler.settings.output > self.resolution:
+            for f in self.upscaler.plan(self.upscaler.settings.output // self.resolution):
+                sides.append(sides[-1] * f)
+        return sides
+
+    @property
+    def default_size(self) -> int:
+        """The side a call makes when it names no `size` (before any `upscale`)."""
+        return self.sizes[-1] if self.cascade else self.resolution
+
+    def check_size(self, size: int | None) -> int:
+        """The side a call with `size` makes (None: `default_size`), or a ValueError naming the sides there are."""
+        if size is None:
+            return self.default_size
+        try:
+            side = None if isinstance(size, bool) else operator.index(size)  # ints of any kind; not 64.0, "64", True
+        except TypeError:
+            side = None
+        if side not in self.sizes:
+            sides = self.sizes
+            if len(sides) == 1:
+                raise ValueError(f"{self.name} makes {self.resolution} px images only (it has no upsampler), not {size!r}")
+            listed = ", ".join(map(str, sides[:-1])) + f" or {sides[-1]}"
+            raise ValueError(f"{self.name} makes {listed} px images (size={self.resolution}: the base model alone, "
+                             f"without the upsampler), not {size!r}; upscale=2, 4 or 8 enlarges them further")
+        return side
 
     @property
     def output_factor(self) -> int:
-        """How many times larger than the base resolution the returned images are."""
-        if self.upscaler is None:
-            return 1
-        side = self.upscaler.settings.output if self.cascade else 0
-        return (side // self.resolution if side > self.resolution else 1) * self.upscale
+        """How many times larger than the base resolution a call's images are by default."""
+        return self.default_size // self.resolution * self.upscale
 
     @torch.no_grad()
     def __call__(self, prompt: str | list[str], negative_prompt: str | None = None, seed: int | list[int] = 0,
                  steps: int | None = None, guidance: float | None = None, sampler: str | None = None,
-                 num_images: int = 1, best_of: int | None = None, progress=None) -> list[Image.Image]:
+                 num_images: int = 1, best_of: int | None = None, progress=None, size: int | None = None,
+                 upscale: int | None = None) -> list[Image.Image]:
         """`seed`: one for every prompt, or one per prompt; image i of a prompt uses its seed + i.
+
+        `size`: the side of the square images, one of `sizes` (None: `default_size`, the cascade's output when
+        the model has an upsampler, e.g. 1024; the base resolution, e.g. 64, draws with the base model alone and
+        skips the upsampler). `upscale`: 2, 4 or 8 enlarges them that many times more with the upsampler (1: not;
+        None: the pipeline's default, `set_upscale`). Bad values raise ValueError before any work.
 
         `progress(t, preview)` is called after each denoiser evaluation at flow time t (1: noise, 0: done);
         `preview()` decodes the current estimate of every image being drawn (unfiltered, unmarked: only for
@@ -109,6 +149,9 @@ class Pipeline:
         sampler = sampler or self.defaults.get("sampler", "euler")
         best_of = int(self.defaults.get("best_of", 1) if best_of is None else best_of)
         validate(prompts, steps, guidance, sampler, num_images, best_of)
+        upscale = self.upscale if upscale is None else upscale
+        self.check_upscale(upscale)
+        factor = self.check_size(size) // self.resolution * upscale
         for p in dict.fromkeys(prompts):
             if self.guard is not None:
                 self.guard.check_prompt(p)
@@ -138,11 +181,10 @@ class Pipeline:
             if verifiers[p["prompt"]]:
                 p["best_of"], p["candidate"] = best_of, best[j][2]
         images = [best[j][1] for j in range(len(jobs))]
-        if self.output_factor > 1:
-            images = [self.upscaler(img, self.output_factor, seed=p["seed"], show=self.show_progress)
-                      for img, p in zip(images, params)]
+        if factor > 1:
+            images = [self.upscaler(img, factor, seed=p["seed"], show=self.show_progress) for img, p in zip(images, params)]
             for p in params:
-                p["upscale"] = self.output_factor
+                p["upscale"] = factor
         if self.guard is None:
             for img, p in zip(images, params):
                 img.info["parameters"] = p

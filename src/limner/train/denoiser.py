@@ -188,7 +188,7 @@ def evaluate(cfg: DenoiserTrainConfig, out: Path, step: int, metrics: Metrics | 
     from ..safety.guard import SafetyConfig
 
     pipe = Pipeline.from_pretrained(str(out / "model"), safety=SafetyConfig.off())
-    grid(pipe(GRID_PROMPTS, seed=0), cols=4).save(out / f"samples-{step:07d}.png")
+    grid(pipe(GRID_PROMPTS, seed=0, size=pipe.resolution), cols=4).save(out / f"samples-{step:07d}.png")
     if cfg.data.source == "shapes" and cfg.eval_per_cell:
         from ..world.evaluate import run_suites
 

@@ -19,6 +19,9 @@ def run_suites(pipe, per_cell: int = 25, suites=SUITES, seed: int = 0, steps=Non
     """Headline accuracy per suite; with `details` (a dict) also per cell and per image results. `builder`
     makes a suite's items (`suites.build`, the template wordings, or `unseen_wordings.build`)."""
     summary = {}
+    # a limner Pipeline draws at its base resolution: the scorer grades what the denoiser drew, and an upsampler's
+    # 1024 px enlargement would only add minutes (other callables are called as they are)
+    base = {"size": pipe.resolution} if hasattr(pipe, "resolution") else {}
     for suite in suites or SUITES:
         items = builder(suite, per_cell)
         results = []
@@ -26,7 +29,7 @@ def run_suites(pipe, per_cell: int = 25, suites=SUITES, seed: int = 0, steps=Non
             part = items[i : i + batch]
             # every item its own starting noise, so that one unlucky draw does not repeat across a suite
             imgs = pipe([it["prompt"] for it in part], seed=[seed + i + j for j in range(len(part))], steps=steps,
-                        guidance=guidance, sampler=sampler, best_of=best_of)
+                        guidance=guidance, sampler=sampler, best_of=best_of, **base)
             for it, img in zip(part, imgs):
                 found = detect(img)
                 r = score(found, Constraints.from_dict(it["constraints"]))
