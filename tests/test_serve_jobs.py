@@ -161,6 +161,16 @@ def test_finished_jobs_go_after_their_time_to_live(queue_of):
     assert q.get(job.id) is None
 
 
+def test_finished_jobs_are_kept_within_a_memory_budget(queue_of):
+    """Counted jobs alone do not bound memory once images can be 1024 px: results past max_result_mb go,
+    oldest first."""
+    q = queue_of(StandInEngine(resolution=512), max_result_mb=2)   # 0.75 MB of pixels an image: two fit
+    jobs = [wait(q.submit(spec(f"p{i}", steps=1))) for i in range(4)]
+    time.sleep(1.5)   # the worker looks at least once a second
+    assert [q.get(j.id) is not None for j in jobs] == [False, False, True, True]
+    assert sum(j.nbytes() for j in jobs[2:]) <= 2 * 2**20
+
+
 def test_config_refuses_nonsense():
     with pytest.raises(ValueError, match="queue_size must be at least 1, not 0"):
         ServeConfig(queue_size=0)

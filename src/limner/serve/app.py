@@ -329,9 +329,12 @@ def create_app(config: ServeConfig | None = None, engine_factory=None, board=Non
         url = body.response_format == "url"
         if url:
             await on_board(job, final=True)   # its URLs must work from every replica
+        else:   # off the event loop: a 1024 px PNG takes long enough to hold up every other request
+            b64s = await run_in_threadpool(lambda: [base64.b64encode(encoded(job, i)).decode()
+                                                    for i in range(len(job.images))])
         data = [{"seed": img.info["parameters"]["seed"],
                  **({"url": result_url(base_of(request), job, i), "expires_at": expires_at(job)} if url else
-                    {"b64_json": base64.b64encode(encoded(job, i)).decode()})} for i, img in enumerate(job.images)]
+                    {"b64_json": b64s[i]})} for i, img in enumerate(job.images)]
         return {"created": int(job.created), "data": data, **job.spec.options, "output_format": job.spec.output_format,
                 "usage": usage(state.engine, job.spec.prompt, job.spec.shape.n)}
 

@@ -13,6 +13,7 @@ class ServeConfig:
     job_timeout_s: float = 300.0       # from submission: a job not finished by then fails with code "timeout"
     result_ttl_s: float = 3600.0       # finished jobs and their image URLs are kept this long
     max_finished_jobs: int = 1000      # ... and at most this many (oldest go first), so memory stays bounded
+    max_result_mb: float = 512         # ... holding at most this much (pixels and encoded bytes; 1024 px: ~5 MB each)
     max_prompt_chars: int = 4000       # OpenAI's dall-e-3 limit
     max_n: int = 10                    # images per request (OpenAI's limit)
     max_steps: int = 100
@@ -26,6 +27,6 @@ class ServeConfig:
                 raise ValueError(f"{name} must be at least 1, not {getattr(self, name)}")
         if self.batch_window_s < 0:
             raise ValueError(f"batch_window_s must be 0 or more, not {self.batch_window_s}")
-        for name in ("job_timeout_s", "result_ttl_s", "rate_limit_per_minute"):
+        for name in ("job_timeout_s", "result_ttl_s", "rate_limit_per_minute", "max_result_mb"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be above 0, not {getattr(self, name)}")

@@ -119,6 +119,11 @@ class Job:
         self.finished = time.time()
         self.publish({"event": status.value, **({"error": error} if error else {})})
 
+    def nbytes(self) -> int:
+        """What the job's results hold in memory: its images' pixels and their encoded bytes."""
+        pixels = sum(img.width * img.height * len(img.getbands()) for img in self.images)
+        return pixels + sum(len(b) for b in list(self.encoded.values()))
+
     def preview_steps(self, total: int) -> set[int]:
         """The steps after which this job gets a preview: `previews` of them, evenly spaced."""
         k = self.spec.previews
@@ -306,17 +311,18 @@ class JobQueue:
             self._count(job)
 
     def _expire(self) -> None:
-        """Queued jobs past their deadline fail; finished jobs older than the result TTL (or beyond the
-        count limit, oldest first) are forgotten, their images with them. Called with the lock held."""
+        """Queued jobs past their deadline fail; finished jobs older than the result TTL, or beyond the count
+        or memory limit (oldest first), are forgotten, their images with them. Called with the lock held."""
         for job in [j for j in self._queue if j.stopping()]:
             self._queue.remove(job)
             job.finish(JobStatus.FAILED, error=timeout_error(self.config.job_timeout_s))
             self._count(job)
-        now = time.time()
-        finished = sorted((j for j in self._jobs.values() if j.done), key=lambda j: j.finished)
-        extra = len(finished) - self.config.max_finished_jobs
-        for i, job in enumerate(finished):
-            if i < extra or now - job.finished > self.config.result_ttl_s:
+        now, budget = time.time(), self.config.max_result_mb * 2**20
+        newest_first = sorted((j for j in self._jobs.values() if j.done), key=lambda j: j.finished, reverse=True)
+        kept = 0
+        for i, job in enumerate(newest_first):
+            kept += job.nbytes()
+            if i >= self.config.max_finished_jobs or kept > budget or now - job.finished > self.config.result_ttl_s:
                 del self._jobs[job.id]
 
     def _announce_positions(self) -> None:
