@@ -67,7 +67,10 @@ def test_openai_client_gets_b64_images_with_their_seeds_and_parameters(client):
     assert [p["seed"] for p in params] == [5, 6] and params[0]["prompt"] == "two red circles"
     assert params[0]["steps"] == 2 and params[0]["watermark"].startswith("limner:")   # the guard ran
     again = client.images.generate(prompt="two red circles", extra_body={"seed": 6, **STEPS})
-    assert np.array_equal(np.asarray(png_of(again.data[0].b64_json)), np.asarray(images[1]))
+    # the same picture: drawn alone rather than second of two, the denoiser's batched matmuls differ in the
+    # last float bits (~1e-5 in the latents), which can move a few pixels by one grey level, never more
+    alone, second = (np.asarray(png_of(again.data[0].b64_json)).astype(int), np.asarray(images[1]).astype(int))
+    assert np.abs(alone - second).max() <= 1 and (alone != second).mean() < 1e-3
 
 
 def test_openai_client_gets_urls_that_serve_the_image(client):

@@ -238,5 +238,10 @@ class TextPlanner:
 
         unique = list(dict.fromkeys(prompts))
         encoded = dict(zip(unique, self.encoder.encode(unique)))
-        states, mask = pad([encoded[p] for p in prompts])
-        return self.planner.plan(states, mask, seeds, self.temperature)
+        # one prompt at a time: batched matmuls differ from single ones in the last bits, which can flip an
+        # argmax or a sampled bin, and a seed must draw the same layout whatever else shares its batch
+        layouts = []
+        for prompt, seed in zip(prompts, seeds):
+            states, mask = pad([encoded[prompt]])
+            layouts += self.planner.plan(states, mask, [seed], self.temperature)
+        return layouts
