@@ -166,6 +166,28 @@ def test_layouts_list_objects_in_the_order_the_caption_names_them():
             assert set(CAP.mention_order(caption, sc)) == set(sc.groups()), (kind, caption)
 
 
+def test_a_groups_objects_are_listed_in_the_order_the_caption_places_them():
+    from limner.train.planner import PlannerTask
+    from limner.world import captioners as CAP
+    from limner.world.scene import Obj, Scene
+
+    # three blue triangles, left to right: upper left, centre, upper right
+    scene = Scene("ivory", [Obj("triangle", "blue", "large", 0.15, 0.15), Obj("triangle", "blue", "large", 0.5, 0.5),
+                            Obj("triangle", "blue", "large", 0.85, 0.15)])
+    text = "Three azure triangles: one in the top-right corner, one right in the middle, one up in the top left."
+    cfg = load_config(ROOT / "configs/planner-tiny.yaml")
+    task = PlannerTask.__new__(PlannerTask)
+    task.cfg, task.model = cfg, untrained()
+    xs = lambda: [round((t + 0.5) / task.model.cfg.bins, 2) for t in task.layout_tokens(scene, text)[3:15:5].tolist()]
+    assert xs() == [0.85, 0.51, 0.15]   # as placed: upper right, centre, upper left
+    cfg.data.order = "group"            # stage 1's order: a group's objects by size, then x
+    assert xs() == [0.15, 0.51, 0.85]
+    # a relation is not a place: "left of" does not place the circle on the left
+    pair = Scene("ivory", [Obj("circle", "red", "small", 0.2, 0.5), Obj("circle", "red", "small", 0.8, 0.5)])
+    assert [k[1] for k in CAP.object_order("two red circles, one left of a square", pair)] == [float("inf")] * 2
+    assert [k[1] for k in CAP.object_order("two red circles: on the right, and on the left", pair)] == [35, 17]
+
+
 def test_text_positions_let_the_planner_read_word_order():
     torch.manual_seed(0)
     states, mask = torch.randn(1, 7, 384), torch.ones(1, 7, dtype=torch.bool)
@@ -245,3 +267,21 @@ def test_a_folder_with_a_planner_generates_without_the_parser(tiny_planner, monk
     (bare / "limner.json").write_text(json.dumps(meta))
     with pytest.raises(ValueError, match="no learned layout planner"):
         Pipeline.from_pretrained(str(bare), layout="learned")
+
+
+@pytest.mark.slow
+def test_a_second_stage_starts_from_a_folders_planner(tiny_planner, tmp_path):
+    from limner.train.planner import start_weights
+
+    cfg, model_dir = tiny_planner
+    planner = folder.load_planner(model_dir, folder.read_meta(model_dir))
+    got = start_weights(str(model_dir), planner.cfg)
+    assert all(torch.equal(got[k], v) for k, v in planner.state_dict().items())
+    wider = PlannerConfig(**{**planner.cfg.__dict__, "width": planner.cfg.width * 2})
+    with pytest.raises(ValueError, match="width"):
+        start_weights(str(model_dir), wider)
+    meta = {k: v for k, v in folder.read_meta(model_dir).items() if k != "planner"}
+    (tmp_path / "limner.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="no planner"):
+        start_weights(str(tmp_path), planner.cfg)
+

@@ -53,8 +53,10 @@ class PlannerData:
     # relations-only run fell to a training loss of 0.002 and validation fell with it); one caption of 70,000
     # scenes costs the same to encode and shows 7 times as many arrangements.
     captions_per_scene: int | None = None
-    # the order a layout lists its objects in: "mention" (where the caption first names each group, as LLM layout
-    # planners list them) or "label" (vocabulary order, as planners before did: relations stayed at chance)
+    # the order a layout lists its objects in: "mention" (groups where the caption first names them, as LLM layout
+    # planners list objects, and a group's objects in the order the caption places them), "group" (groups so, a
+    # group's objects by size and x: the first shipped mention-order planner) or "label" (vocabulary order, as
+    # planners before did: relations stayed at chance)
     order: str = "mention"
     # a language model that rewrites one caption per scene into a "paraphrase" caption, weighed like a captioner:
     # {base_url, model, api_key_env} or {path}, plus n, weight, ... (data/paraphrase.py: ParaphraserConfig)
@@ -67,8 +69,8 @@ class PlannerData:
         unknown = [n for n in [*self.captioners, *self.easy_captioners] if n not in CAP.CAPTIONERS and n != KIND]
         if unknown:
             raise ValueError(f"data.captioners: unknown {unknown}; known: {', '.join(CAP.CAPTIONERS)}")
-        if self.order not in ("mention", "label"):
-            raise ValueError(f"data.order is {self.order!r}; use mention or label")
+        if self.order not in ("mention", "group", "label"):
+            raise ValueError(f"data.order is {self.order!r}; use mention, group or label")
         if self.captions_per_scene is not None and self.captions_per_scene < 1:
             raise ValueError(f"data.captions_per_scene is {self.captions_per_scene}; give 1 or more, or leave it out "
                              "for one caption by every captioner")
@@ -84,6 +86,7 @@ class PlannerTrainConfig(LoopConfig):
     text_encoder: str = "minilm"
     attach_to: str = "shapes-default"  # the model folder (or shipped name) this planner plans for
     coarse: list[int] = field(default_factory=lambda: [2, 4, 8])  # coarser resolutions each place is also scored at
+    init: str | None = None  # a model folder whose planner (same architecture) this run starts from: a second stage
     steps: int = 3000
     batch_size: int = 128
     lr: float = 5e-4
@@ -127,6 +130,18 @@ def scenes_and_captions(cfg: PlannerData) -> tuple[list, list[dict[str, str]]]:
     return scenes, captions
 
 
+def start_weights(init: str, cfg: PlannerConfig) -> dict:
+    """The planner weights of model folder `init`, checked to be of the architecture `cfg` describes."""
+    path = folder.resolve(init)
+    old = folder.load_planner(path, folder.read_meta(path))
+    if old is None:
+        raise ValueError(f"init {init!r} has no planner to start from; train one first (kind: planner, no init)")
+    if old.cfg != cfg:
+        diff = {k: (v, getattr(cfg, k)) for k, v in old.cfg.__dict__.items() if getattr(cfg, k) != v}
+        raise ValueError(f"init {init!r}'s planner is not the one `model:` describes: {diff} (theirs, ours)")
+    return old.state_dict()
+
+
 class PlannerTask(Task):
     def __init__(self, cfg: PlannerTrainConfig, device, show: bool):
         from ..text.encoder import TextEncoder
@@ -134,6 +149,8 @@ class PlannerTask(Task):
         self.cfg, self.device = cfg, device
         labels = cfg.model.labels or world_labels()
         self.model = Planner(PlannerConfig(**{**cfg.model.to_dict(), "labels": labels})).to(device)
+        if cfg.init:
+            self.model.load_state_dict(start_weights(cfg.init, self.model.cfg))
         self.scenes, self.captions = scenes_and_captions(cfg.data)
         encoder = TextEncoder(cfg.text_encoder)
         if encoder.dim != cfg.model.text_dim:
@@ -149,9 +166,11 @@ class PlannerTask(Task):
                        for scene, caps in zip(self.scenes, self.captions)]
 
     def layout_tokens(self, scene, caption: str) -> torch.Tensor:
-        """The scene's layout as the target for this caption: in the order the caption names its groups."""
+        """The scene's layout as the target for this caption, its objects in `data.order`."""
         first = None
         if self.cfg.data.order == "mention":
+            first = CAP.object_order(caption, scene)
+        elif self.cfg.data.order == "group":
             at = CAP.mention_order(caption, scene)
             first = [at.get((o.colour, o.shape), float("inf")) for o in scene.objects]
         return torch.tensor(self.model.tokens_of(of_scene(scene.objects), first))

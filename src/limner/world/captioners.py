@@ -280,3 +280,35 @@ def mention_order(text: str, scene: Scene) -> dict[tuple[str, str], int]:
         if m:
             out[key] = m.start()
     return out
+
+
+@functools.cache
+def _place_pattern() -> tuple[re.Pattern, dict[str, tuple[int, int]]]:
+    """Every place phrase these captioners and the templates use (with inventory's bare forms: "upper left"),
+    longest first so "in the upper left" is not read as "left"; not when a relation follows ("left of")."""
+    cells = {}
+    for row in range(3):
+        for col in range(3):
+            for phrase in [*PLACE_WORDS[row][col], C.PLACES[row][col]]:
+                bare = phrase.replace("in the ", "").replace("at the ", "").replace("on the ", "")
+                for p in (phrase, bare, phrase.replace("center", "centre")):
+                    cells.setdefault(p.lower(), (row, col))
+    alts = "|".join(map(re.escape, sorted(cells, key=len, reverse=True)))
+    return re.compile(r"\b(%s)\b(?!\s+(?:of|side of|than)\b)" % alts, re.IGNORECASE), cells
+
+
+def object_order(text: str, scene: Scene) -> list[tuple[float, float]]:
+    """A sort key per object of `scene` for a caption written by these captioners: where its group is first
+    named, then where its place is first named (inf where not found). Groups in the order the caption names
+    them (`mention_order`), and within a group of several, objects in the order the caption places them, so
+    "three blue triangles: one in the upper right, one in the centre, one in the upper left" is listed in that
+    order rather than by x (which the planner had to work out from the words; places of repeated objects were
+    right about 0.6 of the time)."""
+    groups = mention_order(text, scene)
+    pattern, cells = _place_pattern()
+    first_at: dict[tuple[int, int], int] = {}
+    for m in pattern.finditer(text):
+        first_at.setdefault(cells[m.group(1).lower()], m.start())
+    inf = float("inf")
+    return [(groups.get((o.colour, o.shape), inf), first_at.get(C.cell(o.x, o.y), inf)) for o in scene.objects]
+
