@@ -68,7 +68,13 @@ def drawing_seconds(url: str) -> float:
 def overhead(rounds: int, env: dict) -> dict:
     import limner
 
-    pipe = limner.Pipeline.from_pretrained("shapes-default")
+    shipped = limner.Pipeline.from_pretrained("shapes-default")
+    # the server draws the base size unless asked for more: so does the direct call
+    sized = {"size": shipped.resolution} if hasattr(shipped, "check_size") else {}
+
+    def pipe(prompt, seed):
+        return shipped(prompt, seed=seed, **sized)
+
     pipe(PROMPT, seed=0)   # warm: first-call costs belong to neither side
     direct, http, inside = [], [], []
     with ServerProcess("--max-batch", "1", env=env) as server:

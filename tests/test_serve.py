@@ -108,7 +108,7 @@ def test_blocked_prompt_is_a_content_policy_violation(client, server):
 
 @pytest.mark.parametrize("extra, param, says", [
     ({"background": "transparent"}, "background", "draws opaque images"),
-    ({"size": "1024x1024"}, "size", "use size '64x64' or 'auto'"),
+    ({"size": "512x512"}, "size", "draws 64x64, 256x256 or 1024x1024 images"),
     ({"n": 50}, "n", "at most 10 images"),
     ({"moderation": "low"}, "moderation", "always applies its content policy"),
     ({"output_compression": 50}, "output_compression", "applies to jpeg and webp"),

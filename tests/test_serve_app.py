@@ -1,6 +1,7 @@
-"""The app in this process with a stand-in engine: what Schemathesis found (each pinned by a quick test), two
-replicas sharing one job board (any replica serves any job), and (slow) Schemathesis itself driving a real
-`limner serve` process through every operation of its OpenAPI document."""
+"""The app in this process with a stand-in engine: what Schemathesis found (each pinned by a quick test), the
+cheap 429, `size` and `upscale`, two replicas sharing one job board (any replica serves any job); and (slow)
+Schemathesis itself driving a real `limner serve` process through every operation of its OpenAPI document, and
+a real server drawing the sizes of a model with an upsampler."""
 import base64
 import io
 import json
@@ -306,10 +307,15 @@ def test_schemathesis_finds_no_5xx_and_no_response_outside_the_document(tmp_path
     cancels a job, which stays readable (status cancelled) until its results expire, as the job API says."""
     from limner.serve.process import ServerProcess
 
+    from limner.models import folder
+
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    # small limits keep each generated request cheap (n <= 2, steps <= 4: a quarter second at most)
-    with ServerProcess("--max-n", "2", "--max-steps", "4", "--queue", "4", "--job-timeout", "60",
-                       log=tmp_path / "server.log", env=env) as server:
+    # small limits keep each generated request cheap (n <= 2, steps <= 4, the base size: a quarter second at
+    # most); the shipped model without its upsampler, whose 1024 px take ~20 s an image
+    base_only = tmp_path / "base-only"
+    shutil.copytree(folder.resolve("shapes-default"), base_only, ignore=shutil.ignore_patterns("upsampler"))
+    with ServerProcess("--model", str(base_only), "--max-n", "2", "--max-steps", "4", "--queue", "4",
+                       "--job-timeout", "60", log=tmp_path / "server.log", env=env) as server:
         run = subprocess.run(
             [SCHEMATHESIS, "run", server.url + "/openapi.json", "--checks", "all", "--exclude-checks",
              "use_after_free", "--workers", "1", "--max-examples", "15", "--seed", "25", "--no-color",

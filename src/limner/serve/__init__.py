@@ -6,5 +6,7 @@
 - `schema`  the OpenAI Images API request/response models, limner's job models, errors in OpenAI's shape
 - `auth`    optional API keys (only their hashes are stored) and a per-key rate limit
 - `metrics` Prometheus metrics
+- `board`   the job board several replicas share (Ray Serve), so any replica serves any job
+- `standin` a stand-in engine (no model) for tests of the server and of code built on it
 - `app`     the FastAPI app: /v1/images/generations, /v1/jobs, results, health, metrics, the web page (page.html)
 """

@@ -2,7 +2,10 @@
 
 Every request becomes a job on the one bounded queue (`jobs.JobQueue`), so the OpenAI endpoint, the job
 API and the page share one worker, one batching policy and one set of limits. The model loads in a thread
-at start-up: /healthz answers at once, /readyz once the model is in.
+at start-up: /healthz answers at once, /readyz once the model is in. A full queue refuses a new request
+before reading it (`RefuseWhenFull`). Behind Ray Serve each replica is one such app, and they share their jobs
+through a job board (`board.JobBoard`). The OpenAPI document states this server's own limits
+(`schema.document_limits`), so that Schemathesis and clients can trust it both ways.
 """
 from __future__ import annotations
 
@@ -338,7 +341,7 @@ def create_app(config: ServeConfig | None = None, engine_factory=None, board=Non
         return {"created": int(job.created), "data": data, **job.spec.options, "output_format": job.spec.output_format,
                 "usage": usage(state.engine, job.spec.prompt, job.spec.shape.n)}
 
-    async def relay(job: Job, render, cancel_on_leave: bool):
+    async def relay(job: Job, render, cancel_on_leave: bool, encode_first: bool = False):
         """Server-Sent Events: what `render(event)` writes for each of the job's events, keep-alives between,
         until its final event."""
         events = job.subscribe()
@@ -349,6 +352,9 @@ def create_app(config: ServeConfig | None = None, engine_factory=None, board=Non
                 except asyncio.TimeoutError:
                     yield ": keep-alive\n\n"
                     continue
+                if encode_first and event["event"] == JobStatus.SUCCEEDED.value:
+                    # encoded off the event loop once (render reads the cache): 1024 px takes a while
+                    await run_in_threadpool(lambda: [encoded(job, i) for i in range(len(job.images))])
                 for text in render(event):
                     yield text
                 if event["event"] in FINAL_EVENTS:
@@ -380,7 +386,7 @@ def create_app(config: ServeConfig | None = None, engine_factory=None, board=Non
             elif name in FINAL_EVENTS:
                 yield sse("error", {"error": failure(job).body})
 
-        return relay(job, render, cancel_on_leave=True)
+        return relay(job, render, cancel_on_leave=True, encode_first=True)
 
     @app.get("/v1/models", dependencies=[Depends(authorized)], operation_id="listModels")
     def models():
