@@ -293,6 +293,30 @@ def test_the_board_forgets_finished_jobs_oldest_first():
     assert asyncio.run(story()) == [False, False, True, True]
 
 
+def test_the_board_keeps_finished_results_within_its_memory_budget_and_compacts_their_events():
+    import asyncio
+
+    from limner.serve.board import JobBoard
+
+    async def story():
+        board = JobBoard(max_mb=2)
+        image = (b"x" * 2**20, 0)   # a 1 MB encoded image: two fit
+        for i in range(3):
+            steps = [("queued", {"position": 1}), ("queued", {"position": 0}), ("started", {})]
+            steps += [("progress", {"step": s}) for s in (1, 2)] + [("preview", {}), ("succeeded", {})]
+            await board.post(f"j{i}", "a", {"status": "running"}, steps[:-1], 60)
+            await board.cancel(f"j{i}")   # asked, never taken: its owner finishes it first
+            await board.post(f"j{i}", "a", {"status": "succeeded"}, steps[-1:], 60, [image])
+        kept = [await board.view(f"j{i}") is not None for i in range(3)]
+        events = await board.events_after("j2", 0, 0)
+        return kept, [(name, data) for _, name, data in events], board.cancels
+
+    kept, events, cancels = asyncio.run(story())
+    assert kept == [False, True, True]
+    assert events == [("queued", {"position": 0}), ("started", {}), ("progress", {"step": 2}), ("succeeded", {})]
+    assert cancels == {}   # cancels of finished jobs are not kept for an owner that will not take them
+
+
 # ------------------------------------------------------------------------------------------ Schemathesis
 
 SCHEMATHESIS = shutil.which("schemathesis") or str(Path(sys.executable).with_name("schemathesis"))

@@ -8,8 +8,9 @@ takes it (`take_cancels`, a long poll). One board serves the whole application (
 of its own, `ray_app.JobBoardDeployment`); a single server has none and needs none.
 
 Plain asyncio and no Ray, so it runs (and is tested) anywhere; every method is a coroutine called on the
-board's own event loop. Finished jobs go after `ttl_s`, or oldest first past `max_finished`, as in a single
-server's queue; a job whose owner vanished (no word past its deadline) is answered as failed.
+board's own event loop. Finished jobs go after `ttl_s`, or oldest first past `max_finished` or `max_mb` of
+images, as in a single server's queue; a job whose owner vanished (no word past its deadline) is answered as
+failed.
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ import time
 from dataclasses import dataclass, field
 
 FINAL_STATUSES = ("succeeded", "failed", "cancelled")
-KEEP_AFTER_FINISH = ("queued", "started", "progress", *FINAL_STATUSES)   # previews go once the job is done
+LATEST_ONLY = ("queued", "progress")   # once the job is done, the last of these tells a late reader enough
 
 
 @dataclass
@@ -38,8 +39,8 @@ class Entry:
 
 
 class JobBoard:
-    def __init__(self, ttl_s: float = 3600.0, max_finished: int = 1000, grace_s: float = 30.0):
-        self.ttl_s, self.max_finished, self.grace_s = ttl_s, max_finished, grace_s
+    def __init__(self, ttl_s: float = 3600.0, max_finished: int = 1000, max_mb: float = 512, grace_s: float = 30.0):
+        self.ttl_s, self.max_finished, self.max_bytes, self.grace_s = ttl_s, max_finished, max_mb * 2**20, grace_s
         self.jobs: dict[str, Entry] = {}
         self.cancels: dict[str, set[str]] = {}       # owner -> job ids another replica asked to cancel
         self.cancel_posted: dict[str, asyncio.Event] = {}
@@ -61,7 +62,7 @@ class JobBoard:
             entry.images = images
         if view["status"] in FINAL_STATUSES and entry.finished is None:
             entry.finished = time.time()
-            entry.events = [e for e in entry.events if e[1] in KEEP_AFTER_FINISH]
+            entry.events = compact(entry.events)
         entry.touch()
         self._expire()
 
@@ -131,9 +132,23 @@ class JobBoard:
         return entry
 
     def _expire(self) -> None:
-        now = time.time()
-        finished = sorted((e.finished, i) for i, e in self.jobs.items() if e.finished is not None)
-        extra = len(finished) - self.max_finished
-        for k, (at, job_id) in enumerate(finished):
-            if k < extra or now - at > self.ttl_s:
+        """Finished jobs past the TTL, or beyond the count or the memory budget (newest kept), go; and cancels
+        no owner will take (its replica died) with them."""
+        now, kept = time.time(), 0
+        newest_first = sorted(((e.finished, i) for i, e in self.jobs.items() if e.finished is not None), reverse=True)
+        for k, (at, job_id) in enumerate(newest_first):
+            kept += sum(len(data) for data, _ in self.jobs[job_id].images)
+            if k >= self.max_finished or kept > self.max_bytes or now - at > self.ttl_s:
                 del self.jobs[job_id]
+        for owner, ids in list(self.cancels.items()):
+            live = {i for i in ids if i in self.jobs and self.jobs[i].finished is None}
+            if live:
+                self.cancels[owner] = live
+            else:
+                del self.cancels[owner]
+
+
+def compact(events: list[tuple[int, str, dict]]) -> list[tuple[int, str, dict]]:
+    """A finished job's events without its previews and with only the last queued and progress event."""
+    last = {name: seq for seq, name, _ in events if name in LATEST_ONLY}
+    return [e for e in events if e[1] != "preview" and (e[1] not in LATEST_ONLY or last[e[1]] == e[0])]

@@ -191,7 +191,8 @@ def application(config: ServeConfig, options: RayOptions):
     # replicas are other processes with their own working folder: give them absolute paths
     config = replace(config, model=config.model if config.model in SHIPPED else str(path.resolve()),
                      api_key_file=config.api_key_file and str(Path(config.api_key_file).resolve()))
-    board = JobBoardDeployment.bind(ttl_s=config.result_ttl_s, max_finished=config.max_finished_jobs)
+    board = JobBoardDeployment.bind(ttl_s=config.result_ttl_s, max_finished=config.max_finished_jobs,
+                                    max_mb=config.max_result_mb)
     return LimnerReplica.options(**deployment_options(config, options)).bind(config, board)
 
 
