@@ -213,14 +213,15 @@ def sse_events(client, path):
 
 def test_any_replica_serves_any_job(app_client):
     board = BoardOnItsOwnLoop()
-    with app_client(board, "a", step_s=0.01) as a, app_client(board, "b", step_s=0.01) as b:
+    with app_client(board, "a", step_s=0.05) as a, app_client(board, "b", step_s=0.05) as b:
         ready(a), ready(b)
-        job = a.post("/v1/jobs", json={"prompt": "a red circle", "steps": 20, "seed": 4, "previews": 2}).json()
+        job = a.post("/v1/jobs", json={"prompt": "a red circle", "steps": 40, "seed": 4, "previews": 2}).json()
         seen = b.get(f"/v1/jobs/{job['id']}").json()   # at once: the board knew it before A answered
         assert seen["id"] == job["id"] and seen["status"] in ("queued", "running", "succeeded")
         events = sse_events(b, f"/v1/jobs/{job['id']}/events")   # followed on B, drawn on A
         names = [n for n, _ in events]
-        assert names[-1] == "succeeded" and "progress" in names and names.count("preview") == 2
+        # previews are live news: a reader that falls behind a finished job gets its final events only
+        assert names[-1] == "succeeded" and "progress" in names and 1 <= names.count("preview") <= 2
         final = events[-1][1]
         assert final["result"]["data"][0]["url"].startswith("http://b/v1/results/")   # B's own address
         assert final == b.get(f"/v1/jobs/{job['id']}").json()
