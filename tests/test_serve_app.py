@@ -26,9 +26,9 @@ pytest.importorskip("httpx")
 def app_client():
     from fastapi.testclient import TestClient
 
-    def make(board=None, replica="", step_s=0.0, sizes=None, **config):
-        app = create_app(ServeConfig(**config), engine_factory=lambda _model: StandInEngine(step_s, sizes=sizes),
-                         board=board, replica=replica)
+    def make(board=None, replica="", step_s=0.0, sizes=None, check_s=0.0, **config):
+        engine = StandInEngine(step_s, sizes=sizes, check_s=check_s)
+        app = create_app(ServeConfig(**config), engine_factory=lambda _model: engine, board=board, replica=replica)
         return TestClient(app, base_url=f"http://{replica or 'testserver'}")
 
     return make
@@ -134,6 +134,23 @@ def test_a_full_queue_refuses_before_reading_the_request(app_client):
                 break
             time.sleep(0.01)
         assert client.post("/v1/images/generations", **garbage).status_code == 400
+
+
+def test_a_burst_checks_no_more_prompts_than_the_queue_takes(app_client):
+    """Each request holds its place in the queue while its prompt is checked: the rest of a burst is refused
+    at once instead of every request running the prompt filter (GIL-bound work that held up every refusal)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with app_client(queue_size=3, max_batch=1, check_s=0.05) as client:
+        ready(client)
+        engine = client.app.state.limner.engine
+        engine.hold.clear()   # nothing finishes meanwhile
+        with ThreadPoolExecutor(30) as pool:
+            codes = list(pool.map(lambda i: client.post("/v1/jobs", json={"prompt": f"circle {i}"}).status_code,
+                                  range(30)))
+        engine.hold.set()
+    assert codes.count(202) <= 4 and codes.count(429) == 30 - codes.count(202), codes   # 3 queued, 1 running
+    assert engine.checks <= 5, engine.checks   # (before: every one of the 30)
 
 
 # ------------------------------------------------------------------------------------- size and upscale

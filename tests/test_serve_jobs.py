@@ -67,6 +67,20 @@ def test_full_queue_refuses_at_once_and_serves_again_after(queue_of):
     assert wait(q.submit(spec("after"))).status == JobStatus.SUCCEEDED
 
 
+def test_a_held_place_counts_as_taken_until_submitted_or_let_go(queue_of):
+    q = queue_of(queue_size=2)
+    q.engine.hold.clear()
+    with q.place(), q.place():
+        with pytest.raises(QueueFull):
+            q.check_room()
+        with pytest.raises(QueueFull):
+            q.submit(spec("unheld"))
+        job = q.submit(spec("held"), held=True)
+    q.check_room()   # one place left: the job's (or none taken, once it runs)
+    assert q.get(job.id) is job
+    q.engine.hold.set()
+
+
 def test_cancel_stops_that_job_only(queue_of):
     q = queue_of(max_batch=1)
     q.engine.hold.clear()

@@ -173,17 +173,14 @@ def create_app(config: ServeConfig | None = None, engine_factory=None, board=Non
         queue = state.ready_queue()
         spec = job_spec(body, state.engine, state.config, previews)
         try:
-            queue.check_room()   # a full queue refuses before the prompt filter runs: 429 stays instant
-            await run_in_threadpool(state.engine.check_prompt, spec.prompt)
+            with queue.place():   # a full queue refuses before the prompt filter runs: 429 stays instant
+                await run_in_threadpool(state.engine.check_prompt, spec.prompt)
+                job = queue.submit(spec, held=True)
         except ValueError as e:
             if getattr(e, "code", None) == "content_policy_violation":
                 raise ApiError(400, str(e), param="prompt", code="content_policy_violation",
                                reason="content_policy") from None
             raise ApiError(400, str(e), param="prompt", code="invalid_value") from None
-        except QueueFull as e:
-            raise queue_full(e) from None
-        try:
-            job = queue.submit(spec)
         except QueueFull as e:
             raise queue_full(e) from None
         if board is not None:

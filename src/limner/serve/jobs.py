@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import logging
 import math
 import secrets
@@ -136,6 +137,7 @@ class JobQueue:
         self._queue: collections.deque[Job] = collections.deque()
         self._jobs: dict[str, Job] = {}
         self._running: list[Job] = []
+        self._held = 0   # places held by requests being checked (see `place`)
         self._cv = threading.Condition()
         self._stopped = False
         self._batch_seconds = 5.0   # running estimate of one batch's time, for Retry-After
@@ -168,13 +170,29 @@ class JobQueue:
         return len(self._running)
 
     def check_room(self) -> None:
-        """Raise QueueFull if a job submitted now would be refused."""
-        if len(self._queue) >= self.config.queue_size:
+        """Raise QueueFull if a job submitted now would be refused: places held count as taken."""
+        if len(self._queue) + self._held >= self.config.queue_size:
             raise QueueFull(max(1, math.ceil(self._batch_seconds)), self.config.queue_size)
 
-    def submit(self, spec: JobSpec) -> Job:
+    @contextlib.contextmanager
+    def place(self):
+        """Hold a place in the queue while a request is checked (its prompt filtered), then `submit(spec,
+        held=True)` into it. Without this a burst of 200 would run 200 prompt checks, each holding the GIL a
+        while, before the first of them filled the queue, and every refusal would wait for all of them."""
         with self._cv:
             self.check_room()
+            self._held += 1
+        try:
+            yield
+        finally:
+            with self._cv:
+                self._held -= 1
+
+    def submit(self, spec: JobSpec, held: bool = False) -> Job:
+        """Queue a job now, or raise QueueFull; `held`: into the place the caller holds (`place`)."""
+        with self._cv:
+            if not held:
+                self.check_room()
             job = Job(spec, self.config.job_timeout_s)
             self._jobs[job.id] = job
             self._queue.append(job)

@@ -10,11 +10,13 @@ from PIL import Image
 
 class StandInEngine:
     """Each step waits `step_s` (and, while `hold` is clear, until it is set); `batches` records the prompts
-    of each call, to see what the queue drew together."""
+    of each call, to see what the queue drew together; `checks` counts prompt checks."""
     name, default_steps, default_guidance = "stand-in", 20, 1.5
 
-    def __init__(self, step_s: float = 0.0, resolution: int = 64, sizes: list[int] | None = None):
-        self.step_s, self.resolution = step_s, resolution
+    def __init__(self, step_s: float = 0.0, resolution: int = 64, sizes: list[int] | None = None,
+                 check_s: float = 0.0):
+        self.step_s, self.resolution, self.check_s = step_s, resolution, check_s
+        self.checks = 0   # prompt checks made (each takes check_s, as a prompt filter would)
         self.sizes = sizes or [resolution]   # more than one: as if the model had an upsampler cascade
         self.auto_size, self.can_upscale = self.sizes[-1], len(self.sizes) > 1
         self.hold = threading.Event()
@@ -22,7 +24,8 @@ class StandInEngine:
         self.batches: list[list[str]] = []
 
     def check_prompt(self, prompt: str) -> None:
-        pass
+        self.checks += 1
+        time.sleep(self.check_s)
 
     def generate(self, shape, prompts, seeds, progress=None) -> list[Image.Image]:
         self.batches.append(list(prompts))
