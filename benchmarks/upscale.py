@@ -264,6 +264,33 @@ def picture(fns: dict, path: str, factor: int = 4, low: int = 64, crop: int = 48
         out.save(tmp, format="PNG")
 
 
+def readme_picture(model: str, path: str, prompt: str = "three red circles and a blue square", seed: int = 0) -> None:
+    """The default output beside what the base model drew: the whole 1024 px image (shown at 512), then its busiest
+    256 px quarter and the same area of the 64 px base image, both shown at 512 (whole pixels)."""
+    from PIL import ImageDraw
+
+    from limner.common.files import atomic_path
+    from limner.pipeline.core import Pipeline
+
+    pipe = Pipeline.from_pretrained(model)
+    big, = pipe(prompt, seed=seed)
+    base, = pipe(prompt, seed=seed, size=pipe.resolution)
+    f, c = big.width // base.width, big.width // 4
+    g = gradient_energy(np.asarray(big.convert("RGB")))
+    _, y, x = max((g[y : y + c, x : x + c].sum(), y, x) for y in range(0, big.height - c + 1, 64)
+                  for x in range(0, big.width - c + 1, 64))
+    panels = [(f"{big.width} px (default), whole", big.resize((512, 512), Image.LANCZOS)),
+              (f"{base.width} px base, detail", base.crop((x // f, y // f, (x + c) // f, (y + c) // f)).resize((512, 512), Image.NEAREST)),
+              (f"{big.width} px, same detail", big.crop((x, y, x + c, y + c)).resize((512, 512), Image.NEAREST))]
+    out = Image.new("RGB", (3 * 512 + 2 * 8, 512 + 24), "white")
+    draw = ImageDraw.Draw(out)
+    for i, (name, img) in enumerate(panels):
+        out.paste(img.convert("RGB"), (i * 520, 24))
+        draw.text((i * 520 + 4, 6), f"{name}: {prompt!r}, seed {seed}" if i == 0 else name, fill="black")
+    with atomic_path(path) as tmp:
+        out.save(tmp, format="PNG", optimize=True)
+
+
 def one_run(kind: str, model: str, size: int, factor: int, threads: int) -> dict:
     """Run in a fresh subprocess: one timed job, and the process's peak resident memory."""
     import torch
@@ -324,6 +351,7 @@ def main() -> None:
                     help="torch threads; on cores other work shares, 1 is faster: two threads wait on each other")
     ap.add_argument("--json", help="write every figure here as JSON")
     ap.add_argument("--picture", help="write a side-by-side crop (input, methods, truth) at 4x here (PNG)")
+    ap.add_argument("--readme-picture", help="write the default 1024 px output beside the base image here (PNG)")
     ap.add_argument("--one-run", choices=["prompt", "upscale"], help=argparse.SUPPRESS)
     ap.add_argument("--factor", type=int, default=4, help=argparse.SUPPRESS)
     a = ap.parse_args()
@@ -345,6 +373,8 @@ def main() -> None:
            "real_esrgan": "skipped" if esrgan is None else (esrgan.error or "ran")}
     print(f"limner upsampler {a.model} {up.settings.to_dict()}; Real-ESRGAN: {out['real_esrgan']}", flush=True)
     fns = methods(up, esrgan)
+    if a.readme_picture:
+        readme_picture(a.model, a.readme_picture)
     if a.picture:
         picture(fns, a.picture)
     if "quality" in parts:
@@ -362,6 +392,8 @@ def main() -> None:
         out["noise_level_cascade"] = sweep(up, max(2, a.scenes // 2), 64, 16, noise_level=levels)
         print("4x, sampling steps:", flush=True)
         out["steps"] = sweep(up, a.scenes, a.low, 4, steps=[1, 2, 4, 8])
+        print("16x (the cascade 64 -> 256 -> 1024), sampling steps (each stage):", flush=True)
+        out["steps_cascade"] = sweep(up, max(2, a.scenes // 2), 64, 16, steps=[1, 2, 4, 8])
     if "seams" in parts:
         out["seams"] = seams(up)
         print("seams:", out["seams"], flush=True)
