@@ -29,7 +29,7 @@ def test_plain_save_records_each_images_parameters_and_seed(pipe, tmp_path):
     images[0].save(tmp_path / "bare.png", pnginfo=empty)
     assert read_parameters(tmp_path / "bare.png") is None
     images[0].save(tmp_path / "out.jpg", quality=90)
-    assert Image.open(tmp_path / "out.jpg").size == (64, 64)
+    assert Image.open(tmp_path / "out.jpg").size == images[0].size == (pipe.default_size,) * 2
 
 
 def test_same_seed_same_image_whatever_the_batch(pipe):
