@@ -134,10 +134,30 @@ def table(pairs_of, fns: dict, factors) -> dict:
     return res
 
 
-def sweep(upscaler, n: int, low: int, factor: int, **grid) -> list[dict]:
-    """PSNR / SSIM / sharpness of the limner upsampler at each value of one sampling setting."""
+def round_trip(model: str):
+    """low image -> the model's autoencoder -> back: a render carrying the artefacts of the base model's decoder
+    (its haloes and blur), what the cascade enlarges in use, with the exact render still the truth."""
+    import torch
+
+    from limner.models import autoencoder as AE
+    from limner.models import folder
+    from limner.train.data import to_tensor
+
+    vae = AE.load(str(folder.resolve(model) / "autoencoder"))
+
+    def degrade(img: Image.Image) -> Image.Image:
+        with torch.no_grad():
+            x = AE.to_image(vae, AE.to_latent(vae, to_tensor(np.asarray(img.convert("RGB")))[None]))
+        return Image.fromarray(((x[0] + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy())
+
+    return degrade
+
+
+def sweep(upscaler, n: int, low: int, factor: int, degrade=None, **grid) -> list[dict]:
+    """PSNR / SSIM / sharpness of the limner upsampler at each value of one sampling setting (`degrade`: applied
+    to each low image first)."""
     (key, values), = grid.items()
-    pairs = list(scene_pairs(n, low, factor))
+    pairs = [(degrade(lo) if degrade else lo, tr) for lo, tr in scene_pairs(n, low, factor)]
     rows = []
     default = getattr(upscaler.settings, key)
     for v in values:
@@ -390,6 +410,10 @@ def main() -> None:
         # the cascade: the second stage reads the first one's output, not an exact render (what augmentation is for)
         print("16x (the cascade 64 -> 256 -> 1024), noise level at sampling:", flush=True)
         out["noise_level_cascade"] = sweep(up, max(2, a.scenes // 2), 64, 16, noise_level=levels)
+        print("16x, the 64 px render through the model's autoencoder first (its decoder's artefacts), noise level:",
+              flush=True)
+        out["noise_level_cascade_decoded"] = sweep(up, max(2, a.scenes // 2), 64, 16, round_trip(a.model),
+                                                   noise_level=levels)
         print("4x, sampling steps:", flush=True)
         out["steps"] = sweep(up, a.scenes, a.low, 4, steps=[1, 2, 4, 8])
         print("16x (the cascade 64 -> 256 -> 1024), sampling steps (each stage):", flush=True)
