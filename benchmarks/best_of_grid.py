@@ -20,7 +20,7 @@ ap.add_argument("--seed", type=int, default=7)
 ap.add_argument("--out", default="docs/best-of-shapes-default.png")
 a = ap.parse_args()
 torch.set_num_threads(2)
-pipe = Pipeline.from_pretrained(a.model, safety=SafetyConfig.off())  # the pictures, not the watermark
+pipe = Pipeline.from_pretrained(a.model, safety=SafetyConfig.off(), cascade=False)  # base-size pictures, no watermark
 plain = pipe(PROMPTS, seed=a.seed, steps=20, best_of=1)
 search = pipe(PROMPTS, seed=a.seed)  # the model's defaults
 grid(plain + search, cols=8).save(a.out)

@@ -22,10 +22,10 @@ torch.set_num_threads(2)
 items = build("detailed", 1)  # one prompt per object count, 3 to 8
 prompts = [it["prompt"] for it in items]
 off = SafetyConfig.off()  # the pictures, not the watermark
-pipe = Pipeline.from_pretrained(a.model, safety=off)
+pipe = Pipeline.from_pretrained(a.model, safety=off, cascade=False)  # base-size pictures
 rows = []
 if a.before:
-    rows.append(("before, default search", Pipeline.from_pretrained(a.before, safety=off)(prompts, seed=a.seed)))
+    rows.append(("before, default search", Pipeline.from_pretrained(a.before, safety=off, cascade=False)(prompts, seed=a.seed)))
 rows.append(("model alone, 20 steps", pipe(prompts, seed=a.seed, steps=20, best_of=1)))
 rows.append(("default search", pipe(prompts, seed=a.seed)))
 for i, it in enumerate(items):

@@ -56,7 +56,7 @@ def report(name, scores, captions, seconds_generating=None):
 
 
 # the filter's own input: generated images before any filtering or watermarking
-pipe = Pipeline.from_pretrained(a.model, safety=SafetyConfig.off())
+pipe = Pipeline.from_pretrained(a.model, safety=SafetyConfig.off(), cascade=False)  # the base images the filter was measured on
 gen_prompts = prompts(a.generated)
 t = time.perf_counter()
 generated = pipe(gen_prompts, seed=a.seed)

@@ -29,7 +29,7 @@ if a.detailed:
 
     PROMPTS = [it["prompt"] for it in build("detailed", 1)[:5]]
 torch.set_num_threads(a.threads)
-pipe = Pipeline.from_pretrained(a.model)
+pipe = Pipeline.from_pretrained(a.model, cascade=False)  # the base image: the figure is about search, not the upsampler
 pipe(PROMPTS[0], seed=0, steps=2)  # warm-up: loads the filters
 for steps in a.steps:
     for n in a.best_of:
