@@ -616,3 +616,14 @@ def test_layouts_come_from_scenes_or_from_curated_boxes():
     (label, box), = layout_of(rec)
     assert label == "dog" and box == pytest.approx((0.5, 0.2, 1.0, 0.6))
     assert layout_of(Record({"alt": "x"}, image=buf.getvalue())) is None
+
+
+def test_a_post_trained_folder_keeps_the_planner_and_upsampler_of_the_one_it_started_from(tmp_path):
+    from limner.models import folder
+
+    base = folder.resolve("shapes-default")
+    denoiser, vae, meta = folder.load("shapes-default")
+    out = folder.save(tmp_path / "model", denoiser, vae, meta, parts_from=base)   # what kind: reward exports
+    meta = folder.read_meta(out)
+    assert folder.load_planner(out, meta) is not None and folder.load_upsampler(out) is not None
+    assert (out / "planner" / "planner.safetensors").read_bytes() == (base / "planner" / "planner.safetensors").read_bytes()

@@ -61,12 +61,21 @@ def load(name_or_path: str | Path, device: str = "cpu"):
     return denoiser.to(device).eval(), vae.to(device), meta
 
 
-def save(folder: str | Path, denoiser, vae, meta: dict) -> Path:
-    """Write a self-contained model folder (replacing any old one only once the new one is complete)."""
+PARTS = ("planner", "upsampler")  # parts trained after the base model, each whole in its own subfolder
+
+
+def save(folder: str | Path, denoiser, vae, meta: dict, parts_from: str | Path | None = None) -> Path:
+    """Write a self-contained model folder (replacing any old one only once the new one is complete).
+    `parts_from`: a model folder whose planner/ and upsampler/ come along (a denoiser post-trained from it)."""
+    import shutil
+
     from safetensors.torch import save_file
 
     meta = {"denoiser": denoiser.cfg.to_dict(), **{k: v for k, v in meta.items() if k not in ("name", "denoiser")}}
     with atomic_dir(folder) as tmp:
+        for part in PARTS if parts_from is not None else ():
+            if (Path(parts_from) / part).is_dir():
+                shutil.copytree(Path(parts_from) / part, tmp / part)
         vae.save_pretrained(tmp / "autoencoder")
         save_file({k: v.contiguous() for k, v in denoiser.state_dict().items()}, tmp / "denoiser.safetensors")
         (tmp / "limner.json").write_text(json.dumps(meta, indent=2))

@@ -203,4 +203,4 @@ def run(cfg: RewardConfig, resume: bool = False, quiet: bool = False) -> Path:
     metrics.close()
     # a folder like the one it started from (same autoencoder, text encoder and defaults), saying how it was made
     post = {"post_training": {"kind": "reward", "init": cfg.init, "rounds": cfg.rounds}}
-    return folder.save(out / "model", policy, vae, {**meta, **post})
+    return folder.save(out / "model", policy, vae, {**meta, **post}, parts_from=folder.resolve(cfg.init))
