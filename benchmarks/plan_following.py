@@ -95,7 +95,7 @@ ap = argparse.ArgumentParser()
 ap.add_argument("--model", default="shapes-default")
 ap.add_argument("--per-cell", type=int, default=25)
 ap.add_argument("--seed", type=int, default=0)
-ap.add_argument("--temperature", type=float, default=1.0)
+ap.add_argument("--temperature", type=float, help="the places' sampling temperature [the model's plan_temperature]")
 ap.add_argument("--families", nargs="*", default=["templates", "unseen"], choices=["templates", "unseen"])
 ap.add_argument("--validation", type=int, default=0, help="also score N fresh scenes per training captioner")
 ap.add_argument("--dev", type=int, default=0, help="also score N prompts per suite in this file's dev wordings")
@@ -107,6 +107,8 @@ meta = folder.read_meta(path)
 planner = folder.load_planner(path, meta)
 if planner is None:
     raise SystemExit(f"{a.model} has no learned planner")
+if a.temperature is None:
+    a.temperature = float(meta.get("defaults", {}).get("plan_temperature", 1.0))
 plan = TextPlanner(planner, TextEncoder(meta.get("text_encoder", "minilm")), a.temperature)
 builders = {"templates": suites.build, "unseen": unseen_wordings.build}
 result = {"model": str(a.model), "per_cell": a.per_cell, "temperature": a.temperature, "families": {}}

@@ -285,3 +285,20 @@ def test_a_second_stage_starts_from_a_folders_planner(tiny_planner, tmp_path):
     with pytest.raises(ValueError, match="no planner"):
         start_weights(str(tmp_path), planner.cfg)
 
+
+
+def test_the_pipeline_samples_places_at_the_folders_plan_temperature(tmp_path):
+    from limner.pipeline import Pipeline
+    from limner.safety.guard import SafetyConfig
+
+    shipped = folder.resolve("shapes-default")
+    assert folder.read_meta(shipped)["defaults"]["plan_temperature"] == 0.25   # chosen on validation scenes
+    spread = {}
+    for temperature in (1e-4, 4.0):
+        copy = shutil.copytree(shipped, tmp_path / str(temperature))
+        meta = folder.read_meta(copy)
+        meta["defaults"]["plan_temperature"] = temperature
+        (copy / "limner.json").write_text(json.dumps(meta))
+        pipe = Pipeline.from_pretrained(str(copy), safety=SafetyConfig.off())
+        spread[temperature] = {str(plan) for plan in pipe.planner(["a red circle"] * 6, list(range(6)))}
+    assert len(spread[1e-4]) == 1 and len(spread[4.0]) > 3   # near-greedy places repeat; hot ones spread
