@@ -190,12 +190,6 @@ def create_app(config: ServeConfig | None = None, engine_factory=None, board=Non
             task.add_done_callback(lambda _: posting.pop(job.id, None))
         return job
 
-    def job_of(job_id: str) -> Job:
-        job = state.ready_queue().get(job_id)
-        if job is None:
-            raise not_found(job_id)
-        return job
-
     def not_found(job_id: str) -> ApiError:
         return ApiError(404, f"no job {job_id!r}: it never existed, or its results were dropped after "
                              f"{state.config.result_ttl_s:g} s", param="id", code="job_not_found")

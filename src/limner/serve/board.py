@@ -18,7 +18,9 @@ import asyncio
 import time
 from dataclasses import dataclass, field
 
-FINAL_STATUSES = ("succeeded", "failed", "cancelled")
+from .jobs import FINAL, past_keeping
+
+FINAL_STATUSES = tuple(s.value for s in FINAL)
 LATEST_ONLY = ("queued", "progress")   # once the job is done, the last of these tells a late reader enough
 
 
@@ -134,12 +136,10 @@ class JobBoard:
     def _expire(self) -> None:
         """Finished jobs past the TTL, or beyond the count or the memory budget (newest kept), go; and cancels
         no owner will take (its replica died) with them."""
-        now, kept = time.time(), 0
-        newest_first = sorted(((e.finished, i) for i, e in self.jobs.items() if e.finished is not None), reverse=True)
-        for k, (at, job_id) in enumerate(newest_first):
-            kept += sum(len(data) for data, _ in self.jobs[job_id].images)
-            if k >= self.max_finished or kept > self.max_bytes or now - at > self.ttl_s:
-                del self.jobs[job_id]
+        done = [(e.finished, sum(len(data) for data, _ in e.images), i) for i, e in self.jobs.items()
+                if e.finished is not None]
+        for job_id in past_keeping(done, self.max_finished, self.max_bytes, self.ttl_s):
+            del self.jobs[job_id]
         for owner, ids in list(self.cancels.items()):
             live = {i for i in ids if i in self.jobs and self.jobs[i].finished is None}
             if live:

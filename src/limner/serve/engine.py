@@ -27,11 +27,8 @@ class Engine:
         self.pipe = Pipeline.from_pretrained(model)   # safety=None: everything on, never switchable from a request
         self.name, self.resolution = self.pipe.name, self.pipe.resolution
         # the sides a request may name: the base resolution, then each stage of the model's upsampler cascade
-        # (a pipeline that takes no `size=` per call draws its base resolution only)
-        self.takes_size = hasattr(self.pipe, "check_size")
-        self.sizes = list(self.pipe.sizes) if self.takes_size else [self.resolution]
-        self.auto_size = self.pipe.default_size if self.takes_size else self.resolution   # size "auto"
-        self.can_upscale = self.takes_size and getattr(self.pipe, "upscaler", None) is not None
+        self.sizes, self.auto_size = self.pipe.sizes, self.pipe.default_size   # auto: the model's own default
+        self.can_upscale = self.pipe.upscaler is not None
         self.default_steps = int(self.pipe.defaults.get("steps", 20))
         self.default_guidance = float(self.pipe.defaults.get("guidance", 3.0))
         self._preview_filter = _image_filter(self.pipe.guard.config.image_filter)
@@ -47,9 +44,9 @@ class Engine:
         """shape.n images per prompt, prompt by prompt; image i of a prompt has its seed + i."""
         # size and upscale always said: a model whose own default is its cascade's output still draws the
         # server's default, the base size, unless the request asked for more
-        sized = {"size": shape.side or self.resolution, "upscale": shape.upscale} if self.takes_size else {}
         return self.pipe(prompts, negative_prompt=shape.negative_prompt or None, seed=seeds, steps=shape.steps,
-                         guidance=shape.guidance, num_images=shape.n, progress=progress, **sized)
+                         guidance=shape.guidance, num_images=shape.n, progress=progress,
+                         size=shape.side or self.resolution, upscale=shape.upscale)
 
     def safe_previews(self, images: list[Image.Image]) -> list[Image.Image]:
         """Previews pass the image filter like final images; a flagged one is blurred (the final image decides)."""

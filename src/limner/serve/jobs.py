@@ -131,6 +131,17 @@ class Job:
         return {max(1, min(total, round(total * (m + 1) / (k + 1)))) for m in range(k)}
 
 
+def past_keeping(done: list[tuple[float, int, str]], max_count: int, max_bytes: float, ttl_s: float) -> list[str]:
+    """The finished jobs, (finished at, bytes held, id), that a server stops keeping: those older than `ttl_s`,
+    and beyond `max_count` jobs or `max_bytes` counted from the newest (the queue's and the job board's rule)."""
+    now, kept, out = time.time(), 0, []
+    for k, (finished, nbytes, job_id) in enumerate(sorted(done, key=lambda d: d[0], reverse=True)):
+        kept += nbytes
+        if k >= max_count or kept > max_bytes or now - finished > ttl_s:
+            out.append(job_id)
+    return out
+
+
 class JobQueue:
     def __init__(self, engine, config: ServeConfig, metrics=None):
         self.engine, self.config, self.metrics = engine, config, metrics
@@ -335,13 +346,10 @@ class JobQueue:
             self._queue.remove(job)
             job.finish(JobStatus.FAILED, error=timeout_error(self.config.job_timeout_s))
             self._count(job)
-        now, budget = time.time(), self.config.max_result_mb * 2**20
-        newest_first = sorted((j for j in self._jobs.values() if j.done), key=lambda j: j.finished, reverse=True)
-        kept = 0
-        for i, job in enumerate(newest_first):
-            kept += job.nbytes()
-            if i >= self.config.max_finished_jobs or kept > budget or now - job.finished > self.config.result_ttl_s:
-                del self._jobs[job.id]
+        done = [(j.finished, j.nbytes(), j.id) for j in self._jobs.values() if j.done]
+        for job_id in past_keeping(done, self.config.max_finished_jobs, self.config.max_result_mb * 2**20,
+                                   self.config.result_ttl_s):
+            del self._jobs[job_id]
 
     def _announce_positions(self) -> None:
         for i, job in enumerate(self._queue):

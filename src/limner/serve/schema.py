@@ -42,7 +42,6 @@ def _json_number(value):
     raise PydanticCustomError("number_type", "must be a number, not {got}", {"got": type(value).__name__})
 
 
-
 class GenerationParams(BaseModel):
     """What an image request says, shared by the OpenAI endpoint and limner's jobs."""
     model_config = ConfigDict(extra="forbid")
