@@ -108,7 +108,7 @@ planner = folder.load_planner(path, meta)
 if planner is None:
     raise SystemExit(f"{a.model} has no learned planner")
 if a.temperature is None:
-    a.temperature = float(meta.get("defaults", {}).get("plan_temperature", 1.0))
+    a.temperature = folder.plan_temperature(meta)
 plan = TextPlanner(planner, TextEncoder(meta.get("text_encoder", "minilm")), a.temperature)
 builders = {"templates": suites.build, "unseen": unseen_wordings.build}
 result = {"model": str(a.model), "per_cell": a.per_cell, "temperature": a.temperature, "families": {}}

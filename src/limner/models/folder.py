@@ -111,6 +111,11 @@ def save_part(base: str | Path, to: str | Path, part: str, module, entry: dict |
     return Path(to)
 
 
+def plan_temperature(meta: dict) -> float:
+    """The temperature a folder's planner samples places at (limner.json's defaults; 1 before there was one)."""
+    return float(meta.get("defaults", {}).get("plan_temperature", 1.0))
+
+
 def load_planner(path: str | Path, meta: dict, device: str = "cpu"):
     """The folder's layout planner, or None when it has none."""
     if not meta.get("planner"):

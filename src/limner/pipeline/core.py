@@ -67,7 +67,7 @@ class Pipeline:
         if layout == "learned" and learned is None:
             raise ValueError(f"{meta['name']} has no learned layout planner (train one: kind: planner)")
         if learned is not None:
-            parts["planner"] = TextPlanner(learned, encoder, float(meta.get("defaults", {}).get("plan_temperature", 1.0)))
+            parts["planner"] = TextPlanner(learned, encoder, folder.plan_temperature(meta))
         elif layout == "none":
             parts["planner"] = None
         upscaler = Upscaler.from_folder(name_or_path, device)  # 0.6 MB: loaded even when off, so `size=` can ask for it

@@ -51,6 +51,11 @@ PLACE_WORDS = [
      ["at the bottom", "at the bottom centre", "at the bottom center", "along the bottom edge", "in the lower middle"],
      ["in the lower right", "in the bottom right", "in the bottom-right corner", "at the lower right corner", "down in the bottom right"]],
 ]
+def bare_place(phrase: str) -> str:
+    """A place without its preposition, as inventory lists write it: "upper left", "middle"."""
+    return phrase.replace("in the ", "").replace("at the ", "").replace("on the ", "")
+
+
 BE_PLACED = ["sits", "is", "is placed", "rests", "appears", "is located", "can be seen", "stands"]
 
 
@@ -205,7 +210,7 @@ def inventory(scene: Scene, rng: random.Random) -> str:
             bits = [rng.choice(SIZE_WORDS[o.size])]
             if with_place:
                 row, col = C.cell(o.x, o.y)
-                bits.append(rng.choice(PLACE_WORDS[row][col]).replace("in the ", "").replace("at the ", "").replace("on the ", ""))
+                bits.append(bare_place(rng.choice(PLACE_WORDS[row][col])))
             details.append(", ".join(bits) if len(objs) == 1 else " ".join(bits))
         head = f"{rng.choice(COLOUR_WORDS[colour])} {SHAPE_WORDS[shape][0][0]}"
         count = f" x{len(objs)}" if len(objs) > 1 and rng.random() < 0.5 else (f" ({C.NUMBER_WORDS[len(objs)]})" if len(objs) > 1 else "")
@@ -290,8 +295,7 @@ def _place_pattern() -> tuple[re.Pattern, dict[str, tuple[int, int]]]:
     for row in range(3):
         for col in range(3):
             for phrase in [*PLACE_WORDS[row][col], C.PLACES[row][col]]:
-                bare = phrase.replace("in the ", "").replace("at the ", "").replace("on the ", "")
-                for p in (phrase, bare, phrase.replace("center", "centre")):
+                for p in (phrase, bare_place(phrase), phrase.replace("center", "centre")):
                     cells.setdefault(p.lower(), (row, col))
     alts = "|".join(map(re.escape, sorted(cells, key=len, reverse=True)))
     return re.compile(r"\b(%s)\b(?!\s+(?:of|side of|than)\b)" % alts, re.IGNORECASE), cells
