@@ -627,3 +627,19 @@ def test_a_post_trained_folder_keeps_the_planner_and_upsampler_of_the_one_it_sta
     meta = folder.read_meta(out)
     assert folder.load_planner(out, meta) is not None and folder.load_upsampler(out) is not None
     assert (out / "planner" / "planner.safetensors").read_bytes() == (base / "planner" / "planner.safetensors").read_bytes()
+
+
+def test_a_denoiser_trains_in_the_latent_space_of_an_existing_model(trained, tmp_path, tiny):
+    """`autoencoder:` may name a model folder (or a shipped name): its autoencoder/ is the one trained in, as
+    configs/ablation.yaml trains every variant in the shipped latent space."""
+    from limner.models import folder
+
+    tmp, ae, base = trained
+    assert folder.autoencoder_folder(ae) == ae and folder.autoencoder_folder(base) == base / "autoencoder"
+    assert folder.autoencoder_folder("shapes-default") == folder.resolve("shapes-default") / "autoencoder"
+    model = run(tiny("denoiser", tmp, autoencoder=str(base), out_dir=str(tmp_path / "in-base"), steps=2,
+                     ckpt_every=2, sample_every=2, eval_per_cell=0), quiet=True)
+    weights = "diffusion_pytorch_model.safetensors"
+    assert (model / "autoencoder" / weights).read_bytes() == (ae / weights).read_bytes()
+    with pytest.raises(FileNotFoundError, match="no autoencoder at 'nowhere'.*shipped name"):
+        run(tiny("denoiser", tmp, autoencoder="nowhere", out_dir=str(tmp_path / "bad")), quiet=True)

@@ -32,6 +32,20 @@ def resolve(name_or_path: str | Path) -> Path:
     return path
 
 
+def autoencoder_folder(name_or_path: str | Path) -> Path:
+    """An exported autoencoder's folder, or the autoencoder/ of a model folder or shipped name (a denoiser trained
+    in the latent space of a model that already exists)."""
+    path = Path(name_or_path)
+    if (path / "config.json").exists():
+        return path
+    try:
+        return resolve(name_or_path) / "autoencoder"
+    except FileNotFoundError:
+        raise FileNotFoundError(f"no autoencoder at {str(name_or_path)!r}: give the folder `limner train` exported an "
+                                f"autoencoder to (e.g. runs/autoencoder-default/model), a model folder or a shipped "
+                                f"name ({', '.join(SHIPPED)})") from None
+
+
 def model_name(name_or_path: str, path: Path, meta: dict) -> str:
     """What outputs and watermarks call a model: its exported name, else the shipped name or folder name."""
     return meta.get("name") or (name_or_path if name_or_path in SHIPPED else path.name)

@@ -36,7 +36,7 @@ class DenoiserTrainConfig(LoopConfig):
     kind: str = "denoiser"
     data: DataConfig = field(default_factory=DataConfig)
     model: DiTConfig = field(default_factory=DiTConfig)
-    autoencoder: str | None = None  # the folder a trained autoencoder was exported to (required to train)
+    autoencoder: str | None = None  # an exported autoencoder's folder, or a model folder / shipped name (its autoencoder/)
     # start from this model's weights (a shipped name or an exported folder); with train_new_only, only the
     # parameters it lacks train (an adapter such as `model.grounding`), the rest stay frozen
     init: str | None = None
@@ -66,7 +66,7 @@ class DenoiserTask(Task):
     def __init__(self, cfg: DenoiserTrainConfig, device, show: bool):
         self.cfg, self.device, self.show = cfg, device, show
         self.records, self.weights = training_records(cfg.data)
-        self.vae = AE.load(cfg.autoencoder).to(device)
+        self.vae = AE.load(str(folder.autoencoder_folder(cfg.autoencoder))).to(device)
         dcfg, res = cfg.model, cfg.data.resolution
         if res // AE.factor(self.vae) != dcfg.latent_size or self.vae.config.latent_channels != dcfg.in_channels:
             raise ValueError(f"model.latent_size {dcfg.latent_size} / in_channels {dcfg.in_channels} do not match "
