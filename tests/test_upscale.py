@@ -292,7 +292,7 @@ def test_the_shipped_default_makes_1024_px_with_its_cascade():
 
     pipe = Pipeline.from_pretrained("shapes-default")
     assert pipe.upscaler is not None and pipe.upscaler.plan(16) == [4, 4]
-    assert pipe.sizes == [64, 256, 1024] and pipe.default_size == 1024 and pipe.output_factor == 16
+    assert pipe.sizes == [64, 256, 1024] and pipe.default_size == 1024
     assert Pipeline.from_pretrained("shapes-default", cascade=False).default_size == 64
 
 

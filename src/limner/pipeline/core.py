@@ -116,11 +116,6 @@ class Pipeline:
                              f"without the upsampler), not {size!r}; upscale=2, 4 or 8 enlarges them further")
         return side
 
-    @property
-    def output_factor(self) -> int:
-        """How many times larger than the base resolution a call's images are by default."""
-        return self.default_size // self.resolution * self.upscale
-
     @torch.no_grad()
     def __call__(self, prompt: str | list[str], negative_prompt: str | None = None, seed: int | list[int] = 0,
                  steps: int | None = None, guidance: float | None = None, sampler: str | None = None,

@@ -106,6 +106,11 @@ def offered_upscales(engine, config: ServeConfig) -> list[int]:
     return [u for u in UPSCALES if u == 1 or (engine.can_upscale and engine.resolution * u <= config.max_side)]
 
 
+def either(words: list[str]) -> str:
+    """'a', 'a or b', 'a, b or c'."""
+    return words[0] if len(words) == 1 else ", ".join(words[:-1]) + " or " + words[-1]
+
+
 def output_side(body: GenerationParams, engine, config: ServeConfig) -> tuple[int, int]:
     """(side drawn, upscale) for the request's `size` and `upscale`, or the 400 naming what is offered."""
     sides = offered_sides(engine, config)
@@ -117,10 +122,9 @@ def output_side(body: GenerationParams, engine, config: ServeConfig) -> tuple[in
         m = re.fullmatch(r"([0-9]{1,5})x([0-9]{1,5})", body.size)
         side = int(m[1]) if m and m[1] == m[2] and int(m[1]) in sides else None
         if side is None:
-            names = [f"'{s}x{s}'" for s in sides]
-            listed = names[0] if len(names) == 1 else ", ".join(names[:-1]) + " or " + names[-1]
-            raise ApiError(400, f"size {body.size!r} is not offered: {engine.name} draws {listed.replace(chr(39), '')} "
-                                f"images; use size {listed} or 'auto'", param="size", code="invalid_value")
+            raise ApiError(400, f"size {body.size!r} is not offered: {engine.name} draws "
+                                f"{either([f'{s}x{s}' for s in sides])} images; use size "
+                                f"{either([repr(f'{s}x{s}') for s in sides])} or 'auto'", param="size", code="invalid_value")
     upscale = 1 if body.upscale is None else body.upscale
     if upscale not in UPSCALES:
         raise ApiError(400, f"upscale is {upscale}; use 1, 2, 4 or 8", param="upscale", code="invalid_value")
