@@ -14,15 +14,18 @@ behaves when far more clients come than its queue holds. Every server is a real 
   client (bare sockets by default, so the client's own HTTP library is not timed) and inside the server (its
   request histogram); the server's RSS after each burst must stay bounded; afterwards a plain request must
   succeed and the queue be empty.
+- replicas (only with --only replicas; needs limner[ray]):  `limner serve --ray` with 1 and 2 CPU replicas of
+  --replica-cpus 0.5, rounds interleaved; 48 default requests from 8 threads; the ratio of median walls.
 
     python benchmarks/serve_load.py [--rounds 3] [--clients 200] [--queue 16] [--overloads 3] [--client raw|httpx]
-                                    [--threads N] [--only overhead|batching|overload] [--out runs/serve_load.json]
+                                    [--threads N] [--only overhead|batching|overload|replicas] [--out runs/serve_load.json]
 """
 from __future__ import annotations
 
 import argparse
 import asyncio
 import base64
+import collections
 import io
 import json
 import os
@@ -109,6 +112,26 @@ def batching(rounds: int, env: dict, concurrent: int = 8) -> dict:
                 assert codes == [200] * concurrent, codes
         out[f"max_batch_{max_batch}"] = {"wall_s": walls, "requests_per_s": concurrent / statistics.median(walls)}
     out["speedup"] = out[f"max_batch_{concurrent}"]["requests_per_s"] / out["max_batch_1"]["requests_per_s"]
+    return out
+
+
+def replicas(rounds: int, env: dict, requests: int = 48, concurrent: int = 8, cpus: float = 0.5) -> dict:
+    """Ray Serve with 1 and 2 replicas (`limner serve --ray`), rounds interleaved 1, 2, 1, 2, ...: `requests`
+    default requests from `concurrent` threads after a warm-up; requests/s per run and the ratio of medians."""
+    walls = {1: [], 2: []}
+    for r in range(rounds):
+        for n in (1, 2):
+            with ServerProcess("--ray", "--replicas", str(n), "--replica-cpus", str(cpus), env=env,
+                               ready_timeout=600) as server:
+                with ThreadPoolExecutor(concurrent) as pool:   # every replica loaded and warm
+                    list(pool.map(lambda i: post(server.url, seed=i), range(2 * n)))
+                began = time.perf_counter()
+                with ThreadPoolExecutor(concurrent) as pool:
+                    codes = list(pool.map(lambda i: post(server.url, seed=1000 * r + i)[0], range(requests)))
+                walls[n].append(time.perf_counter() - began)
+                assert codes == [200] * requests, collections.Counter(codes)
+    out = {f"replicas_{n}": {"wall_s": w, "requests_per_s": [requests / x for x in w]} for n, w in walls.items()}
+    out["speedup"] = statistics.median(walls[1]) / statistics.median(walls[2])
     return out
 
 
@@ -217,7 +240,8 @@ def main(argv=None) -> int:
     ap.add_argument("--overloads", type=int, default=3, help="bursts of --clients against one server [3]")
     ap.add_argument("--client", choices=["raw", "httpx"], default="raw",
                     help="overload clients: bare asyncio sockets (the server's latency) or httpx's AsyncClient [raw]")
-    ap.add_argument("--only", choices=["overhead", "batching", "overload"], default=None)
+    ap.add_argument("--only", choices=["overhead", "batching", "overload", "replicas"], default=None,
+                    help="one section; replicas (Ray Serve, 1 vs 2 replicas; needs limner[ray]) runs only when named")
     ap.add_argument("--threads", type=int, default=None,
                     help="torch threads here and OMP_NUM_THREADS for the servers (a busy machine: 1)")
     ap.add_argument("--out", default="runs/serve_load.json")
@@ -253,6 +277,11 @@ def main(argv=None) -> int:
         after = ", ".join(f"{r['rss_after_mb']:.0f}" for r in o["rounds"])
         print(f"overload: RSS {o['rss_start_mb']:.0f} MB before, {after} MB after each burst "
               f"(+{o['rss_growth_after_first_mb']:.1f} MB after the first); afterwards {o['afterwards']}", flush=True)
+    if a.only == "replicas":
+        report["replicas"] = o = replicas(a.rounds, env)
+        rate = {n: ", ".join(f"{x:.2f}" for x in o[f"replicas_{n}"]["requests_per_s"]) for n in (1, 2)}
+        print(f"replicas: 1 replica {rate[1]} req/s, 2 replicas {rate[2]} req/s -> {o['speedup']:.2f}x (ratio of "
+              f"median walls)", flush=True)
     report["load_after"] = os.getloadavg()[0]
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(report, indent=1))

@@ -643,3 +643,27 @@ def test_a_denoiser_trains_in_the_latent_space_of_an_existing_model(trained, tmp
     assert (model / "autoencoder" / weights).read_bytes() == (ae / weights).read_bytes()
     with pytest.raises(FileNotFoundError, match="no autoencoder at 'nowhere'.*shipped name"):
         run(tiny("denoiser", tmp, autoencoder="nowhere", out_dir=str(tmp_path / "bad")), quiet=True)
+
+
+def test_the_ablation_variants_differ_only_in_the_captions_they_draw():
+    """benchmarks/ablation.py's four variants of configs/ablation.yaml: one budget (steps, batch, model, seed, lr),
+    the same records (so one text cache), and caption weights that draw what each variant claims: (a) alt-text
+    only, (b) the templates only, (c) and (d) every captioner, (d) with the layout adapter."""
+    import importlib.util
+
+    from limner.train.data import shapes_records
+
+    spec = importlib.util.spec_from_file_location("bench_ablation", ROOT / "benchmarks" / "ablation.py")
+    ablation = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ablation)
+    cfgs = {k: load_config(ROOT / "configs/ablation.yaml", overrides=sets) for k, (_, _, sets) in ablation.VARIANTS.items()}
+    budget = {(c.steps, c.batch_size, c.lr, c.seed, c.model.preset, c.data.scenes, c.data.seed) for c in cfgs.values()}
+    assert len(budget) == 1
+    records = {k: [r.captions for r in shapes_records(dataclasses.replace(c.data, scenes=30))] for k, c in cfgs.items()}
+    assert all(r == records["a"] for r in records.values())
+    kinds = {k for caps in records["a"] for k in caps}
+    drawn = {k: {kind for kind, w in c.data.caption_weights.items() if w > 0} for k, c in cfgs.items()}
+    assert all(d <= kinds for d in drawn.values())   # a misspelt kind would never be drawn
+    assert drawn["a"] == {"alt"} and drawn["b"] == {"alt", "count", "spatial", "detailed"}
+    assert drawn["c"] == drawn["d"] == kinds
+    assert [c.model.grounding for c in cfgs.values()] == [False, False, False, True]
