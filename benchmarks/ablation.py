@@ -18,6 +18,7 @@ import sys
 import time
 from pathlib import Path
 
+from limner.common.files import write_atomic
 from limner.models import folder
 
 VARIANTS = {   # key: (folder name, label, --set overrides of configs/ablation.yaml)
@@ -57,24 +58,17 @@ def with_planner(model: Path, planner_from: str) -> Path:
     folder.save_planner(model, planner, out)
     mine = folder.read_meta(out)
     mine.setdefault("defaults", {})["plan_temperature"] = folder.plan_temperature(meta)
-    (out / "limner.json").write_text(json.dumps(mine, indent=2))
+    write_atomic(out / "limner.json", json.dumps(mine, indent=2))
     return out
 
 
 def score(model: Path, per_cell: int, seed: int) -> dict:
     from limner.pipeline import Pipeline
     from limner.safety.guard import SafetyConfig
-    from limner.world import suites, unseen_wordings
-    from limner.world.evaluate import run_suites, wilson
+    from limner.world.evaluate import score_families
 
     pipe = Pipeline.from_pretrained(str(model), safety=SafetyConfig.off())
-    out = {}
-    for family, builder in (("templates", suites.build), ("unseen", unseen_wordings.build)):
-        details = {}
-        run_suites(pipe, per_cell, seed=seed, steps=20, best_of=1, details=details, builder=builder)
-        out[family] = {s: {"acc": d["headline"], "n": d["n"], "ci95": wilson(d["hits"], d["n"])}
-                       for s, d in details.items()}
-    return out
+    return score_families(pipe, per_cell, seed=seed, steps=20, best_of=1)
 
 
 def main():
@@ -104,8 +98,7 @@ def main():
         results.setdefault(key, {}).update(label=label, model=str(model), per_cell=a.per_cell, seed=a.seed,
                                            suites=score(model, a.per_cell, a.seed),
                                            score_seconds=round(time.time() - t0))
-        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(a.out).write_text(json.dumps(results, indent=1))
+        write_atomic(a.out, json.dumps(results, indent=1))
     print(f"{'variant':46} {'templates: count bind spat detail':34} unseen: count bind spat detail")
     for key in VARIANTS:
         if "suites" not in results.get(key, {}):

@@ -10,10 +10,10 @@ import argparse
 import json
 import time
 
+from limner.common.files import write_atomic
 from limner.pipeline import Pipeline
 from limner.safety.guard import SafetyConfig
-from limner.world import suites, unseen_wordings
-from limner.world.evaluate import run_suites, wilson
+from limner.world.evaluate import score_families
 
 
 ap = argparse.ArgumentParser()
@@ -29,17 +29,12 @@ ap.add_argument("--out")
 a = ap.parse_args()
 
 pipe = Pipeline.from_pretrained(a.model, safety=SafetyConfig.off(), layout=a.layout)
-builders = {"templates": suites.build, "unseen": unseen_wordings.build}
 result = {"model": a.model, "layout": a.layout, "per_cell": a.per_cell, "steps": a.steps or pipe.defaults.get("steps"),
           "guidance": a.guidance if a.guidance is not None else pipe.defaults.get("guidance"),
-          "best_of": a.best_of or pipe.defaults.get("best_of", 1), "families": {}}
+          "best_of": a.best_of or pipe.defaults.get("best_of", 1)}
 t0 = time.time()
-for family in a.families:
-    details = {}
-    run_suites(pipe, a.per_cell, seed=a.seed, steps=a.steps, guidance=a.guidance, best_of=a.best_of, details=details,
-               builder=builders[family])
-    result["families"][family] = {s: {"acc": d["headline"], "n": d["n"], "ci95": wilson(d["hits"], d["n"]),
-                                     "whole_scene": d["whole_scene"], "cells": d["cells"]} for s, d in details.items()}
+result["families"] = score_families(pipe, a.per_cell, a.families, seed=a.seed, steps=a.steps, guidance=a.guidance,
+                                    best_of=a.best_of)
 result["seconds"] = round(time.time() - t0, 1)
 print(f"{a.model} layout={a.layout} steps={result['steps']} guidance={result['guidance']} best_of={result['best_of']}")
 print(f"{'family':10} {'suite':9} {'acc':>6}  95% interval   n")
@@ -48,5 +43,4 @@ for family, rows in result["families"].items():
         print(f"{family:10} {s:9} {r['acc']:6.3f}  [{r['ci95'][0]:.3f}, {r['ci95'][1]:.3f}]  {r['n']}")
 print(f"{result['seconds']} s")
 if a.out:
-    with open(a.out, "w") as f:
-        json.dump(result, f, indent=1)
+    write_atomic(a.out, json.dumps(result, indent=1))

@@ -113,8 +113,14 @@ def test_shipped_table_is_what_the_release_step_builds(tmp_path):
         assert np.array_equal(a["ids"], b["ids"]) and np.array_equal(a["weights"], b["weights"])
         codes = a["codes"].astype(int) - b["codes"]
         assert np.abs(codes).max() <= 1 and (codes != 0).mean() < 1e-3
-        for k in ("scales", "gram", "cross"):
-            assert np.allclose(a[k], b[k], rtol=1e-3, atol=1e-6), k
+        assert np.allclose(a["scales"], b["scales"], rtol=1e-3, atol=1e-6)
+        # a code rounded the other way moves X'X and X'Y by float noise on the scale of their rows, which is
+        # far above 1e-3 of an entry near zero: bound each entry by its Cauchy-Schwarz scale instead
+        d = np.sqrt(np.diag(b["gram"]))
+        assert (np.abs(a["gram"] - b["gram"]) <= 1e-4 * np.outer(d, d)).all(), "gram"
+        assert (np.abs(a["cross"] - b["cross"]) <= 1e-4 * np.abs(b["cross"]).max(0)).all(), "cross"
+        fit_a, fit_b = S._solve(a["gram"], a["cross"]), S._solve(b["gram"], b["cross"])
+        assert np.linalg.norm(fit_a - fit_b) <= 1e-3 * np.linalg.norm(fit_b), "the map the screen solves for"
 
 
 def test_cache_dir(monkeypatch, tmp_path):

@@ -6,6 +6,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from limner.world import captioners as CAP
 from limner.world import captions as C
@@ -85,3 +86,24 @@ def test_unseen_suites_have_exact_constraints_that_their_own_scenes_meet(suite):
         for it in items:
             found = detect(render(Scene.from_dict(it["tags"]["scene"]), 256))
             assert score(found, Constraints.from_dict(it["constraints"]))["correct"], it["prompt"]
+
+
+def test_score_families_grades_each_family_by_its_own_prompts():
+    """`score_families` (the benchmarks' scoring): a pipe that draws each detailed prompt's own scene scores 1 in
+    both families, a pipe that draws nothing scores 0, and each family is asked its own wordings."""
+    from limner.world import suites as S
+    from limner.world.evaluate import score_families
+
+    scene_of = {it["prompt"]: it["tags"]["scene"] for b in (S.build, U.build) for it in b("detailed", 2)}
+    asked = []
+
+    def oracle(prompts, **kw):
+        asked.extend(prompts)
+        return [render(Scene.from_dict(scene_of[p]), 64) for p in prompts]
+
+    got = score_families(oracle, 2, suites=["detailed"], steps=1)
+    assert {f: r["detailed"]["acc"] for f, r in got.items()} == {"templates": 1.0, "unseen": 1.0}
+    assert got["unseen"]["detailed"]["n"] == len(U.build("detailed", 2)) and set(asked) == set(scene_of)
+    blank = score_families(lambda prompts, **kw: [Image.new("RGB", (64, 64), "white") for _ in prompts], 2,
+                           families=["unseen"], suites=["detailed"])
+    assert blank["unseen"]["detailed"]["acc"] == 0.0 and blank["unseen"]["detailed"]["ci95"][0] == 0.0

@@ -243,6 +243,13 @@ def cached_latents(vae, vae_id: str, records: list[Record], resolution: int, cac
     return torch.cat(out)
 
 
+def unweighted_kinds(records: list[Record], weights: dict) -> list[str]:
+    """Weighted caption kinds that no record carries: a misspelt kind would otherwise be drawn never, and an
+    image none of whose kinds is weighted falls back to all its captions alike (see `pick_captions`)."""
+    present = {k for r in records for k in r.captions}
+    return sorted(k for k, w in weights.items() if w > 0 and k not in present)
+
+
 def pick_captions(records: list[Record], idx: np.ndarray, weights: dict, rng: np.random.Generator) -> list[str]:
     """One caption per image, drawn by kind weight among the kinds this image has."""
     out = []

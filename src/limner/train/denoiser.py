@@ -23,7 +23,8 @@ from ..diffusion import flow
 from ..models import autoencoder as AE
 from ..models import folder
 from ..models.dit import DiT, DiTConfig
-from .data import DataConfig, batch_indices, cached_latents, cached_text, layout_of, pick_captions, training_records
+from .data import (DataConfig, batch_indices, cached_latents, cached_text, layout_of, pick_captions,
+                   training_records, unweighted_kinds)
 from .loop import LoopConfig, Metrics, Task, train
 
 log = logging.getLogger("limner.train")
@@ -66,6 +67,10 @@ class DenoiserTask(Task):
     def __init__(self, cfg: DenoiserTrainConfig, device, show: bool):
         self.cfg, self.device, self.show = cfg, device, show
         self.records, self.weights = training_records(cfg.data)
+        if missing := unweighted_kinds(self.records, cfg.data.caption_weights):
+            kinds = sorted({k for r in self.records for k in r.captions})
+            log.warning(f"data.caption_weights: no image has a caption of kind {missing}, so their weight goes to "
+                        f"the kinds it has ({kinds}); check the spelling or the data's captioners")
         self.vae = AE.load(str(folder.autoencoder_folder(cfg.autoencoder))).to(device)
         dcfg, res = cfg.model, cfg.data.resolution
         if res // AE.factor(self.vae) != dcfg.latent_size or self.vae.config.latent_channels != dcfg.in_channels:

@@ -56,6 +56,21 @@ def run_suites(pipe, per_cell: int = 25, suites=SUITES, seed: int = 0, steps=Non
     return summary
 
 
+def score_families(pipe, per_cell: int, families=("templates", "unseen"), **kw) -> dict[str, dict]:
+    """Every suite in each wording family (`templates`: the captioners' own; `unseen`: wordings no captioner
+    uses): per suite the headline, n, its 95% interval, the whole-scene rate and the cells. `kw` go to `run_suites`."""
+    from . import suites, unseen_wordings
+
+    builders = {"templates": suites.build, "unseen": unseen_wordings.build}
+    out = {}
+    for family in families:
+        details = {}
+        run_suites(pipe, per_cell, details=details, builder=builders[family], **kw)
+        out[family] = {s: {"acc": d["headline"], "n": d["n"], "ci95": wilson(d["hits"], d["n"]),
+                           "whole_scene": d["whole_scene"], "cells": d["cells"]} for s, d in details.items()}
+    return out
+
+
 def wilson(hits: float, n: int, z: float = 1.96) -> tuple[float, float]:
     """The 95% Wilson score interval of a success rate (sound at 0 and 1, unlike the normal one)."""
     if n == 0:
