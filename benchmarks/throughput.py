@@ -7,12 +7,16 @@ token states. Also reports each as a fraction of this CPU's measured fp32 matmul
 FlopCounterMode, with its weight-gradient count of grouped convolutions corrected: torch 2.13 counts a
 depthwise conv's weight gradient as a dense one, `groups` times too many), and the bf16 peak for reference.
 
-    python benchmarks/throughput.py [--threads 2] [--batch 128] [--repeats 5]
+    python benchmarks/throughput.py [--threads 2] [--batch 64] [--rounds 10] [--repeats 3] [--out FILE]
+
+Rounds are interleaved (every model once a round, the order rotated), and each ratio is taken within a round,
+then summarised as its median and min-max over rounds: a noisy moment slows both sides of a ratio alike.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import time
 
 from pathlib import Path
@@ -88,40 +92,48 @@ def grouped_conv_backward_flop(grad_out, x, w, bias, stride, padding, dilation, 
 FLOPS = {torch.ops.aten.convolution_backward: grouped_conv_backward_flop}
 
 
-def train_rate(model, batch, repeats, ch, text_len=24):
+def train_step(model, batch, ch, text_len=24, layout=False):
+    """One AdamW step of the flow loss as a closure; `layout` gives a grounding model 4 boxes an image."""
     x, s = torch.randn(batch, ch, 16, 16), torch.randn(batch, text_len, 384)
     mask = torch.ones(batch, text_len, dtype=torch.bool)
+    ground = (torch.randn(batch, 4, 384), torch.rand(batch, 4, 4), torch.ones(batch, 4, dtype=torch.bool)) if layout else None
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    step = lambda: (opt.zero_grad(), flow_loss(model, x, s, mask).backward(), opt.step())
-    step()
+    step = lambda: (opt.zero_grad(), flow_loss(model, x, s, mask, ground=ground).backward(), opt.step())
+    step()   # warm-up: allocations, optimizer state
     with FlopCounterMode(display=False, custom_mapping=FLOPS) as fc:
-        flow_loss(model, x, s, mask).backward()
+        flow_loss(model, x, s, mask, ground=ground).backward()
+    return step, fc.get_total_flops()
+
+
+def timed(fn, repeats: int) -> float:
     t = time.perf_counter()
     for _ in range(repeats):
-        step()
-    dt = (time.perf_counter() - t) / repeats
-    return batch / dt, fc.get_total_flops() / dt
+        fn()
+    return (time.perf_counter() - t) / repeats
 
 
 @torch.no_grad()
-def sample_rate(model, batch, ch, steps=20, text_len=24):
-    """Seconds per image for `steps` guided Euler steps (2 model calls per step)."""
+def sampler(model, batch, ch, text_len=24):
+    """One guided Euler step (2 model calls: a batch of 2 x `batch`) as a closure."""
     x, s = torch.randn(2 * batch, ch, 16, 16), torch.randn(2 * batch, text_len, 384)
     mask = torch.ones(2 * batch, text_len, dtype=torch.bool)
     t = torch.full((2 * batch,), 0.5)
     model(x, t, s, mask)
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        model(x, t, s, mask)
-    return (time.perf_counter() - t0) / batch
+    return torch.no_grad()(lambda: model(x, t, s, mask))
+
+
+def spread(xs) -> dict:
+    return {"median": statistics.median(xs), "min": min(xs), "max": max(xs)}
 
 
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--batch", type=int, default=128)
-    ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--rounds", type=int, default=10, help="interleaved rounds: every model once a round, order rotated")
+    ap.add_argument("--repeats", type=int, default=3, help="training steps timed per model per round")
+    ap.add_argument("--steps", type=int, default=20, help="guided sampling steps an image costs")
+    ap.add_argument("--out", help="write the figures here as JSON")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
@@ -129,20 +141,49 @@ def main():
     dit = DiT(DiTConfig(**yaml.safe_load(SHIPPED.read_text())["model"]))
     ch = dit.cfg.in_channels
     models = {"limner DiT-S": dit, **peers(n_params(dit), ch)}
+    runs = {name: {"train": train_step(m, a.batch, ch), "b1": sampler(m.eval(), 1, ch),
+                   "b64": sampler(m, 64, ch)} for name, m in models.items()}
+    if dit.cfg.grounding:   # the shipped model trains with a layout for most images: that step too, ours only
+        models["limner DiT-S, with layout"] = dit
+        runs["limner DiT-S, with layout"] = {"train": train_step(dit.train(), a.batch, ch, layout=True)}
+    times = {name: {k: [] for k in r} for name, r in runs.items()}
+    names = list(runs)
+    for r in range(a.rounds):
+        for name in names[r % len(names):] + names[: r % len(names)]:
+            models[name].train()
+            step, flops = runs[name]["train"]
+            times[name]["train"].append(timed(step, a.repeats))
+            models[name].eval()
+            for b in ("b1", "b64"):
+                if b in runs[name]:   # a sampled image costs `steps` guided steps
+                    times[name][b].append(timed(runs[name][b], 5 if b == "b1" else 1) * a.steps / (1 if b == "b1" else 64))
+        print(f"round {r + 1}/{a.rounds}: " + ", ".join(f"{n} {a.batch / times[n]['train'][-1]:.1f} img/s" for n in names),
+              flush=True)
+    ours = times["limner DiT-S"]
     rows = {}
-    for name, m in models.items():
-        ips, flops = train_rate(m, a.batch, a.repeats, ch)
-        m.eval()
-        rows[name] = {"params_M": n_params(m) / 1e6, "train_img_s": ips, "train_fraction_of_peak": flops / peak,
-                      "sample_s_per_image_b1": sample_rate(m, 1, ch, a.steps),
-                      "sample_s_per_image_b64": sample_rate(m, 64, ch, a.steps)}
-    ours = rows["limner DiT-S"]
+    for name, t in times.items():
+        ips = [a.batch / x for x in t["train"]]
+        rows[name] = {"params_M": n_params(models[name]) / 1e6, "train_img_s": spread(ips),
+                      "train_fraction_of_peak": statistics.median(runs[name]["train"][1] / x for x in t["train"]) / peak,
+                      # per round: ours / theirs, so that a slow moment hits both sides of a ratio alike
+                      "our_train_speedup": spread([b / o for o, b in zip(ours["train"], t["train"])])}
+        for b in ("b1", "b64"):
+            if t.get(b):
+                rows[name][f"sample_s_per_image_{b}"] = spread(t[b])
+                rows[name][f"our_sample_{b}_speedup"] = spread([x / o for o, x in zip(ours[b], t[b])])
+    result = {"matmul_peak_gflops": peak / 1e9, "bf16_matmul_peak_gflops": matmul_peak(dtype=torch.bfloat16) / 1e9,
+              "threads": a.threads, "batch": a.batch, "rounds": a.rounds, "repeats": a.repeats,
+              "sample_steps": a.steps, "models": rows}
+    if a.out:
+        Path(a.out).write_text(json.dumps(result, indent=2))
+    fmt = lambda d, f="{:.2f}": f"{f.format(d['median'])} ({f.format(d['min'])}-{f.format(d['max'])})"
+    print(f"{a.rounds} interleaved rounds, batch {a.batch}, {a.threads} threads; medians (min-max over rounds)")
     for name, r in rows.items():
-        r["train_ratio_vs_peer"] = ours["train_img_s"] / r["train_img_s"]
-        r["sample_b1_ratio_vs_peer"] = r["sample_s_per_image_b1"] / ours["sample_s_per_image_b1"]
-    print(json.dumps({"matmul_peak_gflops": peak / 1e9, "bf16_matmul_peak_gflops": matmul_peak(dtype=torch.bfloat16) / 1e9,
-                      "threads": a.threads, "batch": a.batch,
-                      "sample_steps": a.steps, "models": rows}, indent=2))
+        line = f"{name:36s} {r['params_M']:.2f}M  train {fmt(r['train_img_s'], '{:.1f}')} img/s, ours x{fmt(r['our_train_speedup'])}"
+        for b in ("b1", "b64"):
+            if f"sample_s_per_image_{b}" in r:
+                line += f"; sample {b} {fmt(r[f'sample_s_per_image_{b}'], '{:.3f}')} s/img, ours x{fmt(r[f'our_sample_{b}_speedup'])}"
+        print(line)
 
 
 if __name__ == "__main__":
