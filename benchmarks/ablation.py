@@ -5,6 +5,7 @@ the held-out suites in the template wordings and in wordings no captioner uses.
 
     python benchmarks/ablation.py                       # train what is missing (resumable), then score all four
     python benchmarks/ablation.py --per-cell 10 --only c d --out ablation.json
+    python benchmarks/ablation.py --only p1 p7 --per-cell 25   # the planner: one captioner against seven
 
 Training runs as `limner train` subprocesses, one at a time; a run whose model folder exists is not retrained.
 Variant (d) is drawn with the shipped planner (trained separately, on its own captions: its 72 min are outside
@@ -28,11 +29,22 @@ VARIANTS = {   # key: (folder name, label, --set overrides of configs/ablation.y
     "c": ("all-captioners", "(c) all captioners", []),
     "d": ("all-captioners-layout", "(d) (c) + learned layout", ["model.grounding=true", "layout_dropout=0.5"]),
 }
+# The planner, where words become objects and boxes, at one budget (configs/planner-default.yaml's stage 1 at a
+# third of its scenes and steps): one synthetic captioner against the seven of the shipped mix. Scored on the plans
+# alone (benchmarks/plan_following.py), with its dev wordings too.
+PLANNER_CONFIG = "configs/planner-default.yaml"
+PLANNER_BUDGET = ["data.scenes=20000", "steps=1000", "data.easy_steps=200", "ckpt_every=250"]
+PLANNERS = {
+    "p1": ("planner-one-captioner", "(p1) planner, one captioner (the templates)", ["data.captioners={templates: 1.0}"]),
+    "p7": ("planner-seven-captioners", "(p7) planner, seven captioners (the shipped mix)", []),
+}
 
 
 def train(key: str, root: Path, config: str, extra: list[str]) -> float | None:
     """Train one variant unless its model exists; the seconds it took (None when it was there already)."""
-    name, _, sets = VARIANTS[key]
+    name, _, sets = {**VARIANTS, **PLANNERS}[key]
+    if key in PLANNERS:
+        config, sets = PLANNER_CONFIG, PLANNER_BUDGET + sets
     out = root / name
     if (out / "model" / "limner.json").exists():
         return None
@@ -71,11 +83,21 @@ def score(model: Path, per_cell: int, seed: int) -> dict:
     return score_families(pipe, per_cell, seed=seed, steps=20, best_of=1)
 
 
+def score_plans(model: Path, per_cell: int, seed: int) -> dict:
+    """benchmarks/plan_following.py on `model` (a subprocess: that file is a script): its families and dev rows."""
+    out = model.parent / "plan_following.json"
+    subprocess.run([sys.executable, str(Path(__file__).with_name("plan_following.py")), "--model", str(model),
+                    "--per-cell", str(per_cell), "--seed", str(seed), "--dev", "100", "--out", str(out)], check=True)
+    res = json.loads(out.read_text())
+    return {**res["families"], "dev": res["dev"]}
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--config", default="configs/ablation.yaml")
     ap.add_argument("--root", default="runs/ablation")
-    ap.add_argument("--only", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
+    ap.add_argument("--only", nargs="+", choices=[*VARIANTS, *PLANNERS], default=list(VARIANTS),
+                    help="denoiser variants a-d (the default) and/or planner variants p1, p7")
     ap.add_argument("--set", action="append", default=[], help="more overrides for every variant, e.g. steps=200")
     ap.add_argument("--planner", default="shapes-default", help="the model folder whose planner draws variant (d)")
     ap.add_argument("--per-cell", type=int, default=15)
@@ -90,22 +112,24 @@ def main():
         if seconds is not None:
             results.setdefault(key, {})["train_seconds"] = round(seconds)
     for key in a.only:
-        name, label, _ = VARIANTS[key]
+        name, label, _ = {**VARIANTS, **PLANNERS}[key]
         model = root / name / "model"
         if key == "d":
             model = with_planner(model, a.planner)
         t0 = time.time()
+        grade = score_plans if key in PLANNERS else score
         results.setdefault(key, {}).update(label=label, model=str(model), per_cell=a.per_cell, seed=a.seed,
-                                           suites=score(model, a.per_cell, a.seed),
+                                           suites=grade(model, a.per_cell, a.seed),
                                            score_seconds=round(time.time() - t0))
         write_atomic(a.out, json.dumps(results, indent=1))
     print(f"{'variant':46} {'templates: count bind spat detail':34} unseen: count bind spat detail")
-    for key in VARIANTS:
+    for key in [*VARIANTS, *PLANNERS]:
         if "suites" not in results.get(key, {}):
             continue
         r = results[key]["suites"]
         row = lambda f: " ".join(f"{r[f][s]['acc']:.2f}" for s in ("counting", "binding", "spatial", "detailed"))
-        print(f"{results[key]['label']:46} {row('templates'):34} {row('unseen')}")
+        dev = " dev: " + " ".join(f"{r['dev'][s]['acc']:.2f}" for s in r["dev"]) if "dev" in r else ""
+        print(f"{results[key]['label']:46} {row('templates'):34} {row('unseen')}{dev}")
 
 
 if __name__ == "__main__":

@@ -665,6 +665,14 @@ def test_the_ablation_variants_differ_only_in_the_captions_they_draw():
     assert drawn["a"] == {"alt"} and drawn["b"] == {"alt", "count", "spatial", "detailed"}
     assert drawn["c"] == drawn["d"] == kinds
     assert [c.model.grounding for c in cfgs.values()] == [False, False, False, True]
+    # the planner pair: one budget, one captioner against the seven of the shipped mix
+    from limner.world.captioners import CAPTIONERS
+
+    plans = {k: load_config(ROOT / ablation.PLANNER_CONFIG, overrides=ablation.PLANNER_BUDGET + sets)
+             for k, (_, _, sets) in ablation.PLANNERS.items()}
+    assert len({(c.steps, c.batch_size, c.lr, c.seed, c.data.scenes, c.data.seed, c.data.easy_steps, str(c.model))
+                for c in plans.values()}) == 1
+    assert set(plans["p1"].data.captioners) == {"templates"} and set(plans["p7"].data.captioners) == set(CAPTIONERS)
 
 
 def test_a_weighted_caption_kind_no_image_has_is_named():
