@@ -270,6 +270,34 @@ def test_a_cancel_sent_to_another_replica_cancels_that_job_only(app_client):
         assert a.get(f"/v1/jobs/{running['id']}").json()["progress"]["step"] < 500
 
 
+def test_a_restarted_board_gets_every_job_a_replica_keeps_again(app_client, monkeypatch):
+    """Ray Serve restarts a dead board empty: each replica notices its new epoch and posts again the jobs it keeps,
+    so another replica answers for them as before (status, events, images)."""
+    from limner.serve import app as app_module
+    from limner.serve.board import JobBoard
+
+    monkeypatch.setattr(app_module, "CANCEL_POLL_S", 0.1)
+    board = BoardOnItsOwnLoop()
+    with app_client(board, "a", step_s=0.01) as a, app_client(board, "b") as b:
+        ready(a), ready(b)
+        job = a.post("/v1/jobs", json={"prompt": "a red circle", "steps": 4, "seed": 4}).json()
+        path = f"/v1/jobs/{job['id']}"
+        for _ in range(500):
+            if b.get(path).json().get("status") == "succeeded":
+                break
+            time.sleep(0.01)
+        before = b.get(path).json()
+        assert before["status"] == "succeeded"
+        board.board = JobBoard()   # the restart: empty, another epoch
+        for _ in range(300):
+            if b.get(path).status_code == 200:
+                break
+            time.sleep(0.01)
+        assert b.get(path).json() == before
+        assert [n for n, _ in sse_events(b, f"{path}/events")][-1] == "succeeded"
+        assert b.get(f"/v1/results/{job['id']}/0.png").content == a.get(f"/v1/results/{job['id']}/0.png").content
+
+
 def test_openai_url_results_work_from_another_replica(app_client):
     board = BoardOnItsOwnLoop()
     with app_client(board, "a") as a, app_client(board, "b") as b:

@@ -148,6 +148,42 @@ def test_either_replica_answers_for_a_job_the_other_drew(two_replicas):
 
 @pytest.mark.slow
 @pytest.mark.timeout(600)
+def board_pids(server_pid: int) -> list[int]:
+    return [p for p, c in descendants(server_pid).items() if c.startswith("ray::ServeReplica") and "LimnerJobBoard" in c]
+
+
+def test_a_killed_job_board_comes_back_with_every_job(two_replicas):
+    """Ray Serve restarts a dead board empty; the replicas post their jobs again, so a job drawn before the kill
+    is still answered by the replica that did not draw it."""
+    import httpx
+
+    url = two_replicas.url
+    with httpx.Client(timeout=120) as http, ThreadPoolExecutor(4) as pool:
+        jobs = {}
+        for seed in range(2):
+            created = http.post(url + "/v1/jobs", json={"prompt": "two red circles", "seed": seed, "steps": 4})
+            jobs[created.json()["id"]] = created.headers[REPLICA_HEADER]
+        for job_id in jobs:
+            end = time.monotonic() + 60
+            while http.get(f"{url}/v1/jobs/{job_id}").json()["status"] != "succeeded" and time.monotonic() < end:
+                time.sleep(0.1)
+        [board] = board_pids(two_replicas.proc.pid)
+        os.kill(board, signal.SIGKILL)
+        end = time.monotonic() + 120
+        while not (restarted := [p for p in board_pids(two_replicas.proc.pid) if p != board]) and time.monotonic() < end:
+            time.sleep(0.5)
+        assert restarted, "Ray Serve did not restart the job board"
+        by_other = set()   # the jobs another replica than their own answered for, from the new board
+        end = time.monotonic() + 60
+        while by_other != set(jobs) and time.monotonic() < end:
+            for job_id, r in zip([*jobs] * 4, pool.map(lambda j: http.get(f"{url}/v1/jobs/{j}"), [*jobs] * 4)):
+                if r.status_code == 200 and r.headers[REPLICA_HEADER] != jobs[job_id]:
+                    assert r.json()["status"] == "succeeded", r.text
+                    by_other.add(job_id)
+            time.sleep(0.2)
+        assert by_other == set(jobs), by_other
+
+
 def test_two_replicas_share_one_address_and_a_killed_one_loses_no_request(two_replicas):
     from openai import APIConnectionError, APIStatusError, OpenAI
 

@@ -43,6 +43,7 @@ ERRORS = {code: {"model": ErrorResponse} for code in (400, 401, 404, 409, 429, 5
 JOB_LINKS = {link: {"operationId": operation, "parameters": {"job_id": "$response.body#/id"}}
              for link, operation in (("GetJob", "getJob"), ("CancelJob", "cancelJob"), ("JobEvents", "jobEvents"))}
 KEEPALIVE_S = 15
+CANCEL_POLL_S = 10.0   # the long poll for cancels, which also tells a replica that the board restarted
 FINAL_EVENTS = tuple(s.value for s in FINAL)
 
 
@@ -85,6 +86,7 @@ def create_app(config: ServeConfig | None = None, engine_factory=None, board=Non
         from .engine import Engine as engine_factory
     state = State(config, engine_factory)
     posting: dict[str, tuple[asyncio.Task, asyncio.Event]] = {}   # job id -> its poster, set once first posted
+    board_life = {"epoch": None, "repost": None}   # the board's epoch as last seen, and a re-post under way
 
     @asynccontextmanager
     async def lifespan(_app):
@@ -212,8 +214,8 @@ def create_app(config: ServeConfig | None = None, engine_factory=None, board=Non
                     images = [(await run_in_threadpool(encoded, job, i), img.info["parameters"]["seed"])
                               for i, img in enumerate(job.images)]
                 try:
-                    await board.post(job.id, replica, view(job, ""), [job_event(job, e, "") for e in batch],
-                                     config.job_timeout_s, images)
+                    seen(await board.post(job.id, replica, view(job, ""), [job_event(job, e, "") for e in batch],
+                                          config.job_timeout_s, images))
                 except Exception:
                     log.exception("posting job %s to the job board failed", job.id)
                 first.set()
@@ -222,6 +224,30 @@ def create_app(config: ServeConfig | None = None, engine_factory=None, board=Non
         finally:
             first.set()
             job.unsubscribe(events)
+
+    def seen(epoch: str) -> None:
+        """A board with another epoch than the last one seen restarted, empty: post again what this replica keeps."""
+        last, board_life["epoch"] = board_life["epoch"], epoch
+        if last is not None and epoch != last and board_life["repost"] is None:
+            log.warning("the job board restarted: posting this replica's jobs again")
+            board_life["repost"] = asyncio.create_task(repost())
+
+    async def repost() -> None:
+        """Every job this replica keeps, as the board would have it: its view, its final event once done, its
+        images once succeeded (a running job's poster then carries on with its next events)."""
+        try:
+            for job in state.queue.kept() if state.queue is not None else []:
+                final = [(job.status.value, view(job, ""))] if job.done else []
+                images = None
+                if job.status == JobStatus.SUCCEEDED:
+                    images = [(await run_in_threadpool(encoded, job, i), img.info["parameters"]["seed"])
+                              for i, img in enumerate(job.images)]
+                try:
+                    await board.post(job.id, replica, view(job, ""), final, config.job_timeout_s, images)
+                except Exception:
+                    log.exception("posting job %s to the restarted job board failed", job.id)
+        finally:
+            board_life["repost"] = None
 
     async def on_board(job: Job, final: bool = False) -> None:
         """Wait (briefly) until the board knows the job, or its end, before telling the client about it:
@@ -238,7 +264,8 @@ def create_app(config: ServeConfig | None = None, engine_factory=None, board=Non
         """Cancel the jobs of this replica that a request to another replica cancelled."""
         while True:
             try:
-                ids = await board.take_cancels(replica, 10.0)
+                epoch, ids = await board.take_cancels(replica, CANCEL_POLL_S)
+                seen(epoch)
             except asyncio.CancelledError:
                 raise
             except Exception:

@@ -11,10 +11,15 @@ Plain asyncio and no Ray, so it runs (and is tested) anywhere; every method is a
 board's own event loop. Finished jobs go after `ttl_s`, or oldest first past `max_finished` or `max_mb` of
 images, as in a single server's queue; a job whose owner vanished (no word past its deadline) is answered as
 failed.
+
+The board keeps no state that its replicas do not also hold: a board that restarts (Ray Serve restarts a dead
+replica, empty) has a new `epoch`, every replica notices it at its next post or cancel poll, and posts again the
+jobs it still keeps (`app.create_app`'s `repost`), so a restart loses no job that a replica could still answer.
 """
 from __future__ import annotations
 
 import asyncio
+import secrets
 import time
 from dataclasses import dataclass, field
 
@@ -46,12 +51,14 @@ class JobBoard:
         self.jobs: dict[str, Entry] = {}
         self.cancels: dict[str, set[str]] = {}       # owner -> job ids another replica asked to cancel
         self.cancel_posted: dict[str, asyncio.Event] = {}
+        self.epoch = secrets.token_hex(8)            # this board's life: a restarted one has another
 
     # --------------------------------------------------------------------------------------- the owner
 
     async def post(self, job_id: str, owner: str, view: dict, events: list[tuple[str, dict]], timeout_s: float,
-                   images: list[tuple[bytes, int]] | None = None) -> None:
-        """The owner's news of a job: its view now, the events since its last post, its images once done."""
+                   images: list[tuple[bytes, int]] | None = None) -> str:
+        """The owner's news of a job: its view now, the events since its last post, its images once done.
+        Returns the board's epoch (a changed one: the board restarted and knows none of the owner's jobs)."""
         entry = self.jobs.get(job_id)
         if entry is None:
             entry = self.jobs[job_id] = Entry(owner, view, time.time() + timeout_s + self.grace_s)
@@ -67,9 +74,10 @@ class JobBoard:
             entry.events = compact(entry.events)
         entry.touch()
         self._expire()
+        return self.epoch
 
-    async def take_cancels(self, owner: str, wait_s: float = 10.0) -> list[str]:
-        """The ids another replica asked this owner to cancel; waits up to wait_s for one."""
+    async def take_cancels(self, owner: str, wait_s: float = 10.0) -> tuple[str, list[str]]:
+        """The board's epoch, and the ids another replica asked this owner to cancel; waits up to wait_s for one."""
         if not self.cancels.get(owner):
             posted = self.cancel_posted.setdefault(owner, asyncio.Event())
             try:
@@ -77,7 +85,7 @@ class JobBoard:
             except asyncio.TimeoutError:
                 pass
             self.cancel_posted.pop(owner, None)
-        return sorted(self.cancels.pop(owner, set()))
+        return self.epoch, sorted(self.cancels.pop(owner, set()))
 
     # -------------------------------------------------------------------------------------- any replica
 

@@ -214,6 +214,11 @@ class JobQueue:
     def get(self, job_id: str) -> Job | None:
         return self._jobs.get(job_id)
 
+    def kept(self) -> list[Job]:
+        """Every job this queue still answers for: waiting, running, or finished and not yet dropped."""
+        with self._cv:
+            return list(self._jobs.values())
+
     def position(self, job: Job) -> int | None:
         """0: next to run; None: not waiting."""
         with self._cv:
