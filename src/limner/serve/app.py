@@ -209,10 +209,7 @@ def create_app(config: ServeConfig | None = None, engine_factory=None, board=Non
                 while not events.empty():
                     batch.append(events.get_nowait())
                 final = any(e["event"] in FINAL_EVENTS for e in batch)
-                images = None
-                if final and job.status == JobStatus.SUCCEEDED:
-                    images = [(await run_in_threadpool(encoded, job, i), img.info["parameters"]["seed"])
-                              for i, img in enumerate(job.images)]
+                images = await board_images(job) if final else None
                 try:
                     seen(await board.post(job.id, replica, view(job, ""), [job_event(job, e, "") for e in batch],
                                           config.job_timeout_s, images))
@@ -225,29 +222,36 @@ def create_app(config: ServeConfig | None = None, engine_factory=None, board=Non
             first.set()
             job.unsubscribe(events)
 
+    async def board_images(job: Job) -> list[tuple[bytes, int]] | None:
+        """A finished job's images as the board keeps them (encoded, with their seeds); None unless it succeeded."""
+        if job.status != JobStatus.SUCCEEDED:
+            return None
+        return [(await run_in_threadpool(encoded, job, i), img.info["parameters"]["seed"])
+                for i, img in enumerate(job.images)]
+
     def seen(epoch: str) -> None:
         """A board with another epoch than the last one seen restarted, empty: post again what this replica keeps."""
         last, board_life["epoch"] = board_life["epoch"], epoch
         if last is not None and epoch != last and board_life["repost"] is None:
             log.warning("the job board restarted: posting this replica's jobs again")
-            board_life["repost"] = asyncio.create_task(repost())
+            board_life["repost"] = asyncio.create_task(repost(epoch))
 
-    async def repost() -> None:
+    async def repost(epoch: str) -> None:
         """Every job this replica keeps, as the board would have it: its view, its final event once done, its
-        images once succeeded (a running job's poster then carries on with its next events)."""
+        images once succeeded (a running job's poster then carries on with its next events). Again if the board
+        restarted once more meanwhile."""
         try:
             for job in state.queue.kept() if state.queue is not None else []:
                 final = [(job.status.value, view(job, ""))] if job.done else []
-                images = None
-                if job.status == JobStatus.SUCCEEDED:
-                    images = [(await run_in_threadpool(encoded, job, i), img.info["parameters"]["seed"])
-                              for i, img in enumerate(job.images)]
                 try:
-                    await board.post(job.id, replica, view(job, ""), final, config.job_timeout_s, images)
+                    await board.post(job.id, replica, view(job, ""), final, config.job_timeout_s,
+                                     await board_images(job))
                 except Exception:
                     log.exception("posting job %s to the restarted job board failed", job.id)
         finally:
             board_life["repost"] = None
+            if board_life["epoch"] != epoch:
+                board_life["repost"] = asyncio.create_task(repost(board_life["epoch"]))
 
     async def on_board(job: Job, final: bool = False) -> None:
         """Wait (briefly) until the board knows the job, or its end, before telling the client about it:
