@@ -229,11 +229,13 @@ def same_objects(low: Image.Image, big: Image.Image) -> bool:
 
 def suite_prompts(n: int) -> list[str]:
     """`n` held-out suite prompts, taken in turn from counting, binding, spatial and detailed."""
-    from limner.world.suites import SUITES, build
+    from itertools import zip_longest
 
-    per_suite = [build(s, max(1, n // 8 + 1)) for s in SUITES]
-    mixed = [it["prompt"] for group in zip(*per_suite) for it in group]
-    return (mixed * (n // max(1, len(mixed)) + 1))[:n]
+    from limner.world.suites import MAX_PER_CELL, SUITES, build
+
+    per_suite = [build(s, min(MAX_PER_CELL, max(1, n // 8 + 1))) for s in SUITES]
+    mixed = [it["prompt"] for group in zip_longest(*per_suite) for it in group if it is not None]
+    return (mixed * (n // max(1, len(mixed)) + 1))[:n]   # past 500 prompts, again (each image its own seed)
 
 
 def composition(upscaler, n: int, pipe=None) -> dict:
