@@ -38,11 +38,12 @@ PLANNERS = {
     "p1": ("planner-one-captioner", "(p1) planner, one captioner (the templates)", ["data.captioners={templates: 1.0}"]),
     "p7": ("planner-seven-captioners", "(p7) planner, seven captioners (the shipped mix)", []),
 }
+ALL = {**VARIANTS, **PLANNERS}
 
 
 def train(key: str, root: Path, config: str, extra: list[str]) -> float | None:
     """Train one variant unless its model exists; the seconds it took (None when it was there already)."""
-    name, _, sets = {**VARIANTS, **PLANNERS}[key]
+    name, _, sets = ALL[key]
     if key in PLANNERS:
         config, sets = PLANNER_CONFIG, PLANNER_BUDGET + sets
     out = root / name
@@ -96,7 +97,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--config", default="configs/ablation.yaml")
     ap.add_argument("--root", default="runs/ablation")
-    ap.add_argument("--only", nargs="+", choices=[*VARIANTS, *PLANNERS], default=list(VARIANTS),
+    ap.add_argument("--only", nargs="+", choices=list(ALL), default=list(VARIANTS),
                     help="denoiser variants a-d (the default) and/or planner variants p1, p7")
     ap.add_argument("--set", action="append", default=[], help="more overrides for every variant, e.g. steps=200")
     ap.add_argument("--planner", default="shapes-default", help="the model folder whose planner draws variant (d)")
@@ -112,7 +113,7 @@ def main():
         if seconds is not None:
             results.setdefault(key, {})["train_seconds"] = round(seconds)
     for key in a.only:
-        name, label, _ = {**VARIANTS, **PLANNERS}[key]
+        name, label, _ = ALL[key]
         model = root / name / "model"
         if key == "d":
             model = with_planner(model, a.planner)
@@ -123,7 +124,7 @@ def main():
                                            score_seconds=round(time.time() - t0))
         write_atomic(a.out, json.dumps(results, indent=1))
     print(f"{'variant':46} {'templates: count bind spat detail':34} unseen: count bind spat detail")
-    for key in [*VARIANTS, *PLANNERS]:
+    for key in ALL:
         if "suites" not in results.get(key, {}):
             continue
         r = results[key]["suites"]

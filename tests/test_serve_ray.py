@@ -67,10 +67,10 @@ def test_bad_ray_flags_are_one_clear_line(flags, says, tmp_path):
 # ------------------------------------------------------------------------------------- two real replicas
 
 
-def replica_pids(server_pid: int) -> list[int]:
-    """The LimnerServer replicas' processes (not the job board's, a ServeReplica too)."""
+def replica_pids(server_pid: int, deployment: str = "LimnerServer") -> list[int]:
+    """The processes of one deployment's replicas: the servers (LimnerServer) or the job board (LimnerJobBoard)."""
     return [p for p, c in descendants(server_pid).items()
-            if c.startswith("ray::ServeReplica") and "LimnerServer" in c]
+            if c.startswith("ray::ServeReplica") and deployment in c]
 
 
 RETRYABLE = {408, 409, 429, 500, 502, 503, 504}   # what the openai client itself retries
@@ -148,10 +148,6 @@ def test_either_replica_answers_for_a_job_the_other_drew(two_replicas):
 
 @pytest.mark.slow
 @pytest.mark.timeout(600)
-def board_pids(server_pid: int) -> list[int]:
-    return [p for p, c in descendants(server_pid).items() if c.startswith("ray::ServeReplica") and "LimnerJobBoard" in c]
-
-
 def test_a_killed_job_board_comes_back_with_every_job(two_replicas):
     """Ray Serve restarts a dead board empty; the replicas post their jobs again, so a job drawn before the kill
     is still answered by the replica that did not draw it."""
@@ -167,10 +163,11 @@ def test_a_killed_job_board_comes_back_with_every_job(two_replicas):
             end = time.monotonic() + 60
             while http.get(f"{url}/v1/jobs/{job_id}").json()["status"] != "succeeded" and time.monotonic() < end:
                 time.sleep(0.1)
-        [board] = board_pids(two_replicas.proc.pid)
+        [board] = replica_pids(two_replicas.proc.pid, "LimnerJobBoard")
         os.kill(board, signal.SIGKILL)
         end = time.monotonic() + 120
-        while not (restarted := [p for p in board_pids(two_replicas.proc.pid) if p != board]) and time.monotonic() < end:
+        while not (restarted := [p for p in replica_pids(two_replicas.proc.pid, "LimnerJobBoard") if p != board]) \
+                and time.monotonic() < end:
             time.sleep(0.5)
         assert restarted, "Ray Serve did not restart the job board"
         by_other = set()   # the jobs another replica than their own answered for, from the new board
@@ -184,6 +181,8 @@ def test_a_killed_job_board_comes_back_with_every_job(two_replicas):
         assert by_other == set(jobs), by_other
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(600)
 def test_two_replicas_share_one_address_and_a_killed_one_loses_no_request(two_replicas):
     from openai import APIConnectionError, APIStatusError, OpenAI
 

@@ -59,9 +59,9 @@ def run_suites(pipe, per_cell: int = 25, suites=SUITES, seed: int = 0, steps=Non
 def score_families(pipe, per_cell: int, families=("templates", "unseen"), **kw) -> dict[str, dict]:
     """Every suite in each wording family (`templates`: the captioners' own; `unseen`: wordings no captioner
     uses): per suite the headline, n, its 95% interval, the whole-scene rate and the cells. `kw` go to `run_suites`."""
-    from . import suites, unseen_wordings
+    from . import unseen_wordings   # here, not at the top: nothing that trains may import the held-out wordings
 
-    builders = {"templates": suites.build, "unseen": unseen_wordings.build}
+    builders = {"templates": build, "unseen": unseen_wordings.build}
     out = {}
     for family in families:
         details = {}
