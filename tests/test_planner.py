@@ -186,6 +186,15 @@ def test_a_groups_objects_are_listed_in_the_order_the_caption_places_them():
     pair = Scene("ivory", [Obj("circle", "red", "small", 0.2, 0.5), Obj("circle", "red", "small", 0.8, 0.5)])
     assert [k[1] for k in CAP.object_order("two red circles, one left of a square", pair)] == [float("inf")] * 2
     assert [k[1] for k in CAP.object_order("two red circles: on the right, and on the left", pair)] == [35, 17]
+    # a group's places are its own sentences' ("in the centre" names the green circle first), and a place "of the
+    # image" is a place: the squares are listed lower right, then centre, as their sentences place them
+    three = Scene("ivory", [Obj("circle", "green", "large", 0.5, 0.4), Obj("square", "orange", "large", 0.45, 0.6),
+                            Obj("square", "orange", "large", 0.85, 0.85)])
+    text = ("One large green circle is placed in the centre. There are two orange squares. A large orange square "
+            "sits in the lower right. One large orange square is placed in the centre of the image.")
+    keys = CAP.object_order(text, three)
+    assert keys[2] < keys[1] and keys[0] < keys[2]
+    assert text[int(keys[1][1]):].startswith("in the centre of the image")
 
 
 def test_text_positions_let_the_planner_read_word_order():
