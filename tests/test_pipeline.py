@@ -43,6 +43,8 @@ def test_metadata_attaches_the_world_hooks_and_the_guard(parts):
     assert shapes["planner"] is not None and shapes["verifier"] is not None and shapes["notice"] is not None
     assert own["planner"] is None and own["verifier"] is None and own["notice"] is None
     assert shapes["notice"]("a cat", "m") and shapes["notice"]("two red circles", "m") is None
+    # the captioners' words are known too: the planner trained on them
+    assert shapes["notice"]("a big crimson disc in the top-left corner", "m") is None
     placing = "There is a red circle. At the top there is a small red circle. There is a blue square. At the bottom there is a large blue square."
     plan = shapes["planner"]([placing], [0])
     assert plan[0] is not None and shapes["planner"](["two red circles"], [0]) == [None]

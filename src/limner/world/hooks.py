@@ -19,9 +19,13 @@ from .scene import sample_scene
 
 @functools.lru_cache(maxsize=1)
 def vocabulary() -> frozenset[str]:
-    """Every word the world's captions use: all caption kinds over many scenes."""
+    """Every word the world's captions use: all caption kinds and every training captioner over many scenes (the
+    planner reads the captioners' words: "big", "in the top-left corner" are known, not news to warn about)."""
+    from . import captioners
+
     rng = random.Random(0)
-    text = " ".join(" ".join(C.captions(sample_scene(rng), rng).values()) for _ in range(600))
+    text = " ".join(" ".join([*C.captions(scene, rng).values(), *captioners.caption(scene, rng).values()])
+                    for scene in (sample_scene(rng) for _ in range(600)))
     return frozenset(re.findall(r"[a-z]+", text.lower())) | set(C.NUMBER_WORDS) | {"center", "boxes"}
 
 
