@@ -319,16 +319,20 @@ def object_order(text: str, scene: Scene) -> list[tuple[float, float]]:
     the k-th object of a group was not the k-th one the caption places, and long prompts' places were learned
     at 0.4-0.6 per object."""
     keys = list(scene.groups())
-    first = mention_order(text, scene)
-    named = sorted((m.start(), key) for key in keys for m in _group_pattern(*key).finditer(text))
     ends = [m.start() for m in re.finditer(r"[.!?;](?:\s|$)", text)]
     sentence = lambda at: bisect.bisect_left(ends, at)
+    # every mention of every group, in text order, with its sentence; a group's first one is `mention_order`'s
+    named = sorted((m.start(), key) for key in keys for m in _group_pattern(*key).finditer(text))
+    named = [(pos, sentence(pos), key) for pos, key in named]
+    first: dict[tuple[str, str], int] = {}
+    for pos, _, key in named:
+        first.setdefault(key, pos)
     pattern, cells = _place_pattern()
     placed: dict = {key: [] for key in keys}
     for m in pattern.finditer(text):
         at = m.start()
-        near = [(abs(at - pos), key) for pos, key in named if sentence(pos) == sentence(at)]
-        before = [key for pos, key in named if pos < at]
+        near = [(abs(at - pos), key) for pos, s, key in named if s == sentence(at)]
+        before = [key for pos, _, key in named if pos < at]
         owner = min(near)[1] if near else (before[-1] if before else None)   # None: no group named in a known form
         placed.setdefault(owner, []).append((at, cells[m.group(1).lower()]))
     inf = float("inf")
