@@ -9,10 +9,11 @@ model is at most about this one (the layout upper bound note: drawing a right la
 
 `--validation N`: N fresh scenes (a seed no training run uses) captioned by every training captioner, scored per
 captioner: the right objects (counts of each colour and shape) and, for the captioners that place every object,
-the share of objects planned into their cell. This is the in-distribution check to choose between planners by;
+the share of objects planned into their cell, and the share of scenes of 3 or more objects planned whole (every object,
+each in its cell). This is the in-distribution check to choose between planners by;
 the suites are for reporting only.
 
-`--dev N`: N prompts per suite (counting, binding, spatial) in wordings of this file's own (DEV_* below, written
+`--dev N`: N prompts per suite (counting, binding, spatial; detailed: 3-6 objects each placed, scored whole) in wordings of this file's own (DEV_* below, written
 2026-12-06 for choosing planners, independently of world/unseen_wordings.py and of every training captioner):
 how a planner copes with phrasing it never saw, measured on a set that is not the reported held-out suite.
 """
@@ -27,6 +28,7 @@ from limner.text.encoder import TextEncoder
 import random
 
 from limner.world import captioners, suites, unseen_wordings
+from limner.world.captions import cell
 from limner.world.scene import sample_scene
 from limner.world.evaluate import CELL, HEADLINE, wilson
 from limner.world.scorer import Constraints, Found, score
@@ -89,7 +91,30 @@ def dev_spatial(rng):
                              [{"a": [ca, sa], "rel": rel, "b": [cb, sb]}])
 
 
-DEV_WRITERS = {"counting": dev_counting, "binding": dev_binding, "spatial": dev_spatial}
+# long scenes in sentence shapes of their own (2026-12-07): the captioners' words for colours, shapes, sizes and
+# places, but objects introduced as steps, lists and asides, one object per clause, in any order
+DEV_PLACES = [["top left", "top middle", "top right"], ["middle left", "middle", "middle right"],
+              ["bottom left", "bottom middle", "bottom right"]]
+DEV_STEPS = ["Put {} in the {}.", "Add {} to the {}.", "{} goes in the {}.", "Then {}, {}.", "Next comes {} ({}).",
+             "Also {}: {}.", "Place {} at the {}."]
+
+
+def dev_detailed(rng):
+    scene = sample_scene(rng, n_objects=rng.randint(3, 6))
+    objs = list(scene.objects)
+    rng.shuffle(objs)
+    lines = []
+    for i, o in enumerate(objs):
+        row, col = cell(o.x, o.y)
+        thing = f"{rng.choice(['a', 'one'])} {o.size if o.size == 'small' else rng.choice(['large', 'big'])} {o.colour} {o.shape}"
+        step = rng.choice(DEV_STEPS).format(thing, DEV_PLACES[row][col])
+        lines.append(step[0].upper() + step[1:] if rng.random() < 0.5 else f"{i + 1}. {step[0].upper() + step[1:]}")
+    cons = Constraints.from_scene(scene, "validation", with_sizes=False)
+    cons.objects = [{"colour": o.colour, "shape": o.shape, "size": o.size, "cell": list(cell(o.x, o.y))} for o in scene.objects]
+    return f"{rng.choice(['A picture with these shapes:', 'Step by step:', 'Layout:'])} " + " ".join(lines), cons
+
+
+DEV_WRITERS = {"counting": dev_counting, "binding": dev_binding, "spatial": dev_spatial, "detailed": dev_detailed}
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--model", default="shapes-default")
@@ -131,7 +156,6 @@ for family in a.families:
     result["families"][family] = rows
 if a.validation:
     from limner.world import captions as C
-    from limner.world.captions import cell
 
     rng = random.Random("plan-validation-7919")
     scenes = [sample_scene(rng) for _ in range(a.validation)]
@@ -139,7 +163,7 @@ if a.validation:
     for name, write in captioners.CAPTIONERS.items():
         texts = [write(sc, rng) for sc in scenes]
         layouts = plan(texts, [a.seed + i for i in range(len(texts))])
-        right, placed = 0, 0.0
+        right, placed, whole, long = 0, 0.0, 0, 0
         for sc, lay in zip(scenes, layouts):
             cons = Constraints.from_scene(sc, "validation", with_sizes=False)
             cons.objects = [{"colour": o.colour, "shape": o.shape, "size": o.size, "cell": list(cell(o.x, o.y))}
@@ -147,7 +171,11 @@ if a.validation:
             r = score(found_of(lay), cons)
             right += r["count_ok"] and r["extras"] == 0
             placed += r["positions"]
-        rows[name] = {"objects": right / len(scenes), "placed": placed / len(scenes)}
+            if len(sc.objects) >= 3:   # a long scene planned whole: every object, each in its cell
+                long += 1
+                whole += r["count_ok"] and r["extras"] == 0 and r["positions"] == 1.0
+        rows[name] = {"objects": right / len(scenes), "placed": placed / len(scenes), "whole_long": whole / max(long, 1),
+                      "long": long}
     # relations alone: fresh two-object scenes, one relation that holds, in the relational captioner's words
     texts, wanted = [], []
     while len(texts) < a.validation:
@@ -178,7 +206,8 @@ for family, rows in result["families"].items():
         print(f"{family:10} {s:9} {r['acc']:6.3f}  [{r['ci95'][0]:.3f}, {r['ci95'][1]:.3f}]  {r['content']:6.3f} "
               f"{r['placed']:6.3f} {r['n']:4d}  {r['cells']}")
 for name, r in result.get("validation", {}).get("captioners", {}).items():
-    print(f"validation {name:17} objects {r['objects']:.3f}  placed {r['placed']:.3f}")
+    print(f"validation {name:17} objects {r['objects']:.3f}  placed {r['placed']:.3f}  "
+          f"whole scene of 3+ objects {r['whole_long']:.3f} (n {r['long']})")
 if "validation" in result:
     print(f"validation relations (2 objects, one relation) {result['validation']['relations']:.3f}")
 for suite, r in result.get("dev", {}).items():

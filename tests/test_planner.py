@@ -197,6 +197,30 @@ def test_a_groups_objects_are_listed_in_the_order_the_caption_places_them():
     assert text[int(keys[1][1]):].startswith("in the centre of the image")
 
 
+def test_placed_order_walks_the_caption_object_by_object():
+    """data.order: placed lists each object where its sentence places it, so one object per sentence in any order
+    is read straight through; "mention" lists the red circles together, jumping back over the blue square."""
+    from limner.train.planner import PlannerTask
+    from limner.world import captioners as CAP
+    from limner.world.scene import Obj, Scene
+
+    scene = Scene("ivory", [Obj("circle", "red", "large", 0.15, 0.5), Obj("square", "blue", "large", 0.5, 0.5),
+                            Obj("circle", "red", "small", 0.5, 0.15), Obj("triangle", "green", "small", 0.85, 0.85)])
+    text = ("A big red circle sits on the left. In the centre there is a large blue square. Top centre: a small "
+            "crimson disc. A tiny green triangle rests in the lower right.")
+    cfg = load_config(ROOT / "configs/planner-tiny.yaml")
+    task = PlannerTask.__new__(PlannerTask)
+    task.cfg, task.model = cfg, untrained()
+    names = lambda: [task.model.cfg.labels[t] for t in task.layout_tokens(scene, text)[:20:5].tolist()]
+    cfg.data.order = "placed"
+    assert names() == ["large red circle", "large blue square", "small red circle", "small green triangle"]
+    cfg.data.order = "mention"
+    assert names() == ["large red circle", "small red circle", "large blue square", "small green triangle"]
+    # a caption that places nothing keeps its groups in the order they are named
+    plain = CAP.object_order("a green triangle, two red circles and a blue square", scene, by_place=True)
+    assert sorted(range(4), key=lambda i: plain[i])[0] == 3 and plain[0] == plain[2]
+
+
 def test_text_positions_let_the_planner_read_word_order():
     torch.manual_seed(0)
     states, mask = torch.randn(1, 7, 384), torch.ones(1, 7, dtype=torch.bool)

@@ -53,8 +53,10 @@ class PlannerData:
     # relations-only run fell to a training loss of 0.002 and validation fell with it); one caption of 70,000
     # scenes costs the same to encode and shows 7 times as many arrangements.
     captions_per_scene: int | None = None
-    # the order a layout lists its objects in: "mention" (groups where the caption first names them, as LLM layout
-    # planners list objects, and a group's objects in the order the caption places them), "group" (groups so, a
+    # the order a layout lists its objects in: "placed" (each object where the caption places it, else where its
+    # group is first named: the order the caption walks through them), "mention" (groups where the caption first
+    # names them, as LLM layout planners list objects, and a group's objects in the order the caption places
+    # them), "group" (groups so, a
     # group's objects by size and x: the first shipped mention-order planner) or "label" (vocabulary order, as
     # planners before did: relations stayed at chance)
     order: str = "mention"
@@ -69,8 +71,8 @@ class PlannerData:
         unknown = [n for n in [*self.captioners, *self.easy_captioners] if n not in CAP.CAPTIONERS and n != KIND]
         if unknown:
             raise ValueError(f"data.captioners: unknown {unknown}; known: {', '.join(CAP.CAPTIONERS)}")
-        if self.order not in ("mention", "group", "label"):
-            raise ValueError(f"data.order is {self.order!r}; use mention, group or label")
+        if self.order not in ("placed", "mention", "group", "label"):
+            raise ValueError(f"data.order is {self.order!r}; use placed, mention, group or label")
         if self.captions_per_scene is not None and self.captions_per_scene < 1:
             raise ValueError(f"data.captions_per_scene is {self.captions_per_scene}; give 1 or more, or leave it out "
                              "for one caption by every captioner")
@@ -168,8 +170,8 @@ class PlannerTask(Task):
     def layout_tokens(self, scene, caption: str) -> torch.Tensor:
         """The scene's layout as the target for this caption, its objects in `data.order`."""
         first = None
-        if self.cfg.data.order == "mention":
-            first = CAP.object_order(caption, scene)
+        if self.cfg.data.order in ("mention", "placed"):
+            first = CAP.object_order(caption, scene, by_place=self.cfg.data.order == "placed")
         elif self.cfg.data.order == "group":
             at = CAP.mention_order(caption, scene)
             first = [at.get((o.colour, o.shape), float("inf")) for o in scene.objects]

@@ -305,7 +305,7 @@ def _place_pattern() -> tuple[re.Pattern, dict[str, tuple[int, int]]]:
     return re.compile(r"\b(%s)\b(?!\s+(?:side\s+of\b|than\b|of\b(?!%s)))" % (alts, canvas), re.IGNORECASE), cells
 
 
-def object_order(text: str, scene: Scene) -> list[tuple[float, float]]:
+def object_order(text: str, scene: Scene, by_place: bool = False) -> list[tuple[float, float]]:
     """A sort key per object of `scene` for a caption written by these captioners: where its group is first
     named, then where the caption places it (inf where not found). Groups in the order the caption names them
     (`mention_order`), and within a group of several, objects in the order the caption places them, so "three
@@ -317,7 +317,13 @@ def object_order(text: str, scene: Scene) -> list[tuple[float, float]]:
     cell is first named anywhere, a group's order followed other groups' sentences ("... a green circle in the
     centre. Two orange squares: one in the lower right, one in the centre" listed the centre square first), so
     the k-th object of a group was not the k-th one the caption places, and long prompts' places were learned
-    at 0.4-0.6 per object."""
+    at 0.4-0.6 per object.
+
+    `by_place`: each placed object keyed by where its place is named, an unplaced one by where its group is
+    first named, so objects come in the order the caption walks through them. Listed group by group, a caption
+    that places one object per sentence in any order ("A red circle on the left. A blue square in the centre. A
+    red circle at the top.") has the planner jump back through the text to find a group's next object; whole
+    such scenes were planned right 0.28 of the time, against 0.58-0.60 where each group is described in one go."""
     keys = list(scene.groups())
     ends = [m.start() for m in re.finditer(r"[.!?;](?:\s|$)", text)]
     sentence = lambda at: bisect.bisect_left(ends, at)
@@ -345,4 +351,6 @@ def object_order(text: str, scene: Scene) -> list[tuple[float, float]]:
             if match is not None:
                 left.remove(match)
                 out[match] = (out[match][0], at)
+    if by_place:
+        return [(group if at == inf else at, 0.0) for group, at in out]
     return out
