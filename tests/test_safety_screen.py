@@ -116,9 +116,11 @@ def test_shipped_table_is_what_the_release_step_builds(tmp_path):
         assert np.allclose(a["scales"], b["scales"], rtol=1e-3, atol=1e-6)
         # a code rounded the other way moves X'X and X'Y by float noise on the scale of their rows, which is
         # far above 1e-3 of an entry near zero: bound each entry by its Cauchy-Schwarz scale instead
+        # (a fresh venv here, 2026-12-07: 0.009% of codes flipped moved entries by up to 1.8e-4 of that scale, and
+        # the solved map by 2.2e-4; another encoder or recipe moves them by O(1))
         d = np.sqrt(np.diag(b["gram"]))
-        assert (np.abs(a["gram"] - b["gram"]) <= 1e-4 * np.outer(d, d)).all(), "gram"
-        assert (np.abs(a["cross"] - b["cross"]) <= 1e-4 * np.abs(b["cross"]).max(0)).all(), "cross"
+        assert (np.abs(a["gram"] - b["gram"]) <= 1e-3 * np.outer(d, d)).all(), "gram"
+        assert (np.abs(a["cross"] - b["cross"]) <= 1e-3 * np.abs(b["cross"]).max(0)).all(), "cross"
         fit_a, fit_b = S._solve(a["gram"], a["cross"]), S._solve(b["gram"], b["cross"])
         assert np.linalg.norm(fit_a - fit_b) <= 1e-3 * np.linalg.norm(fit_b), "the map the screen solves for"
 
