@@ -189,7 +189,7 @@ def server_429_buckets(url: str) -> dict[str, float]:
             if line.startswith("limner_http_request_seconds_bucket{") and all(w in line for w in want)}
 
 
-def overload(clients: int, queue: int, env: dict, rounds: int = 3, client: str = "raw", worker_nice: int = 10) -> dict:
+def overload(clients: int, queue: int, env: dict, rounds: int = 3, client: str = "raw", worker_nice: int = 0) -> dict:
     """`rounds` bursts of `clients` against one server, its RSS after each (and its peak during each)."""
     with ServerProcess("--queue", str(queue), "--max-batch", "8", "--job-timeout", "900",
                        "--worker-nice", str(worker_nice), env=env) as server:
@@ -243,9 +243,9 @@ def main(argv=None) -> int:
     ap.add_argument("--overloads", type=int, default=3, help="bursts of --clients against one server [3]")
     ap.add_argument("--client", choices=["raw", "httpx"], default="raw",
                     help="overload clients: bare asyncio sockets (the server's latency) or httpx's AsyncClient [raw]")
-    ap.add_argument("--worker-nice", type=int, nargs="+", default=[10],
+    ap.add_argument("--worker-nice", type=int, nargs="+", default=[0],
                     help="overload: one server per value, in turn (0 10 0 10: the drawing at the server's priority "
-                         "against 10 nicer, interleaved) [10]")
+                         "against 10 nicer, interleaved) [0]")
     ap.add_argument("--only", choices=["overhead", "batching", "overload", "replicas"], default=None,
                     help="one section; replicas (Ray Serve, 1 vs 2 replicas; needs limner[ray]) runs only when named")
     ap.add_argument("--threads", type=int, default=None,

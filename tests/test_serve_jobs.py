@@ -191,7 +191,7 @@ def test_the_worker_draws_nicer_than_the_server_so_refusals_go_first(queue_of):
     if not hasattr(os, "getpriority"):
         pytest.skip("no per-thread priorities here")
     server = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
-    nice, plain = queue_of(), queue_of(worker_nice=0)
+    nice, plain = queue_of(worker_nice=10), queue_of()
     wait(nice.submit(spec()))
     wait(plain.submit(spec()))   # each worker has run, so it has set its priority
     assert os.getpriority(os.PRIO_PROCESS, nice._thread.native_id) == min(19, server + 10)

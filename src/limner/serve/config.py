@@ -21,8 +21,9 @@ class ServeConfig:
     api_key_file: str | None = None    # one sha256 hex digest per line; None: no keys asked for
     rate_limit_per_minute: float = 60  # requests per API key (a burst of this many, refilled evenly)
     # how much nicer (Linux) the drawing thread, and the torch threads it starts, run than the server: on a busy
-    # machine the event loop that answers 429s, health checks and status reads is scheduled first; 0 leaves it
-    worker_nice: int = 10
+    # machine the event loop that answers 429s, health checks and status reads is scheduled first; 0 leaves it.
+    # Off by default: one interleaved pair of overload runs showed no gain at the client (2026-12-07, BENCHMARKS)
+    worker_nice: int = 0
 
     def __post_init__(self):
         for name in ("queue_size", "max_batch", "max_finished_jobs", "max_prompt_chars", "max_n", "max_steps", "max_side"):
