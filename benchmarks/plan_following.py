@@ -99,6 +99,13 @@ DEV_STEPS = ["Put {} in the {}.", "Add {} to the {}.", "{} goes in the {}.", "Th
              "Also {}: {}.", "Place {} at the {}."]
 
 
+def placed_constraints(scene) -> Constraints:
+    """What the scorer's `positions` checks for a scene: each object, with its size, in its cell."""
+    cons = Constraints.from_scene(scene, "validation", with_sizes=False)
+    cons.objects = [{"colour": o.colour, "shape": o.shape, "size": o.size, "cell": list(cell(o.x, o.y))} for o in scene.objects]
+    return cons
+
+
 def dev_detailed(rng):
     scene = sample_scene(rng, n_objects=rng.randint(3, 6))
     objs = list(scene.objects)
@@ -108,10 +115,9 @@ def dev_detailed(rng):
         row, col = cell(o.x, o.y)
         thing = f"{rng.choice(['a', 'one'])} {o.size if o.size == 'small' else rng.choice(['large', 'big'])} {o.colour} {o.shape}"
         step = rng.choice(DEV_STEPS).format(thing, DEV_PLACES[row][col])
-        lines.append(step[0].upper() + step[1:] if rng.random() < 0.5 else f"{i + 1}. {step[0].upper() + step[1:]}")
-    cons = Constraints.from_scene(scene, "validation", with_sizes=False)
-    cons.objects = [{"colour": o.colour, "shape": o.shape, "size": o.size, "cell": list(cell(o.x, o.y))} for o in scene.objects]
-    return f"{rng.choice(['A picture with these shapes:', 'Step by step:', 'Layout:'])} " + " ".join(lines), cons
+        step = step[0].upper() + step[1:]
+        lines.append(step if rng.random() < 0.5 else f"{i + 1}. {step}")
+    return f"{rng.choice(['A picture with these shapes:', 'Step by step:', 'Layout:'])} " + " ".join(lines), placed_constraints(scene)
 
 
 DEV_WRITERS = {"counting": dev_counting, "binding": dev_binding, "spatial": dev_spatial, "detailed": dev_detailed}
@@ -165,15 +171,13 @@ if a.validation:
         layouts = plan(texts, [a.seed + i for i in range(len(texts))])
         right, placed, whole, long = 0, 0.0, 0, 0
         for sc, lay in zip(scenes, layouts):
-            cons = Constraints.from_scene(sc, "validation", with_sizes=False)
-            cons.objects = [{"colour": o.colour, "shape": o.shape, "size": o.size, "cell": list(cell(o.x, o.y))}
-                            for o in sc.objects]   # what the scorer's `positions` checks: each object in its cell
-            r = score(found_of(lay), cons)
-            right += r["count_ok"] and r["extras"] == 0
+            r = score(found_of(lay), placed_constraints(sc))
+            objects_ok = r["count_ok"] and r["extras"] == 0
+            right += objects_ok
             placed += r["positions"]
             if len(sc.objects) >= 3:   # a long scene planned whole: every object, each in its cell
                 long += 1
-                whole += r["count_ok"] and r["extras"] == 0 and r["positions"] == 1.0
+                whole += objects_ok and r["positions"] == 1.0
         rows[name] = {"objects": right / len(scenes), "placed": placed / len(scenes), "whole_long": whole / max(long, 1),
                       "long": long}
     # relations alone: fresh two-object scenes, one relation that holds, in the relational captioner's words
