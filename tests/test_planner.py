@@ -122,6 +122,8 @@ def test_the_curriculum_draws_simple_scenes_with_placing_captions_first():
     task = PlannerTask.__new__(PlannerTask)   # the batches alone: no text encoder, no model
     task.cfg = cfg
     task.scenes, task.captions = scenes_and_captions(cfg.data)
+    kept = [i for i, caps in enumerate(task.captions) if caps]   # as PlannerTask drops a scene whose captions were all held out
+    task.scenes, task.captions = [task.scenes[i] for i in kept], [task.captions[i] for i in kept]
     texts = sorted({c for caps in task.captions for c in caps.values()})
     # each text's "states" are one row holding its index (exact in fp16 below 2048), so a batch tells which
     # captions it drew

@@ -18,39 +18,75 @@ import re
 from . import captions as C
 from .scene import Obj, Scene
 
+# Synonyms: the first rows are hand-written, the second mostly names from the xkcd colour survey (as matplotlib ships
+# them) whose hue sits firmly in one Shapes World colour. Kept out on purpose: the words of benchmarks/plan_following.py's
+# dev wordings (ruby, jade, navy, azure, mustard, lavender, mauve, apricot, orb, ball, wedge, quadrate, ...), so that
+# set still measures words no captioner writes.
 COLOUR_WORDS = {
-    "red": ["red", "crimson", "scarlet", "cherry red"],
-    "green": ["green", "emerald", "grass green", "leaf green"],
-    "blue": ["blue", "cobalt", "royal blue", "deep blue"],
-    "yellow": ["yellow", "golden", "lemon yellow", "sunny yellow"],
-    "purple": ["purple", "violet", "plum", "grape purple"],
-    "orange": ["orange", "tangerine", "amber", "pumpkin orange"],
+    "red": ["red", "crimson", "scarlet", "cherry red",
+            "carmine", "tomato red", "blood red", "brick red", "strawberry red", "vermilion", "bright red", "deep red",
+            "poppy red"],
+    "green": ["green", "emerald", "grass green", "leaf green",
+              "emerald green", "kelly green", "shamrock green", "apple green", "fresh green", "vivid green",
+              "bright green", "neon green", "kiwi green", "spring green", "clover green"],
+    "blue": ["blue", "cobalt", "royal blue", "deep blue",
+             "sapphire", "cerulean", "cornflower blue", "electric blue", "dodger blue", "french blue", "prussian blue",
+             "true blue", "bright blue", "ultramarine", "cobalt blue", "ocean blue"],
+    "yellow": ["yellow", "golden", "lemon yellow", "sunny yellow",
+               "gold", "sunflower yellow", "banana yellow", "dandelion yellow", "bright yellow", "sunshine yellow",
+               "butter yellow", "daffodil yellow", "lemon"],
+    "purple": ["purple", "violet", "plum", "grape purple",
+               "amethyst", "heliotrope", "bright purple", "electric purple", "royal purple", "deep purple", "grape",
+               "eggplant purple"],
+    "orange": ["orange", "tangerine", "amber", "pumpkin orange",
+               "mango", "copper", "rust orange", "burnt orange", "bright orange", "deep orange", "pumpkin", "marigold",
+               "clementine", "traffic-cone orange"],
 }
-SIZE_WORDS = {"small": ["small", "little", "tiny", "mini", "smaller", "petite"],
-              "large": ["large", "big", "huge", "giant", "bigger", "oversized"]}
+SIZE_WORDS = {"small": ["small", "little", "tiny", "mini", "smaller", "petite",
+                        "teeny", "compact", "wee", "miniature", "minute", "undersized", "modest"],
+              "large": ["large", "big", "huge", "giant", "bigger", "oversized",
+                        "enormous", "massive", "jumbo", "hefty", "sizeable", "larger", "hulking"]}
 SHAPE_WORDS = {  # (singular, plural)
-    "circle": [("circle", "circles"), ("disc", "discs"), ("disk", "disks"), ("dot", "dots"), ("round shape", "round shapes")],
-    "square": [("square", "squares"), ("box", "boxes"), ("block", "blocks"), ("tile", "tiles")],
-    "triangle": [("triangle", "triangles"), ("three-sided shape", "three-sided shapes"), ("triangular shape", "triangular shapes")],
+    "circle": [("circle", "circles"), ("disc", "discs"), ("disk", "disks"), ("dot", "dots"), ("round shape", "round shapes"),
+               ("circular shape", "circular shapes"), ("spot", "spots"), ("roundel", "roundels"), ("coin shape", "coin shapes")],
+    "square": [("square", "squares"), ("box", "boxes"), ("block", "blocks"), ("tile", "tiles"),
+               ("square shape", "square shapes"), ("four-sided shape", "four-sided shapes"), ("cube", "cubes"),
+               ("checker", "checkers")],
+    "triangle": [("triangle", "triangles"), ("three-sided shape", "three-sided shapes"), ("triangular shape", "triangular shapes"),
+                 ("three-cornered shape", "three-cornered shapes"), ("delta", "deltas"), ("arrowhead", "arrowheads"),
+                 ("pointed shape", "pointed shapes"), ("cone shape", "cone shapes")],
 }
 BACKGROUND_WORDS = {"ivory": ["ivory", "cream", "off-white"], "light grey": ["light grey", "light gray", "pale grey", "pale gray"],
                     "pale blue": ["pale blue", "light blue", "baby blue", "sky blue"]}
 RELATION_WORDS = {
-    "left of": ["to the left of", "left of", "on the left of", "on the left side of", "further left than", "west of"],
-    "right of": ["to the right of", "right of", "on the right of", "on the right side of", "further right than", "east of"],
-    "above": ["above", "over", "higher than", "higher up than", "on top of", "north of"],
-    "below": ["below", "under", "underneath", "beneath", "lower than", "south of"],
+    "left of": ["to the left of", "left of", "on the left of", "on the left side of", "further left than", "west of",
+                "to the left-hand side of", "leftward of", "more to the left than", "farther left than", "just left of"],
+    "right of": ["to the right of", "right of", "on the right of", "on the right side of", "further right than", "east of",
+                 "to the right-hand side of", "rightward of", "more to the right than", "farther right than", "just right of"],
+    "above": ["above", "over", "higher than", "higher up than", "on top of", "north of",
+              "up above", "further up than", "raised above", "at a higher level than", "higher on the page than"],
+    "below": ["below", "under", "underneath", "beneath", "lower than", "south of",
+              "down below", "further down than", "lower down than", "at a lower level than", "lower on the page than"],
 }
 PLACE_WORDS = [
-    [["in the upper left", "in the top left", "in the top-left corner", "at the upper left corner", "up in the top left"],
-     ["at the top", "at the top centre", "at the top center", "along the top edge", "in the upper middle"],
-     ["in the upper right", "in the top right", "in the top-right corner", "at the upper right corner", "up in the top right"]],
-    [["on the left", "at the left side", "along the left edge", "in the middle left", "at the left"],
-     ["in the centre", "in the center", "in the middle", "at the very centre", "right in the middle"],
-     ["on the right", "at the right side", "along the right edge", "in the middle right", "at the right"]],
-    [["in the lower left", "in the bottom left", "in the bottom-left corner", "at the lower left corner", "down in the bottom left"],
-     ["at the bottom", "at the bottom centre", "at the bottom center", "along the bottom edge", "in the lower middle"],
-     ["in the lower right", "in the bottom right", "in the bottom-right corner", "at the lower right corner", "down in the bottom right"]],
+    [["in the upper left", "in the top left", "in the top-left corner", "at the upper left corner", "up in the top left",
+      "in the upper-left area", "near the top left"],
+     ["at the top", "at the top centre", "at the top center", "along the top edge", "in the upper middle",
+      "near the top", "up top", "up at the top"],
+     ["in the upper right", "in the top right", "in the top-right corner", "at the upper right corner", "up in the top right",
+      "in the upper-right area", "near the top right"]],
+    [["on the left", "at the left side", "along the left edge", "in the middle left", "at the left",
+      "on the left-hand side", "near the left edge", "over on the left"],
+     ["in the centre", "in the center", "in the middle", "at the very centre", "right in the middle",
+      "in the very middle", "smack in the middle", "in the central area"],
+     ["on the right", "at the right side", "along the right edge", "in the middle right", "at the right",
+      "on the right-hand side", "near the right edge", "over on the right"]],
+    [["in the lower left", "in the bottom left", "in the bottom-left corner", "at the lower left corner", "down in the bottom left",
+      "in the lower-left area", "near the bottom left"],
+     ["at the bottom", "at the bottom centre", "at the bottom center", "along the bottom edge", "in the lower middle",
+      "near the bottom", "down at the bottom", "down along the bottom"],
+     ["in the lower right", "in the bottom right", "in the bottom-right corner", "at the lower right corner", "down in the bottom right",
+      "in the lower-right area", "near the bottom right"]],
 ]
 def bare_place(phrase: str) -> str:
     """A place without its preposition, as inventory lists write it: "upper left", "middle"."""
@@ -63,9 +99,12 @@ BE_PLACED = ["sits", "is", "is placed", "rests", "appears", "is located", "can b
 def number(n: int, rng: random.Random, style: str) -> str:
     """`style`: "words", "digits" or "mixed"; one object sometimes takes an article or "a single"."""
     if n == 1 and rng.random() < 0.5:
-        return rng.choice(["a", "one", "a single", "just one"])
+        return rng.choice(["a", "one", "a single", "just one", "one single", "a solitary"])
     digits = style == "digits" or (style == "mixed" and rng.random() < 0.4)
-    return str(n) if digits else C.NUMBER_WORDS[n]
+    word = str(n) if digits else C.NUMBER_WORDS[n]
+    if n > 1 and rng.random() < 0.15:
+        return rng.choice(["a set of {}", "a total of {}", "{} separate", "{} individual", "{} matching"]).format(word)
+    return word
 
 
 def article(word: str, following: str) -> str:
@@ -247,6 +286,47 @@ def british_detailed(scene: Scene, rng: random.Random) -> str:
     return " ".join(sents)
 
 
+REQUESTS = ["Generate an image of {}.", "Create {}.", "Make me a picture with {}.", "Render {}.", "I want {}.",
+            "Give me {}.", "Paint {}.", "Sketch {}", "Produce an image showing {}.", "Need {}.", "Picture {}.",
+            "Generate: {}", "Create a canvas with {}, please."]
+
+
+def request(scene: Scene, rng: random.Random) -> str:
+    """What people type into an image generator: a request, not a description, naming groups with their counts,
+    a relation, or every object one at a time ("a red circle at the top, another red circle bottom left and a
+    big blue box") with no total stated, so how many objects to plan is read from the objects named."""
+    g = scene.groups()
+    form = rng.random()
+    rels = C.relations(scene)
+    if form < 0.35:                         # groups with counts
+        body = listing([noun_phrase(len(objs), c, s, rng, group_size(objs) if rng.random() < 0.3 else None)
+                        for (c, s), objs in groups_in_order(scene, rng)], rng)
+    elif form < 0.6 and rels:               # one relation, then the groups it leaves out
+        a, r, b = rng.choice(rels)
+        body = (f"{noun_phrase(len(g[a]), *a, rng)} {rng.choice(RELATION_WORDS[r])} {noun_phrase(len(g[b]), *b, rng)}")
+        rest = [noun_phrase(len(g[k]), *k, rng) for k in g if k not in (a, b)]
+        if rest:
+            body += rng.choice([" and ", ", plus ", ", with ", "; add "]) + listing(rest, rng)
+    else:                                   # object by object, a place for most, "another" for a repeat
+        objs = list(scene.objects)
+        rng.shuffle(objs)
+        seen, parts = set(), []
+        for o in objs:
+            size = rng.choice(SIZE_WORDS[o.size]) + " " if rng.random() < 0.5 else ""
+            colour = rng.choice(COLOUR_WORDS[o.colour]) if rng.random() < 0.5 else o.colour
+            rest = f"{size}{colour} {rng.choice(SHAPE_WORDS[o.shape])[0] if rng.random() < 0.5 else o.shape}"
+            repeat = (o.colour, o.shape) in seen and rng.random() < 0.6
+            thing = f"{'another' if repeat else article(rng.choice(['a', 'a', 'one']), rest)} {rest}"
+            seen.add((o.colour, o.shape))
+            if rng.random() < 0.75:
+                row, col = C.cell(o.x, o.y)
+                place = rng.choice(PLACE_WORDS[row][col])
+                thing = f"{thing} {place}" if rng.random() < 0.7 else f"{thing} ({bare_place(place)})"
+            parts.append(thing)
+        body = listing(parts, rng) if rng.random() < 0.6 else "; ".join(parts)
+    return rng.choice(REQUESTS).format(body)
+
+
 # the original templates (captions.py), spatial naming every group, as one more voice
 def templates(scene: Scene, rng: random.Random) -> str:
     kind = rng.choice(["count", "spatial", "detailed"])
@@ -254,7 +334,7 @@ def templates(scene: Scene, rng: random.Random) -> str:
 
 
 CAPTIONERS = {"terse": terse, "prose_count": prose_count, "relational": relational, "scene_walk": scene_walk,
-              "inventory": inventory, "british_detailed": british_detailed, "templates": templates}
+              "inventory": inventory, "british_detailed": british_detailed, "templates": templates, "request": request}
 
 
 def caption(scene: Scene, rng: random.Random, names=tuple(CAPTIONERS)) -> dict[str, str]:
