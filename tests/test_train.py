@@ -672,7 +672,8 @@ def test_the_ablation_variants_differ_only_in_the_captions_they_draw():
              for k, (_, _, sets) in ablation.PLANNERS.items()}
     assert len({(c.steps, c.batch_size, c.lr, c.seed, c.data.scenes, c.data.seed, c.data.easy_steps, str(c.model))
                 for c in plans.values()}) == 1
-    assert set(plans["p1"].data.captioners) == {"templates"} and set(plans["p7"].data.captioners) == set(CAPTIONERS)
+    assert set(plans["p1"].data.captioners) == {"templates"}
+    assert len(plans["p7"].data.captioners) == 7 and set(plans["p7"].data.captioners) < set(CAPTIONERS)   # stage 1's seven
 
 
 def test_a_weighted_caption_kind_no_image_has_is_named():
