@@ -18,8 +18,7 @@ behaves when far more clients come than its queue holds. Every server is a real 
   --replica-cpus 0.5, rounds interleaved; 48 default requests from 8 threads; the ratio of median walls.
 
     python benchmarks/serve_load.py [--rounds 3] [--clients 200] [--queue 16] [--overloads 3] [--client raw|httpx]
-                                    [--threads N] [--worker-nice N ...] [--only overhead|batching|overload|replicas]
-                                    [--out runs/serve_load.json]
+                                    [--threads N] [--only overhead|batching|overload|replicas] [--out runs/serve_load.json]
 """
 from __future__ import annotations
 
@@ -189,10 +188,9 @@ def server_429_buckets(url: str) -> dict[str, float]:
             if line.startswith("limner_http_request_seconds_bucket{") and all(w in line for w in want)}
 
 
-def overload(clients: int, queue: int, env: dict, rounds: int = 3, client: str = "raw", worker_nice: int = 0) -> dict:
+def overload(clients: int, queue: int, env: dict, rounds: int = 3, client: str = "raw") -> dict:
     """`rounds` bursts of `clients` against one server, its RSS after each (and its peak during each)."""
-    with ServerProcess("--queue", str(queue), "--max-batch", "8", "--job-timeout", "900",
-                       "--worker-nice", str(worker_nice), env=env) as server:
+    with ServerProcess("--queue", str(queue), "--max-batch", "8", "--job-timeout", "900", env=env) as server:
         post(server.url, seed=0)
         rss_start = server.rss_bytes()
         runs = []
@@ -227,8 +225,7 @@ def overload(clients: int, queue: int, env: dict, rounds: int = 3, client: str =
         code, seconds, body = post(server.url, seed=7)
         ready = HTTP.get(server.url + "/readyz").json()
     rss = [run["rss_after_mb"] for run in runs]
-    return {"clients": clients, "queue": queue, "client": client, "worker_nice": worker_nice, "rounds": runs,
-            "rss_start_mb": rss_start / 2**20,
+    return {"clients": clients, "queue": queue, "client": client, "rounds": runs, "rss_start_mb": rss_start / 2**20,
             # bounded: after the first burst (which loads what a burst touches), later ones add no more than
             # the finished jobs they leave (17 small images a burst, kept for the results' TTL) and allocator slack
             "rss_growth_after_first_mb": rss[-1] - rss[0],
@@ -243,9 +240,6 @@ def main(argv=None) -> int:
     ap.add_argument("--overloads", type=int, default=3, help="bursts of --clients against one server [3]")
     ap.add_argument("--client", choices=["raw", "httpx"], default="raw",
                     help="overload clients: bare asyncio sockets (the server's latency) or httpx's AsyncClient [raw]")
-    ap.add_argument("--worker-nice", type=int, nargs="+", default=[0],
-                    help="overload: one server per value, in turn (0 10 0 10: the drawing at the server's priority "
-                         "against 10 nicer, interleaved) [0]")
     ap.add_argument("--only", choices=["overhead", "batching", "overload", "replicas"], default=None,
                     help="one section; replicas (Ray Serve, 1 vs 2 replicas; needs limner[ray]) runs only when named")
     ap.add_argument("--threads", type=int, default=None,
@@ -269,12 +263,12 @@ def main(argv=None) -> int:
         report["batching"] = b = batching(a.rounds, env)
         print(f"batching: {b['max_batch_8']['requests_per_s']:.3f} vs {b['max_batch_1']['requests_per_s']:.3f} "
               f"req/s -> {b['speedup']:.2f}x (target >= 1.5x)", flush=True)
-    for nice in a.worker_nice if a.only in (None, "overload") else []:
-        report.setdefault("overload", []).append(o := overload(a.clients, a.queue, env, a.overloads, a.client, nice))
+    if a.only in (None, "overload"):
+        report["overload"] = o = overload(a.clients, a.queue, env, a.overloads, a.client)
         for k, run in enumerate(o["rounds"], 1):
             inside = ", ".join(f"<= {float(le) * 1000:g} ms {100 * f:.0f}%" for le, f in run["server_429_within_s"].items()
                                if float(le) <= 0.1)
-            print(f"overload {k}/{len(o['rounds'])} ({a.client} client, --worker-nice {nice}): {run['served']} served, {run['refused_429']} "
+            print(f"overload {k}/{len(o['rounds'])} ({a.client} client): {run['served']} served, {run['refused_429']} "
                   f"refused (429 at the client: median {run['p50_429_s']:.3f} s, p99 {run['p99_429_s']:.3f} s, max "
                   f"{run['max_429_s']:.3f} s; from the request sent: median "
                   f"{run['p50_429_after_sent_s'] or float('nan'):.3f} s; target <= 0.1 s; inside the server: {inside}), "

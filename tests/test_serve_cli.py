@@ -12,7 +12,6 @@ CLI = [sys.executable, "-m", "limner.cli"]
     (["--job-timeout", "-1"], "--job-timeout must be above 0"),
     (["--max-side", "0"], "--max-side must be at least 1, not 0"),
     (["--max-result-mb", "0"], "--max-result-mb must be above 0"),
-    (["--worker-nice", "25"], "--worker-nice must be 0 to 19, not 25"),
     (["--model", "no/such/folder"], "no limner model at 'no/such/folder'"),
     (["--api-key-file", "no-such-keys.txt"], "no API key file at 'no-such-keys.txt'"),
 ])

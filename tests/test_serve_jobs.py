@@ -185,27 +185,11 @@ def test_finished_jobs_are_kept_within_a_memory_budget(queue_of):
     assert sum(j.nbytes() for j in jobs[2:]) <= 2 * 2**20
 
 
-def test_the_worker_draws_nicer_than_the_server_so_refusals_go_first(queue_of):
-    import os
-
-    if not hasattr(os, "getpriority"):
-        pytest.skip("no per-thread priorities here")
-    server = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
-    nice, plain = queue_of(worker_nice=10), queue_of()
-    wait(nice.submit(spec()))
-    wait(plain.submit(spec()))   # each worker has run, so it has set its priority
-    assert os.getpriority(os.PRIO_PROCESS, nice._thread.native_id) == min(19, server + 10)
-    assert os.getpriority(os.PRIO_PROCESS, plain._thread.native_id) == server
-    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == server   # the server's own is left
-
-
 def test_config_refuses_nonsense():
     with pytest.raises(ValueError, match="queue_size must be at least 1, not 0"):
         ServeConfig(queue_size=0)
     with pytest.raises(ValueError, match="job_timeout_s must be above 0"):
         ServeConfig(job_timeout_s=0)
-    with pytest.raises(ValueError, match="worker_nice must be 0 to 19"):
-        ServeConfig(worker_nice=-5)
 
 
 def test_key_file_keeps_digests_only_and_each_key_has_its_own_budget(tmp_path, monkeypatch):

@@ -5,7 +5,7 @@ import re
 
 FLAGS = {"queue_size": "queue", "max_batch": "max_batch", "batch_window_s": "batch_window", "job_timeout_s": "job_timeout", "result_ttl_s": "result_ttl",
          "max_n": "max_n", "max_steps": "max_steps", "max_prompt_chars": "max_prompt_chars", "max_side": "max_side",
-         "max_result_mb": "max_result_mb", "worker_nice": "worker_nice",
+         "max_result_mb": "max_result_mb",
          "api_key_file": "api_key_file", "rate_limit_per_minute": "rate_limit"}   # ServeConfig field -> flag
 RAY_FLAGS = {name: name for name in ("replicas", "max_replicas", "replica_cpus", "replica_gpus")}   # RayOptions
 
@@ -79,8 +79,6 @@ def add_parser(sub) -> None:
     s.add_argument("--max-prompt-chars", type=int, default=4000)
     s.add_argument("--max-side", type=int, default=2048, help="largest image side a request may ask for (size x upscale) [2048]")
     s.add_argument("--max-result-mb", type=float, default=512, help="megabytes of finished results kept, oldest dropped first [512]")
-    s.add_argument("--worker-nice", type=int, default=0,
-                   help="how much nicer the drawing runs than the server, so refusals and status reads go first (0: same) [0]")
     s.add_argument("--api-key-file", default=None,
                    help="require `Authorization: Bearer KEY` for /v1; the file holds only key digests [no keys]")
     s.add_argument("--rate-limit", type=float, default=60, help="requests per minute per API key [60]")

@@ -20,17 +20,11 @@ class ServeConfig:
     max_side: int = 2048               # largest image side a request may ask for (size x upscale)
     api_key_file: str | None = None    # one sha256 hex digest per line; None: no keys asked for
     rate_limit_per_minute: float = 60  # requests per API key (a burst of this many, refilled evenly)
-    # how much nicer (Linux) the drawing thread, and the torch threads it starts, run than the server: on a busy
-    # machine the event loop that answers 429s, health checks and status reads is scheduled first; 0 leaves it.
-    # Off by default: one interleaved pair of overload runs showed no gain at the client (2026-12-07, BENCHMARKS)
-    worker_nice: int = 0
 
     def __post_init__(self):
         for name in ("queue_size", "max_batch", "max_finished_jobs", "max_prompt_chars", "max_n", "max_steps", "max_side"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, not {getattr(self, name)}")
-        if not 0 <= self.worker_nice <= 19:
-            raise ValueError(f"worker_nice must be 0 to 19, not {self.worker_nice}")
         if self.batch_window_s < 0:
             raise ValueError(f"batch_window_s must be 0 or more, not {self.batch_window_s}")
         for name in ("job_timeout_s", "result_ttl_s", "rate_limit_per_minute", "max_result_mb"):

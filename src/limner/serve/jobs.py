@@ -243,7 +243,6 @@ class JobQueue:
     # ----------------------------------------------------------------------------------- the worker
 
     def _work(self) -> None:
-        self._lower_priority()
         while True:
             batch = self._next_batch()
             if batch is None:
@@ -258,18 +257,6 @@ class JobQueue:
                         self._count(job)
             with self._cv:
                 self._running = []
-
-    def _lower_priority(self) -> None:
-        """Run this thread `worker_nice` nicer. Linux keeps a niceness per thread, and the pool torch starts for
-        this thread's first parallel op inherits it. With 200 connections on 2 cores, the event loop otherwise
-        waits behind the drawing for its turn and a 429 takes 0.1-0.4 s to leave."""
-        if not self.config.worker_nice or not hasattr(os, "setpriority"):
-            return
-        me = threading.get_native_id()
-        try:
-            os.setpriority(os.PRIO_PROCESS, me, min(19, os.getpriority(os.PRIO_PROCESS, me) + self.config.worker_nice))
-        except OSError as e:   # not allowed here: draw at the server's priority
-            log.warning("could not lower the worker's priority: %s", e)
 
     def _next_batch(self) -> list[Job] | None:
         with self._cv:
