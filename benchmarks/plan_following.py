@@ -13,7 +13,7 @@ the share of objects planned into their cell, and the share of scenes of 3 or mo
 each in its cell). This is the in-distribution check to choose between planners by;
 the suites are for reporting only.
 
-`--dev N`: N prompts per suite (counting, binding, spatial; detailed: 3-6 objects each placed, scored whole) in wordings of this file's own (DEV_* below, written
+`--dev N`: N prompts per suite (counting, binding, spatial; detailed and prose: 3-6 objects each placed, scored whole) in wordings of this file's own (DEV_* below, written
 2026-12-06 for choosing planners, independently of world/unseen_wordings.py and of every training captioner):
 how a planner copes with phrasing it never saw, measured on a set that is not the reported held-out suite.
 """
@@ -120,7 +120,35 @@ def dev_detailed(rng):
     return f"{rng.choice(['A picture with these shapes:', 'Step by step:', 'Layout:'])} " + " ".join(lines), placed_constraints(scene)
 
 
-DEV_WRITERS = {"counting": dev_counting, "binding": dev_binding, "spatial": dev_spatial, "detailed": dev_detailed}
+# long scenes in prose of their own (2026-12-07, written after the numbered steps above became a form captioners
+# write): attributes after the noun, places as parts of the canvas, clauses joined loosely, no numbers but counts
+DEV_PARTS = [["close to the top-left corner", "in the top portion, centred", "close to the top-right corner"],
+             ["halfway down on the left", "at the heart of the canvas", "halfway down on the right"],
+             ["close to the bottom-left corner", "in the bottom portion, centred", "close to the bottom-right corner"]]
+DEV_JOINS = ["; ", ", and ", ". Then ", ". Beside that, ", "; after that, "]
+
+
+def dev_prose(rng):
+    scene = sample_scene(rng, n_objects=rng.randint(3, 6))
+    objs = list(scene.objects)
+    rng.shuffle(objs)
+    clauses = []
+    for o in objs:
+        row, col = cell(o.x, o.y)
+        size = o.size if o.size == "small" else rng.choice(["large", "big"])
+        thing = rng.choice([f"a {o.shape} in {o.colour}, {size}", f"a {size} {o.shape} in {o.colour}",
+                            f"one {o.colour} {o.shape} of {size} size"])
+        clauses.append(rng.choice([f"{thing} {DEV_PARTS[row][col]}", f"{DEV_PARTS[row][col]} I want {thing}"]))
+    text = clauses[0]
+    for c in clauses[1:]:
+        join = rng.choice(DEV_JOINS)
+        text += join + (c[0].upper() + c[1:] if join.endswith(". ") else c)
+    opener = rng.choice(["Here is what I have in mind: ", "Picture this: ", "The scene: "])
+    return opener + text[0].upper() + text[1:] + ".", placed_constraints(scene)
+
+
+DEV_WRITERS = {"counting": dev_counting, "binding": dev_binding, "spatial": dev_spatial, "detailed": dev_detailed,
+               "prose": dev_prose}
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--model", default="shapes-default")
@@ -199,7 +227,8 @@ if a.dev:
         rng = random.Random(f"plan-dev-{suite}-4421")
         items = [write(rng) for _ in range(a.dev)]
         layouts = plan([text for text, _ in items], [a.seed + i for i in range(len(items))])
-        hits = sum(score(found_of(lay), cons)[HEADLINE[suite]] for (_, cons), lay in zip(items, layouts))
+        key = HEADLINE.get(suite, "correct")   # prose: scored whole, as detailed
+        hits = sum(score(found_of(lay), cons)[key] for (_, cons), lay in zip(items, layouts))
         rows[suite] = {"acc": hits / len(items), "n": len(items), "ci95": wilson(hits, len(items))}
     result["dev"] = rows
 result["seconds"] = round(time.time() - t0, 1)
