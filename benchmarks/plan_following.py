@@ -147,6 +147,7 @@ def dev_prose(rng):
     return opener + text[0].upper() + text[1:] + ".", placed_constraints(scene)
 
 
+DEV_HEADLINE = {**HEADLINE, "prose": HEADLINE["detailed"]}   # prose is scored whole, as detailed
 DEV_WRITERS = {"counting": dev_counting, "binding": dev_binding, "spatial": dev_spatial, "detailed": dev_detailed,
                "prose": dev_prose}
 
@@ -227,8 +228,7 @@ if a.dev:
         rng = random.Random(f"plan-dev-{suite}-4421")
         items = [write(rng) for _ in range(a.dev)]
         layouts = plan([text for text, _ in items], [a.seed + i for i in range(len(items))])
-        key = HEADLINE.get(suite, "correct")   # prose: scored whole, as detailed
-        hits = sum(score(found_of(lay), cons)[key] for (_, cons), lay in zip(items, layouts))
+        hits = sum(score(found_of(lay), cons)[DEV_HEADLINE[suite]] for (_, cons), lay in zip(items, layouts))
         rows[suite] = {"acc": hits / len(items), "n": len(items), "ci95": wilson(hits, len(items))}
     result["dev"] = rows
 result["seconds"] = round(time.time() - t0, 1)

@@ -14,7 +14,7 @@ from limner.models import folder
 from limner.models.grounding import tensors
 from limner.models.planner import Planner, PlannerConfig, layout_loss
 from limner.train import load_config, run
-from limner.train.planner import scenes_and_captions, world_labels
+from limner.train.planner import scenes_and_captions, with_captions, world_labels
 from limner.world.layout import of_scene
 from limner.world.scene import box_gap, sample_scene
 
@@ -121,9 +121,7 @@ def test_the_curriculum_draws_simple_scenes_with_placing_captions_first():
     cfg = load_config(ROOT / "configs/planner-default.yaml", overrides=["data.scenes=200", "data.easy_steps=5"])
     task = PlannerTask.__new__(PlannerTask)   # the batches alone: no text encoder, no model
     task.cfg = cfg
-    task.scenes, task.captions = scenes_and_captions(cfg.data)
-    kept = [i for i, caps in enumerate(task.captions) if caps]   # as PlannerTask drops a scene whose captions were all held out
-    task.scenes, task.captions = [task.scenes[i] for i in kept], [task.captions[i] for i in kept]
+    task.scenes, task.captions = with_captions(*scenes_and_captions(cfg.data))   # as PlannerTask keeps them
     texts = sorted({c for caps in task.captions for c in caps.values()})
     # each text's "states" are one row holding its index (exact in fp16 below 2048), so a batch tells which
     # captions it drew

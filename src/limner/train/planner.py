@@ -132,6 +132,12 @@ def scenes_and_captions(cfg: PlannerData) -> tuple[list, list[dict[str, str]]]:
     return scenes, captions
 
 
+def with_captions(scenes: list, captions: list[dict[str, str]]) -> tuple[list, list[dict[str, str]]]:
+    """The scenes left with a caption: one whose only captions were held-out prompts trains nothing."""
+    kept = [i for i, caps in enumerate(captions) if caps]
+    return [scenes[i] for i in kept], [captions[i] for i in kept]
+
+
 def start_weights(init: str, cfg: PlannerConfig) -> dict:
     """The planner weights of model folder `init`, checked to be of the architecture `cfg` describes."""
     path = folder.resolve(init)
@@ -160,10 +166,8 @@ class PlannerTask(Task):
         step = cfg.data.cache_block
         blocks = [[c for caps in self.captions[i : i + step] for c in caps.values()] for i in range(0, len(self.captions), step)]
         self.text = cached_text_blocks(encoder, blocks, cfg.data.cache_dir, show=show)
-        # a scene whose only captions were held-out prompts trains nothing (dropped after the cache blocks are
-        # made, so that they stay those of the scenes drawn)
-        kept = [i for i, caps in enumerate(self.captions) if caps]
-        self.scenes, self.captions = [self.scenes[i] for i in kept], [self.captions[i] for i in kept]
+        # dropped after the cache blocks are made, so that they stay those of the scenes drawn
+        self.scenes, self.captions = with_captions(self.scenes, self.captions)
         self.tokens = [{kind: self.layout_tokens(scene, text) for kind, text in caps.items()}
                        for scene, caps in zip(self.scenes, self.captions)]
 

@@ -135,11 +135,14 @@ def listing(parts: list[str], rng: random.Random, style: str = "prose") -> str:
     return ", ".join(parts[:-1]) + rng.choice([" and ", ", and ", " as well as ", " plus "]) + parts[-1]
 
 
+NUMBER_MARKS = ["{}. ", "{}) ", "({}) ", "Step {}: ", "#{} ", "{} - "]   # how `numbered` marks an item
+
+
 def numbered(items: list[str], rng: random.Random) -> str:
     """Items as a numbered list, as people and language models write steps ("1. A red circle on the left. 2. ...",
     "1) ...", "Step 1: ..."): numbers that are positions, not counts. Never shown one, the planner read each as a
     count and planned 6-8 objects for a 4-object list (dev wordings, 25 of 30)."""
-    style = rng.choice(["{}. ", "{}) ", "({}) ", "Step {}: ", "#{} ", "{} - "])
+    style = rng.choice(NUMBER_MARKS)
     return " ".join(style.format(i + 1) + item for i, item in enumerate(items))
 
 
