@@ -105,6 +105,31 @@ def test_request_captions_read_as_requests_and_walk_objects_without_a_total():
                 assert cells[m.group(1).lower()] == C.cell(o.x, o.y), (t, o)
 
 
+def test_noun_first_captions_put_attributes_after_the_noun_and_every_place_reaches_its_object():
+    """noun_first names most groups noun first ("a disc, crimson and small"), which a colour-then-shape reading
+    misses; and in its captions and requests every place phrase is read as an object's of its group in its cell
+    (a place belongs to the object named just before it: read by nearest, 366 places in 2,000 noun_first captions
+    and 87 in requests went to the object named after them, and were lost)."""
+    colour_first = lambda key: re.compile(r"\b(?:%s)\s+(?:%s)" % (
+        "|".join(map(re.escape, sorted(CAP.COLOUR_WORDS[key[0]], key=len, reverse=True))),
+        "|".join(re.escape(w) for pair in CAP.SHAPE_WORDS[key[1]] for w in pair)), re.IGNORECASE)
+    pattern, cells = CAP._place_pattern()
+    after, groups, places = 0, 0, 0
+    for scene, rng in scenes(500, seed=9):
+        for text in (CAP.noun_first(scene, rng), CAP.request(scene, rng)):
+            found = [m.start() for m in pattern.finditer(text)]
+            keys = [at for at, _ in CAP.object_order(text, scene, by_place=True)]
+            assert sorted(at for at in keys if at in found) == found, text   # each place is one object's
+            for o, at in zip(scene.objects, keys):
+                if at in found:
+                    assert cells[pattern.match(text, at).group(1).lower()] == C.cell(o.x, o.y), (text, o)
+            places += len(found)
+        text = CAP.noun_first(scene, rng)
+        groups += len(scene.groups())
+        after += sum(not colour_first(key).search(text) for key in scene.groups())
+    assert after > 0.6 * groups and places > 2000, (after, groups, places)
+
+
 def test_numbered_lists_number_objects_not_counts():
     """Some scene_walk and request captions list their objects as numbered steps; the numbers run 1..n over the
     objects (positions a planner must learn to tell from counts), and each numbered item is one object."""

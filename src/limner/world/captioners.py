@@ -70,23 +70,31 @@ RELATION_WORDS = {
 }
 PLACE_WORDS = [
     [["in the upper left", "in the top left", "in the top-left corner", "at the upper left corner", "up in the top left",
-      "in the upper-left area", "near the top left"],
+      "in the upper-left area", "near the top left", "in the upper-left quadrant", "top-left", "in the northwest corner",
+      "high up on the left"],
      ["at the top", "at the top centre", "at the top center", "along the top edge", "in the upper middle",
-      "near the top", "up top", "up at the top"],
+      "near the top", "up top", "up at the top", "top and centre", "high up in the middle", "in the top-middle area"],
      ["in the upper right", "in the top right", "in the top-right corner", "at the upper right corner", "up in the top right",
-      "in the upper-right area", "near the top right"]],
+      "in the upper-right area", "near the top right", "in the upper-right quadrant", "top-right", "in the northeast corner",
+      "high up on the right"]],
     [["on the left", "at the left side", "along the left edge", "in the middle left", "at the left",
-      "on the left-hand side", "near the left edge", "over on the left"],
+      "on the left-hand side", "near the left edge", "over on the left", "at mid-height on the left", "in the centre-left",
+      "midway along the left edge"],
      ["in the centre", "in the center", "in the middle", "at the very centre", "right in the middle",
-      "in the very middle", "smack in the middle", "in the central area"],
+      "in the very middle", "smack in the middle", "in the central area", "at the midpoint", "in the exact centre",
+      "centre stage"],
      ["on the right", "at the right side", "along the right edge", "in the middle right", "at the right",
-      "on the right-hand side", "near the right edge", "over on the right"]],
+      "on the right-hand side", "near the right edge", "over on the right", "at mid-height on the right",
+      "in the centre-right", "midway along the right edge"]],
     [["in the lower left", "in the bottom left", "in the bottom-left corner", "at the lower left corner", "down in the bottom left",
-      "in the lower-left area", "near the bottom left"],
+      "in the lower-left area", "near the bottom left", "in the lower-left quadrant", "bottom-left", "in the southwest corner",
+      "low on the left"],
      ["at the bottom", "at the bottom centre", "at the bottom center", "along the bottom edge", "in the lower middle",
-      "near the bottom", "down at the bottom", "down along the bottom"],
+      "near the bottom", "down at the bottom", "down along the bottom", "bottom and centre", "low in the middle",
+      "in the bottom-middle area"],
      ["in the lower right", "in the bottom right", "in the bottom-right corner", "at the lower right corner", "down in the bottom right",
-      "in the lower-right area", "near the bottom right"]],
+      "in the lower-right area", "near the bottom right", "in the lower-right quadrant", "bottom-right", "in the southeast corner",
+      "low on the right"]],
 ]
 def bare_place(phrase: str) -> str:
     """A place without its preposition, as inventory lists write it: "upper left", "middle"."""
@@ -99,7 +107,9 @@ BE_PLACED = ["sits", "is", "is placed", "rests", "appears", "is located", "can b
 def number(n: int, rng: random.Random, style: str) -> str:
     """`style`: "words", "digits" or "mixed"; one object sometimes takes an article or "a single"."""
     if n == 1 and rng.random() < 0.5:
-        return rng.choice(["a", "one", "a single", "just one", "one single", "a solitary"])
+        return rng.choice(["a", "one", "a single", "just one", "one single", "a solitary", "a lone"])
+    if n == 2 and rng.random() < 0.15:
+        return rng.choice(["a pair of", "a couple of", "twin"])
     digits = style == "digits" or (style == "mixed" and rng.random() < 0.4)
     word = str(n) if digits else C.NUMBER_WORDS[n]
     if n > 1 and rng.random() < 0.15:
@@ -345,6 +355,74 @@ def request(scene: Scene, rng: random.Random) -> str:
     return rng.choice(REQUESTS).format(body)
 
 
+def noun_first(scene: Scene, rng: random.Random) -> str:
+    """Attributes after the noun, as people write when the thing comes to mind before its looks: 'a circle, red
+    and small, in the upper-left quadrant; three triangles (all cobalt): one top-left, one at the midpoint and one
+    low on the right; a square painted green'. One clause per group, most objects placed, clauses joined loosely,
+    sometimes as instructions ("Position a box that is blue at the top.")."""
+    instruct = rng.random() < 0.3
+    clauses = []
+    for (colour, shape), objs in groups_in_order(scene, rng):
+        n = len(objs)
+        c = rng.choice(COLOUR_WORDS[colour]) if rng.random() < 0.5 else colour
+        sing, plural = rng.choice(SHAPE_WORDS[shape]) if rng.random() < 0.4 else SHAPE_WORDS[shape][0]
+        size = group_size(objs)
+        z = rng.choice(SIZE_WORDS[size]) if size and rng.random() < 0.7 else None
+        num, noun = (rng.choice(["a", "a", "one", "a single", "a lone"]), sing) if n == 1 else (number(n, rng, "mixed"), plural)
+        every = rng.choice(["both ", ""] if n == 2 else ["all ", ""]) if n > 1 else ""
+        form = rng.randrange(7 if n > 1 else 6)
+        if form == 0:                       # a circle, red and small
+            text = f"{noun}, {every}{c}" + (f" and {z}" if z else "")
+        elif form == 1:                     # a circle (red, small)
+            text = f"{noun} ({every}{c}" + (f", {z}" if z else "") + ")"
+        elif form == 2:                     # a circle that is red and small
+            text = (f"{noun} {rng.choice(['that', 'which'])} {'is' if n == 1 else 'are'} {every}{c}"
+                    + (f" and {z}" if z else ""))
+        elif form == 3:                     # a small circle, red
+            text = (f"{z} " if z else "") + f"{noun}, {every}{c}"
+        elif form == 4:                     # a circle painted red
+            text = (f"{z} " if z else "") + f"{noun} {rng.choice(['painted', 'shaded', 'filled with'])} {c}"
+        elif form == 5:                     # a circle: red, small
+            text = f"{noun} {rng.choice(['—', '-', ':'])} {every}{c}" + (f", {z}" if z else "")
+        else:                               # circles, three of them, red (the count after the noun too)
+            count = C.NUMBER_WORDS[n] if rng.random() < 0.7 else str(n)
+            text = (f"{z} " if z else "") + f"{noun}, {count} {rng.choice(['of them', 'in all', 'in total'])}, {c}"
+        if form < 6:
+            text = f"{article(num, text)} {text}"
+        if rng.random() < 0.85:             # every object placed
+            places = []
+            for o in objs:
+                row, col = C.cell(o.x, o.y)
+                place = rng.choice(PLACE_WORDS[row][col])
+                places.append(place if n == 1 else f"one {'' if size else rng.choice(SIZE_WORDS[o.size]) + ' '}{place}")
+            if n == 1:
+                how = rng.random()
+                text += (f" {places[0]}" if how < 0.5 else f", {rng.choice(['located', 'placed', 'sitting', 'found'])} {places[0]}"
+                         if how < 0.8 else f", which {rng.choice(BE_PLACED)} {places[0]}")
+            else:
+                text += rng.choice([": ", " — ", ", "]) + listing(places, rng)
+        clauses.append(text)
+    if instruct:
+        verbs = ["Set {}.", "Position {}.", "Include {}.", "There should be {}.", "Have {}.", "Insert {}."]
+        body = " ".join(rng.choice(verbs).format(t) for t in clauses)
+    else:
+        body = clauses[0]
+        for i, t in enumerate(clauses[1:]):
+            join = ". Finally, " if i == len(clauses) - 2 and rng.random() < 0.3 else rng.choice(
+                [". ", "; ", ", then ", ". Also, ", ". In addition, ", ", with ", " — and "])
+            body += join + (t[0].upper() + t[1:] if join == ". " else t)
+        body = body[0].upper() + body[1:] + "."
+    opener = rng.choice(["", "", "", "Scene description: ", "Composition: ", "In this image: ", "Item by item: ",
+                         "Description: "])
+    text = opener + body
+    if rng.random() < 0.25:
+        n = len(scene.objects)
+        text += f" {C.NUMBER_WORDS[n].capitalize()} shape{'s' if n > 1 else ''} in all."
+    if rng.random() < 0.3:
+        text += f" The background is {background(scene, rng)}."
+    return text
+
+
 # the original templates (captions.py), spatial naming every group, as one more voice
 def templates(scene: Scene, rng: random.Random) -> str:
     kind = rng.choice(["count", "spatial", "detailed"])
@@ -352,7 +430,8 @@ def templates(scene: Scene, rng: random.Random) -> str:
 
 
 CAPTIONERS = {"terse": terse, "prose_count": prose_count, "relational": relational, "scene_walk": scene_walk,
-              "inventory": inventory, "british_detailed": british_detailed, "templates": templates, "request": request}
+              "inventory": inventory, "british_detailed": british_detailed, "templates": templates, "request": request,
+              "noun_first": noun_first}
 
 
 def caption(scene: Scene, rng: random.Random, names=tuple(CAPTIONERS)) -> dict[str, str]:
@@ -365,11 +444,16 @@ def caption(scene: Scene, rng: random.Random, names=tuple(CAPTIONERS)) -> dict[s
 
 @functools.cache
 def _group_pattern(colour: str, shape: str) -> re.Pattern:
-    colours = sorted({colour, *COLOUR_WORDS[colour]}, key=len, reverse=True)
-    shapes = sorted({w for pair in SHAPE_WORDS[shape] for w in pair} | {shape, C.PLURALS[shape]}, key=len, reverse=True)
-    return re.compile(r"\b(?:%s)\s+(?:%s)\b" % ("|".join(map(re.escape, colours)), "|".join(map(re.escape, shapes))),
+    """A group named colour first ("two crimson discs"), or noun first with its colour after, as noun_first writes
+    it ("discs, both crimson", "a disc (crimson, small)", "a disc that is crimson", "discs, two of them, crimson")."""
+    alt = lambda words: "|".join(map(re.escape, sorted(words, key=len, reverse=True)))
+    colours = alt({colour, *COLOUR_WORDS[colour]})
+    shapes = alt({w for pair in SHAPE_WORDS[shape] for w in pair} | {shape, C.PLURALS[shape]})
+    between = r"(?:\w+\s+(?:of\s+them|in\s+all|in\s+total)|all|both|%s)(?:\s*,\s*|\s+and\s+|\s+)" % alt(
+        {w for ws in SIZE_WORDS.values() for w in ws})
+    after = r"(?:\s*[,(:—-]\s*|\s+(?:that|which)\s+(?:is|are)\s+|\s+(?:painted|shaded|filled\s+with)\s+)"
+    return re.compile(r"\b(?:%s)\s+(?:%s)\b|\b(?:%s)%s(?:%s){0,2}(?:%s)\b" % (colours, shapes, shapes, after, between, colours),
                       re.IGNORECASE)
-
 
 
 def mention_order(text: str, scene: Scene) -> dict[tuple[str, str], int]:
@@ -400,7 +484,8 @@ def _place_pattern() -> tuple[re.Pattern, dict[str, tuple[int, int]]]:
                     cells.setdefault(p.lower(), (row, col))
     alts = "|".join(map(re.escape, sorted(cells, key=len, reverse=True)))
     canvas = r"\s+the\s+(?:image|picture|canvas|frame|scene)\b"
-    return re.compile(r"\b(%s)\b(?!\s+(?:side\s+of\b|than\b|of\b(?!%s)))" % (alts, canvas), re.IGNORECASE), cells
+    return re.compile(r"\b(%s)\b(?!\s+(?:side\s+of\b|than\b|of\b(?!%s))|-hand\s+side\s+of\b)" % (alts, canvas),
+                      re.IGNORECASE), cells
 
 
 def object_order(text: str, scene: Scene, by_place: bool = False) -> list[tuple[float, float]]:
@@ -437,7 +522,11 @@ def object_order(text: str, scene: Scene, by_place: bool = False) -> list[tuple[
         at = m.start()
         near = [(abs(at - pos), key) for pos, s, key in named if s == sentence(at)]
         before = [key for pos, _, key in named if pos < at]
-        owner = min(near)[1] if near else (before[-1] if before else None)   # None: no group named in a known form
+        # the group named nearest before it in its sentence ("a red cube (top left), a blue box"), else nearest after
+        # ("In the centre there is a blue box"); first by nearest either way, requests' places went to the next object
+        near_before = [(at - pos, key) for pos, s, key in named if s == sentence(at) and pos < at]
+        owner = (min(near_before)[1] if near_before else min(near)[1] if near
+                 else before[-1] if before else None)   # None: no group named in a known form
         placed.setdefault(owner, []).append((at, cells[m.group(1).lower()]))
     inf = float("inf")
     out = [(first.get((o.colour, o.shape), inf), inf) for o in scene.objects]
