@@ -370,7 +370,7 @@ def noun_first(scene: Scene, rng: random.Random) -> str:
         z = rng.choice(SIZE_WORDS[size]) if size and rng.random() < 0.7 else None
         num, noun = (rng.choice(["a", "a", "one", "a single", "a lone"]), sing) if n == 1 else (number(n, rng, "mixed"), plural)
         every = rng.choice(["both ", ""] if n == 2 else ["all ", ""]) if n > 1 else ""
-        form = rng.randrange(7 if n > 1 else 6)
+        form = rng.randrange(8) if n > 1 else rng.choice([0, 1, 2, 3, 4, 5, 7])
         if form == 0:                       # a circle, red and small
             text = f"{noun}, {every}{c}" + (f" and {z}" if z else "")
         elif form == 1:                     # a circle (red, small)
@@ -384,10 +384,13 @@ def noun_first(scene: Scene, rng: random.Random) -> str:
             text = (f"{z} " if z else "") + f"{noun} {rng.choice(['painted', 'shaded', 'filled with'])} {c}"
         elif form == 5:                     # a circle: red, small
             text = f"{noun} {rng.choice(['—', '-', ':'])} {every}{c}" + (f", {z}" if z else "")
-        else:                               # circles, three of them, red (the count after the noun too)
+        elif form == 6:                     # circles, three of them, red (the count after the noun too)
             count = C.NUMBER_WORDS[n] if rng.random() < 0.7 else str(n)
             text = (f"{z} " if z else "") + f"{noun}, {count} {rng.choice(['of them', 'in all', 'in total'])}, {c}"
-        if form < 6:
+        else:                               # a circle in red, small
+            text = (f"{z} " if z and rng.random() < 0.5 else "") + f"{noun} in {c}"
+            text += f", {z}" if z and not text.startswith(z) else ""
+        if form != 6:
             text = f"{article(num, text)} {text}"
         if rng.random() < 0.85:             # every object placed
             places = []
@@ -445,13 +448,13 @@ def caption(scene: Scene, rng: random.Random, names=tuple(CAPTIONERS)) -> dict[s
 @functools.cache
 def _group_pattern(colour: str, shape: str) -> re.Pattern:
     """A group named colour first ("two crimson discs"), or noun first with its colour after, as noun_first writes
-    it ("discs, both crimson", "a disc (crimson, small)", "a disc that is crimson", "discs, two of them, crimson")."""
+    it ("discs, both crimson", "a disc (crimson, small)", "a disc in crimson", "discs, two of them, crimson")."""
     alt = lambda words: "|".join(map(re.escape, sorted(words, key=len, reverse=True)))
     colours = alt({colour, *COLOUR_WORDS[colour]})
     shapes = alt({w for pair in SHAPE_WORDS[shape] for w in pair} | {shape, C.PLURALS[shape]})
     between = r"(?:\w+\s+(?:of\s+them|in\s+all|in\s+total)|all|both|%s)(?:\s*,\s*|\s+and\s+|\s+)" % alt(
         {w for ws in SIZE_WORDS.values() for w in ws})
-    after = r"(?:\s*[,(:—-]\s*|\s+(?:that|which)\s+(?:is|are)\s+|\s+(?:painted|shaded|filled\s+with)\s+)"
+    after = r"(?:\s*[,(:—-]\s*|\s+(?:that|which)\s+(?:is|are)\s+|\s+(?:painted|shaded|filled\s+with|in)\s+)"
     return re.compile(r"\b(?:%s)\s+(?:%s)\b|\b(?:%s)%s(?:%s){0,2}(?:%s)\b" % (colours, shapes, shapes, after, between, colours),
                       re.IGNORECASE)
 
