@@ -419,8 +419,8 @@ def noun_first(scene: Scene, rng: random.Random) -> str:
                          "Description: "])
     text = opener + body
     if rng.random() < 0.25:
-        n = len(scene.objects)
-        text += f" {C.NUMBER_WORDS[n].capitalize()} shape{'s' if n > 1 else ''} in all."
+        total = len(scene.objects)
+        text += f" {C.NUMBER_WORDS[total].capitalize()} shape{'s' if total > 1 else ''} in all."
     if rng.random() < 0.3:
         text += f" The background is {background(scene, rng)}."
     return text
@@ -522,13 +522,14 @@ def object_order(text: str, scene: Scene, by_place: bool = False) -> list[tuple[
     pattern, cells = _place_pattern()
     placed: dict = {key: [] for key in keys}
     for m in pattern.finditer(text):
-        at = m.start()
-        near = [(abs(at - pos), key) for pos, s, key in named if s == sentence(at)]
+        at, here = m.start(), sentence(m.start())
         before = [key for pos, _, key in named if pos < at]
-        # the group named nearest before it in its sentence ("a red cube (top left), a blue box"), else nearest after
-        # ("In the centre there is a blue box"); first by nearest either way, requests' places went to the next object
-        near_before = [(at - pos, key) for pos, s, key in named if s == sentence(at) and pos < at]
-        owner = (min(near_before)[1] if near_before else min(near)[1] if near
+        after = [key for pos, s, key in named if s == here and pos > at]
+        # the group named last before it in its sentence ("a red cube (top left), a blue box"), else the first after
+        # it there ("In the centre there is a blue box"), else the last before it anywhere (read by nearest either
+        # way, requests' places went to the object named after them)
+        in_sentence = [key for pos, s, key in named if s == here and pos < at]
+        owner = (in_sentence[-1] if in_sentence else after[0] if after
                  else before[-1] if before else None)   # None: no group named in a known form
         placed.setdefault(owner, []).append((at, cells[m.group(1).lower()]))
     inf = float("inf")
