@@ -100,8 +100,11 @@ DEV_STEPS = ["Put {} in the {}.", "Add {} to the {}.", "{} goes in the {}.", "Th
 
 
 def placed_constraints(scene) -> Constraints:
-    """What the scorer's `positions` checks for a scene: each object, with its size, in its cell."""
+    """What a prompt that places every object states: each object, with its size, in its cell. No relations:
+    these prompts name none (until 2026-12-07 the scene's every group relation was checked too, which failed
+    right plans whose objects stood in their cells but not in the unstated order within them)."""
     cons = Constraints.from_scene(scene, "validation", with_sizes=False)
+    cons.relations = []
     cons.objects = [{"colour": o.colour, "shape": o.shape, "size": o.size, "cell": list(cell(o.x, o.y))} for o in scene.objects]
     return cons
 
