@@ -63,14 +63,6 @@ class PlannerData:
     # a language model that rewrites one caption per scene into a "paraphrase" caption, weighed like a captioner:
     # {base_url, model, api_key_env} or {path}, plus n, weight, ... (data/paraphrase.py: ParaphraserConfig)
     paraphraser: dict | None = None
-    # the share of captions whose text the planner reads with 1 to `fillers_max` words it must ignore inserted at
-    # random places ("a small red circle" -> "a small hockey red circle, was"): words of the text encoder's own
-    # vocabulary, common ones most often, none that the captions use nor any near a colour, shape, size, number
-    # or place (`filler_words`). The target stays the clean caption's. Captioners write every word a planner
-    # knows; users write words no captioner does, and a planner that never saw one out of place reads it as
-    # part of the scene.
-    fillers: float = 0.0
-    fillers_max: int = 3
 
     def __post_init__(self):
         from ..data.paraphrase import KIND, kind_weight
@@ -84,9 +76,6 @@ class PlannerData:
         if self.captions_per_scene is not None and self.captions_per_scene < 1:
             raise ValueError(f"data.captions_per_scene is {self.captions_per_scene}; give 1 or more, or leave it out "
                              "for one caption by every captioner")
-        if not 0.0 <= self.fillers <= 1.0 or self.fillers_max < 1:
-            raise ValueError(f"data.fillers is {self.fillers} (a share: 0 to 1) and data.fillers_max {self.fillers_max} "
-                             "(1 or more)")
         if self.easy_steps and not set(self.easy_captioners) & set(self.captioners):
             raise ValueError("data.easy_captioners: none of them is in data.captioners; name one or set easy_steps: 0")
 
@@ -143,59 +132,10 @@ def scenes_and_captions(cfg: PlannerData) -> tuple[list, list[dict[str, str]]]:
     return scenes, captions
 
 
-def with_captions(scenes: list, *captions: list[dict[str, str]]) -> tuple[list, ...]:
-    """The scenes left with a caption (and their captions, each list kept in step): one whose only captions were
-    held-out prompts trains nothing."""
-    kept = [i for i, caps in enumerate(captions[0]) if caps]
-    return ([scenes[i] for i in kept], *([caps[i] for i in kept] for caps in captions))
-
-
-# what filler words must not be near: every kind of word a Shapes World caption means something by
-WORLD_WORDS = ("red green blue yellow purple orange pink colour color coloured painted shade hue circle square "
-               "triangle shape round disc box small large big tiny huge size one two three four five six seven eight "
-               "nine ten number pair couple dozen left right top bottom above below centre center middle corner side "
-               "upper lower beside near next under over").split()
-
-
-def filler_words(encoder, used: set[str], near: float = 0.4) -> tuple[list[str], np.ndarray]:
-    """Whole words of the encoder's vocabulary (3-12 letters) for `fillers`, with draw weights: none in `used`
-    (the captions' own words) and none whose encoding, alone, is within cosine `near` of a WORLD_WORDS word's
-    (of 21,000 words 40% are left out so; "crimson", "scarlet", "giant", "oval", "atop" among them). BERT-style
-    vocabularies list words roughly by frequency, so weights fall with rank: common words come most often."""
-    import re
-
-    vocab = encoder.tokenizer.get_vocab()
-    words = sorted((w for w in vocab if re.fullmatch(r"[a-z]{3,12}", w) and w not in used), key=vocab.get)
-
-    def embed(texts):
-        out = []
-        for states in encoder.encode(texts):
-            out.append(torch.nn.functional.normalize(states.float().mean(0), dim=0))
-        return torch.stack(out)
-
-    closest = (embed(words) @ embed(WORLD_WORDS).T).max(1).values
-    kept = [w for w, c in zip(words, closest.tolist()) if c < near]
-    weights = 1.0 / (np.arange(len(kept)) + 100.0)
-    return kept, weights / weights.sum()
-
-
-def with_fillers(captions: list[dict[str, str]], share: float, most: int, words: list[str], weights: np.ndarray,
-                 seed: int, allowed=lambda text: True) -> list[dict[str, str]]:
-    """`captions` with filler words inserted between the words of a `share` of them (1 to `most` each)."""
-    rng = np.random.default_rng([seed, 71])
-    out = []
-    for caps in captions:
-        noisy = {}
-        for kind, text in caps.items():
-            if rng.random() < share:
-                tokens = text.split()
-                for _ in range(rng.integers(1, most + 1)):
-                    tokens.insert(int(rng.integers(0, len(tokens) + 1)), words[rng.choice(len(words), p=weights)])
-                noisy_text = " ".join(tokens)
-                text = noisy_text if allowed(noisy_text) else text
-            noisy[kind] = text
-        out.append(noisy)
-    return out
+def with_captions(scenes: list, captions: list[dict[str, str]]) -> tuple[list, list[dict[str, str]]]:
+    """The scenes left with a caption: one whose only captions were held-out prompts trains nothing."""
+    kept = [i for i, caps in enumerate(captions) if caps]
+    return [scenes[i] for i in kept], [captions[i] for i in kept]
 
 
 def start_weights(init: str, cfg: PlannerConfig) -> dict:
@@ -223,19 +163,11 @@ class PlannerTask(Task):
         encoder = TextEncoder(cfg.text_encoder)
         if encoder.dim != cfg.model.text_dim:
             raise ValueError(f"model.text_dim {cfg.model.text_dim} != text encoder width {encoder.dim}")
-        # what the planner reads: the captions, some with filler words; its targets come from the clean captions
-        self.read = self.captions
-        if cfg.data.fillers:
-            used = {w for caps in self.captions for text in caps.values() for w in text.lower().split()}
-            words, weights = filler_words(encoder, used)
-            held = held_out_prompts()
-            self.read = with_fillers(self.captions, cfg.data.fillers, cfg.data.fillers_max, words, weights,
-                                     cfg.data.seed, allowed=lambda text: normalise(text) not in held)
         step = cfg.data.cache_block
-        blocks = [[c for caps in self.read[i : i + step] for c in caps.values()] for i in range(0, len(self.read), step)]
+        blocks = [[c for caps in self.captions[i : i + step] for c in caps.values()] for i in range(0, len(self.captions), step)]
         self.text = cached_text_blocks(encoder, blocks, cfg.data.cache_dir, show=show)
         # dropped after the cache blocks are made, so that they stay those of the scenes drawn
-        self.scenes, self.captions, self.read = with_captions(self.scenes, self.captions, self.read)
+        self.scenes, self.captions = with_captions(self.scenes, self.captions)
         self.tokens = [{kind: self.layout_tokens(scene, text) for kind, text in caps.items()}
                        for scene, caps in zip(self.scenes, self.captions)]
 
@@ -271,7 +203,7 @@ class PlannerTask(Task):
         flat, offsets, index = self.text
         states, tokens = [], []
         for i in idx:
-            caps = self.read[i]
+            caps = self.captions[i]
             kinds = [k for k in caps if not easy or k in data.easy_captioners] or list(caps)
             w = np.array([data.captioners[k] for k in kinds], np.float64)
             kind = kinds[rng.choice(len(kinds), p=w / w.sum())]
