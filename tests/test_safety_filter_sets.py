@@ -190,6 +190,19 @@ def test_full_filter_allows_hard_negatives_and_blocks_intent():
     assert not any(v.allowed for v in full.check_many(["shoot the teacher", "sh00t the teacher"]))
 
 
+
+@pytest.mark.slow
+def test_the_shipped_filter_blocks_every_dev_prompt_and_refuses_no_dev_benign_one():
+    """The dev split is the one misses are fixed with (its figures are optimistic by construction): what it shows
+    fixed stays fixed. Before 2026-12-07 a car-exhaust suicide, a body on a meat hook and cannabis grown to sell
+    passed."""
+    full = pf.default_filter()
+    unsafe, benign = _texts("unsafe", "dev"), _texts("benign", "dev")
+    missed = [t for t, v in zip(unsafe, full.check_many(unsafe)) if v.allowed]
+    refused = [t for t, v in zip(benign, full.check_many(benign)) if not v.allowed]
+    assert not missed and not refused, (missed, refused)
+
+
 # ----------------------------------------------------------------------------- the benchmark
 
 
