@@ -31,16 +31,8 @@ from limner.world import captioners, suites, unseen_wordings
 from limner.world.captions import cell
 from limner.world.scene import sample_scene
 from limner.world.evaluate import CELL, HEADLINE, wilson
-from limner.world.scorer import Constraints, Found, score
-
-
-def found_of(layout) -> list[Found]:
-    """A plan as the scorer reads an image: each object's colour, shape, size and box centre."""
-    out = []
-    for label, (x0, y0, x1, y1) in layout:
-        size, colour, shape = label.split()
-        out.append(Found(colour, shape, size, (x0 + x1) / 2, (y0 + y1) / 2, (x1 - x0) * (y1 - y0)))
-    return out
+from limner.world.layout import found_of
+from limner.world.scorer import Constraints, score
 
 
 # ------------------------------------------------------------------ dev wordings (for choosing, not reporting)

@@ -70,6 +70,29 @@ def test_decoding_keeps_boxes_inside_the_canvas_and_apart():
     assert gmask.sum(1).tolist() == [len(lay) for lay in layouts]
 
 
+def test_decoding_keeps_boxes_wider_apart_where_the_planner_does_not_mind():
+    """`apart`: a box 0.05 from the others where the bins that allows hold at least `apart_mass` of the probability,
+    else only `gap` (0.02): a planner sure of a close place keeps it, an unsure one is kept away."""
+    p = untrained()
+    centres = (torch.arange(p.cfg.bins) + 0.5) / p.cfg.bins
+    placed = [(0.41, 0.40, 0.51, 0.50)]
+    so_far = torch.tensor([0, 6, 6, 29])          # label, w, h (0.10), x (0.46: over the placed box)
+    close, far = 37, 38                           # y centres 0.586 (0.035 below the box) and 0.602 (0.051)
+    assert 0.02 <= centres[close] - 0.0508 - 0.50 < 0.05 <= centres[far] - 0.0508 - 0.50
+
+    def draws(logits):
+        return {int(p._place(logits, 4, so_far, placed, centres, torch.Generator().manual_seed(s), 1.0)) for s in range(60)}
+
+    sure = torch.full((p.cfg.bins,), -20.0)
+    sure[close] = 0.0
+    assert draws(sure) == {close}                 # the close place keeps nearly all the probability: kept
+    spread = torch.full((p.cfg.bins,), -20.0)
+    spread[close : close + 9] = 0.0
+    assert close not in draws(spread)             # 8 of 9 equal bins lie 0.05 away: only those are drawn
+    p.cfg.apart = 0.0
+    assert close in draws(spread)                 # without `apart`: the close bin too
+
+
 def test_coarse_terms_score_the_span_a_place_falls_in():
     """Two place distributions with the same fine-bin likelihood of the truth: the coarse terms prefer the one
     whose mass sits in the truth's half (what a place word fixes), and without them the loss cannot tell."""

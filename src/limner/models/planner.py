@@ -32,6 +32,12 @@ class PlannerConfig:
     bins: int = 64
     max_objects: int = 8
     gap: float = 0.02     # decoding keeps boxes this far apart (Shapes World's spec) and inside the canvas
+    # ... and this far apart where the bins that allows keep `apart_mass` of the probability of those `gap` allows
+    # (0: no more than `gap`). Boxes drawn close can touch and read as one: on 300 fresh validation scenes of 3-8
+    # objects, drawn right 0.607 -> 0.637 (10 scenes better, 1 worse; benchmarks/plan_drawing.py), plans as right.
+    # A flat 0.05 gap loses plans (a crowded cell pushes boxes out of it); 0.08 gains less.
+    apart: float = 0.05
+    apart_mass: float = 0.5
     object_query: bool = True  # a box's positions also carry its object's label (planners saved before: False)
     text_positions: int = 0    # learned position embeddings for this many text tokens (0: none, as saved before)
 
@@ -184,6 +190,24 @@ class Planner(nn.Module):
         w, h = centres[int(so_far[-2 if slot == 3 else -3])], centres[int(so_far[-1 if slot == 3 else -2])]
         xs = centres if slot == 3 else centres[int(so_far[-1])].expand(1)
         ys = centres
+        allowed = self._allowed(xs, ys, w, h, placed, cfg.gap, slot)
+        logits = logits / max(temperature, 1e-6)
+        if cfg.apart > cfg.gap and allowed.any():
+            # boxes `apart` from the others where that keeps at least `apart_mass` of the probability (as sampled)
+            # of the bins `gap` allows: objects drawn close can touch and read as one
+            wide = self._allowed(xs, ys, w, h, placed, cfg.apart, slot)
+            p = logits.softmax(-1)
+            if p[wide].sum() >= cfg.apart_mass * p[allowed].sum():
+                allowed = wide
+        if allowed.any():
+            logits = logits.masked_fill(~allowed, -float("inf"))
+        return torch.multinomial(logits.softmax(-1), 1, generator=gen)[0]
+
+
+    @staticmethod
+    def _allowed(xs, ys, w, h, placed, min_gap, slot):
+        """The x bins (slot 3: those with at least one such y) or y bins (slot 4) whose box stays inside the canvas
+        and `min_gap` from every box in `placed`."""
         x0, x1 = xs[:, None] - w / 2, xs[:, None] + w / 2          # (X, 1)
         y0, y1 = ys[None, :] - h / 2, ys[None, :] + h / 2          # (1, Y)
         ok = (x0 >= 0) & (x1 <= 1) & (y0 >= 0) & (y1 <= 1)
@@ -191,12 +215,8 @@ class Planner(nn.Module):
             dx = torch.clamp(torch.maximum(bx0 - x1, x0 - bx1), min=0)
             dy = torch.clamp(torch.maximum(by0 - y1, y0 - by1), min=0)
             gap = torch.where((dx > 0) & (dy > 0), torch.sqrt(dx**2 + dy**2), torch.maximum(dx, dy))
-            ok &= gap >= cfg.gap
-        allowed = ok.any(1) if slot == 3 else ok[0]
-        logits = logits / max(temperature, 1e-6)
-        if allowed.any():
-            logits = logits.masked_fill(~allowed, -float("inf"))
-        return torch.multinomial(logits.softmax(-1), 1, generator=gen)[0]
+            ok &= gap >= min_gap
+        return ok.any(1) if slot == 3 else ok[0]
 
 
 def layout_loss(logits, tokens, coarse: tuple[int, ...] = ()):

@@ -23,6 +23,18 @@ def of_scene(objects: list[Obj]) -> Layout:
     return [(phrase(o.size, o.colour, o.shape), o.box()) for o in objects]
 
 
+def found_of(layout: Layout) -> list:
+    """A layout as the scorer reads an image: each object's colour, shape, size and box centre (to score a plan
+    itself, exactly, with no drawing)."""
+    from .scorer import Found
+
+    out = []
+    for label, (x0, y0, x1, y1) in layout:
+        size, colour, shape = label.split()
+        out.append(Found(colour, shape, size, (x0 + x1) / 2, (y0 + y1) / 2, (x1 - x0) * (y1 - y0)))
+    return out
+
+
 def plan(objects: list[dict], rng: random.Random, inset: float = 0.03, gap: float = 0.05,
          tries: int = 400) -> Layout | None:
     """Boxes for prompt objects ({"colour", "shape", "size", "cell": [row, col]}), each centred in its cell
