@@ -243,6 +243,8 @@ def summary(rows: list[dict]) -> dict:
     groups["all"] = rows
     out = {}
     for g, rs in groups.items():
+        if not rs:   # e.g. --model-images 0: no model group to summarise
+            continue
         n = len(rs)
         fp = sum(r["detected"] is True for r in rs)
         flagged = sum(r["detected"] is not False for r in rs)

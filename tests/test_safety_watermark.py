@@ -256,6 +256,11 @@ def test_false_positive_benchmark_uses_photos_the_calibration_never_saw():
     assert fpr.clopper_pearson(0, 3000) == (0.0, pytest.approx(1 - 0.025 ** (1 / 3000), rel=1e-6))
     lo, hi = fpr.clopper_pearson(5, 100)
     assert lo == pytest.approx(0.01643, abs=2e-5) and hi == pytest.approx(0.11284, abs=2e-5)
+    # photos alone (--model-images 0) summarise without an empty model group
+    row = lambda z, detected: {"group": "photos", "what": "crop", "size": [64, 64], "z": z, "p_value": 0.5,
+                               "detected": detected}
+    s = fpr.summary([row(1.0, False), row(6.0, True)])
+    assert list(s) == ["photos", "all"] and s["photos"]["false_positives"] == 1 and s["all"]["max_z"] == 6.0
 
 
 def test_other_key_does_not_read_it(marked):
