@@ -34,10 +34,10 @@ class PlannerConfig:
     gap: float = 0.02     # decoding keeps boxes this far apart (Shapes World's spec) and inside the canvas
     # ... and this far apart where the bins that allows keep `apart_mass` of the probability of those `gap` allows
     # (0: no more than `gap`). Boxes drawn close can touch and read as one: on 300 fresh validation scenes of 3-8
-    # objects, drawn right 0.607 -> 0.637 (10 scenes better, 1 worse; benchmarks/plan_drawing.py), plans as right.
-    # A flat 0.05 gap loses plans (a crowded cell pushes boxes out of it); 0.08 gains less.
+    # objects, drawn right 0.607 -> 0.637 at apart_mass 0.5 (10 scenes better, 1 worse; benchmarks/plan_drawing.py)
+    # and 0.660 at 0.3, plans as right. A flat 0.05 gap loses plans (a crowded cell pushes boxes out of it).
     apart: float = 0.05
-    apart_mass: float = 0.5
+    apart_mass: float = 0.3
     object_query: bool = True  # a box's positions also carry its object's label (planners saved before: False)
     text_positions: int = 0    # learned position embeddings for this many text tokens (0: none, as saved before)
 
