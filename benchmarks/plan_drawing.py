@@ -12,7 +12,6 @@ import time
 from limner.pipeline import Pipeline
 from limner.safety.guard import SafetyConfig
 from limner.world import captioners
-from limner.world.captions import cell
 from limner.world.evaluate import wilson
 from limner.world.scene import sample_scene
 from limner.world.layout import found_of
@@ -33,10 +32,7 @@ items = []
 for name in ["british_detailed", "scene_walk", "noun_first"]:
     for _ in range(a.scenes):
         scene = sample_scene(rng, n_objects=rng.randint(3, 8))
-        cons = Constraints.from_scene(scene, "validation", with_sizes=False)
-        cons.relations = []   # these captions place every object; what they state is each object in its cell
-        cons.objects = [{"colour": o.colour, "shape": o.shape, "size": o.size, "cell": list(cell(o.x, o.y))}
-                        for o in scene.objects]
+        cons = Constraints.placed(scene, "validation", with_sizes=False)   # these captions place every object
         items.append((captioners.CAPTIONERS[name](scene, rng), cons))
 texts, seeds = [t for t, _ in items], list(range(len(items)))
 base = None

@@ -95,10 +95,7 @@ def placed_constraints(scene) -> Constraints:
     """What a prompt that places every object states: each object, with its size, in its cell. No relations:
     these prompts name none (until 2026-12-07 the scene's every group relation was checked too, which failed
     right plans whose objects stood in their cells but not in the unstated order within them)."""
-    cons = Constraints.from_scene(scene, "validation", with_sizes=False)
-    cons.relations = []
-    cons.objects = [{"colour": o.colour, "shape": o.shape, "size": o.size, "cell": list(cell(o.x, o.y))} for o in scene.objects]
-    return cons
+    return Constraints.placed(scene, "validation", with_sizes=False)
 
 
 def dev_detailed(rng):

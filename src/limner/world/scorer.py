@@ -64,6 +64,18 @@ class Constraints:
         rels = [{"a": list(a), "rel": r, "b": list(b)} for a, r, b in relations(scene)]
         return cls(groups, rels, True, category)
 
+    @classmethod
+    def placed(cls, scene, category: str = "scene", stated=(), with_sizes: bool = True) -> "Constraints":
+        """What a prompt that places every object states: each object, with its size, in its 3 x 3 cell, and
+        only the relations it names (`stated`: (group, relation, group) triples), not every one the scene has."""
+        from .captions import cell
+
+        cons = cls.from_scene(scene, category, with_sizes)
+        cons.relations = [{"a": list(a), "rel": r, "b": list(b)} for a, r, b in stated]
+        cons.objects = [{"colour": o.colour, "shape": o.shape, "size": o.size, "cell": list(cell(o.x, o.y))}
+                        for o in scene.objects]
+        return cons
+
 
 def _templates(area: float, cx: float, cy: float, ys: np.ndarray, xs: np.ndarray) -> dict[str, tuple]:
     """The coverage each shape of the given area would have, centred on the observed centroid."""

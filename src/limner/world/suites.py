@@ -66,10 +66,7 @@ def detailed(rng: random.Random, n: int) -> tuple[str, Constraints, dict]:
     relations it names. The scene it was written from stays in the tags (for `layout_by_relations`)."""
     scene = sample_scene(rng, n_objects=n)
     text, stated = C.described(scene, rng)
-    cons = Constraints.from_scene(scene, "detailed")
-    cons.relations = [{"a": list(a), "rel": r, "b": list(b)} for a, r, b in stated]
-    cons.objects = [{"colour": o.colour, "shape": o.shape, "size": o.size, "cell": list(C.cell(o.x, o.y))}
-                    for o in scene.objects]
+    cons = Constraints.placed(scene, "detailed", stated)
     return text, cons, {"objects": n, "words": len(text.split()), "scene": scene.to_dict()}
 
 
