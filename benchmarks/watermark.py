@@ -22,7 +22,7 @@ import numpy as np
 from PIL import Image
 
 from limner.safety import watermark as W
-from limner.safety.attacks import ATTACKS
+from limner.safety.attacks import ATTACKS, jpeg
 from limner.world.scene import render, sample_scene
 
 PHOTOS = ["astronaut", "coffee", "chelsea", "rocket", "hubble_deep_field", "immunohistochemistry", "retina",
@@ -31,14 +31,19 @@ PHOTOS = ["astronaut", "coffee", "chelsea", "rocket", "hubble_deep_field", "immu
 CALIBRATION = Path(__file__).resolve().parents[1] / "src/limner/safety/watermark_calibration.json"
 
 
-def photo(rng: random.Random, size: int) -> Image.Image:
+def photo(rng: random.Random, size: int, smallest_crop: float = 0.6) -> Image.Image:
+    """A random crop (`smallest_crop` to all of each side) of one of PHOTOS, flipped half the time, with its
+    short side resized to `size`."""
     import skimage.data
     from skimage.util import img_as_ubyte
 
-    a = img_as_ubyte(getattr(skimage.data, rng.choice(PHOTOS))())
+    return crop(img_as_ubyte(getattr(skimage.data, rng.choice(PHOTOS))()), rng, size, smallest_crop)
+
+
+def crop(a: np.ndarray, rng: random.Random, size: int, smallest_crop: float) -> Image.Image:
     a = np.stack([a] * 3, -1) if a.ndim == 2 else a[..., :3]
     h, w = a.shape[:2]
-    f = rng.uniform(0.6, 1.0)
+    f = rng.uniform(smallest_crop, 1.0)
     ch, cw = int(h * f), int(w * f)
     y, x = rng.randint(0, h - ch), rng.randint(0, w - cw)
     a = a[y:y + ch, x:x + cw]
@@ -64,17 +69,25 @@ CALIBRATION_SEED = 1
 SAMPLE = 200   # the calibration keeps its first SAMPLE images' z, so a test can recompute them
 
 
-def calibration_images(n: int, seed: int = CALIBRATION_SEED):
-    """(index, image): the calibration's n unmarked images of every kind, size and edit, in its order (index
-    i is the same image for every n; images an edit made too small to check are left out)."""
+def as_users_have_it(im: Image.Image, rng: random.Random) -> Image.Image:
+    """A third of photos were saved as JPEG before anything else was done to them."""
+    return jpeg(rng.randint(50, 95))(im) if rng.random() < 0.3 else im
+
+
+def calibration_images(n: int, seed: int = CALIBRATION_SEED, photo_dir: str | None = None, dir_photos: int = 0):
+    """(index, kind, image): the calibration's n unmarked images of every kind ("photo", "scene", "noise"),
+    size and edit, in its order (index i is the same image for every n; images an edit made too small to
+    check are left out); then `dir_photos` crops of the photos in `photo_dir` (indices n and on, a stream of
+    their own, so the first n are the same with or without them)."""
     rng = random.Random(seed)
     names = list(ATTACKS)
     for i in range(n):
         size = rng.choice([128, 256, 384, 512, 768, 1024])
         kind = rng.random()
-        if kind < 0.45:
-            im = photo(rng, size)
-        elif kind < 0.9:
+        kind = "photo" if kind < 0.45 else "scene" if kind < 0.9 else "noise"
+        if kind == "photo":  # photos as users have them: deep crops enlarged, any size, some saved as JPEG first
+            im = as_users_have_it(photo(rng, rng.randint(96, 1024), smallest_crop=0.3), rng)
+        elif kind == "scene":
             im = render(sample_scene(rng), size)
         else:  # 1/f noise textures: content with structure at every scale
             g = np.random.default_rng(i)
@@ -86,22 +99,60 @@ def calibration_images(n: int, seed: int = CALIBRATION_SEED):
             im = Image.fromarray(tex.astype(np.uint8))
         im = ATTACKS[rng.choice(names)](im)
         if min(im.size) >= W.K:
-            yield i, im
+            yield i, kind, im
+    if dir_photos:
+        sources = folder_photos(photo_dir)
+        rng = random.Random(f"{seed}-{photo_dir}")
+        for j in range(dir_photos):
+            a = sources[rng.choice(sorted(sources))]
+            im = ATTACKS[rng.choice(names)](as_users_have_it(crop(a, rng, rng.randint(96, 1024), 0.3), rng))
+            if min(im.size) >= W.K:
+                yield n + j, "photo", im
 
 
-def calibrate(n: int, seed: int = CALIBRATION_SEED) -> dict:
-    """z on n unmarked images of every kind, size and edit; those of the first SAMPLE kept in order, so a test
-    can recompute them with the current detector (None: an image too small to check)."""
-    zs, sample = [], [None] * min(n, SAMPLE)
-    t0 = time.time()
-    for i, im in calibration_images(n, seed):
-        zs.append(W.score(im)[0])
-        if i < SAMPLE:
-            sample[i] = round(zs[-1], 5)
+def folder_photos(photo_dir: str) -> dict[str, np.ndarray]:
+    """Name -> RGB uint8 array for every image in `photo_dir`."""
+    from limner.eval.metrics import IMAGE_SUFFIXES
+
+    paths = sorted(p for p in Path(photo_dir).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not paths:
+        raise SystemExit(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {photo_dir}")
+    return {p.stem: np.asarray(Image.open(p).convert("RGB")) for p in paths}
+
+
+MIN_KIND = 2000  # images of a kind for its tail to count
+
+
+def calibrate(n: int, seed: int = CALIBRATION_SEED, photo_dir: str | None = None, dir_photos: int = 0) -> dict:
+    """Both tests' z on n unmarked images of every kind, size and edit (and `dir_photos` crops of the photos in
+    `photo_dir`). Each test's tail is fitted per kind of image and the heaviest kind's is kept, so the
+    false-positive rate holds for each kind, not only for their mix (photos have the heaviest: a mix with scenes
+    gave photos 0.4-0.5% at its 0.1%). Only limner's key reads them: other keys looked like extra draws of the
+    same null, but on 3,000 unseen photo crops four of them went over the 0.05% threshold 4 times in 12,000
+    reads where limner's key did 3 times in 3,000. The first SAMPLE images' z are kept in order, so a test can
+    recompute them with the current detector (None: an image too small to check)."""
+    zs: dict[str, list] = {}
+    sample, sample_u = [None] * min(n, SAMPLE), [None] * min(n, SAMPLE)
+    t0, images = time.time(), 0
+    for i, kind, im in calibration_images(n, seed, photo_dir, dir_photos):
+        both = W.scores(im)
+        zs.setdefault(kind, []).append(both)
+        images += 1
+        if i < len(sample):
+            sample[i], sample_u[i] = (round(v, 5) for v in both)
         if (i + 1) % 500 == 0:
-            print(f"calibration {i + 1}/{n}  {time.time() - t0:.0f}s  max z {max(zs):.2f}", file=sys.stderr)
-    return dict(W.fit_null(zs), command=f"python benchmarks/watermark.py --calibrate {n}",
-                sample={"seed": seed, "z": sample})
+            print(f"calibration {i + 1}/{n + dir_photos}  {time.time() - t0:.0f}s", file=sys.stderr)
+    by_kind = {k: {test: W.fit_null([z[t] for z in v]) for t, test in enumerate(("search", "unmoved"))}
+               for k, v in zs.items()}
+    # kinds with too few images for a 0.1% quantile (the 1/f noise, 10%) are reported, not used
+    big = [k for k in by_kind if by_kind[k]["search"]["n"] >= MIN_KIND]
+    heaviest = lambda test: max(big, key=lambda k: by_kind[k][test]["z_at_fpr"]["0.001"])
+    search, unmoved = (dict(by_kind[heaviest(t)][t], kind=heaviest(t)) for t in ("search", "unmoved"))
+    return dict(search, n=images, unmoved=unmoved,
+                by_kind={k: {t: {"n": f["n"], "z_at_fpr": f["z_at_fpr"]} for t, f in v.items()} for k, v in by_kind.items()},
+                command=f"python benchmarks/watermark.py --calibrate {n}"
+                        + (f" --photo-dir {Path(photo_dir).name} --dir-photos {dir_photos}" if dir_photos else ""),
+                sample={"seed": seed, "z": sample, "z_unmoved": sample_u})
 
 
 # --- the peer: invisible-watermark ---------------------------------------------------------------------
@@ -169,6 +220,8 @@ def speed(im, repeats=7) -> dict:
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--calibrate", type=int, default=0, help="write the null calibration from N unmarked images")
+    ap.add_argument("--photo-dir", help="--calibrate: also crop photos from every image in this folder")
+    ap.add_argument("--dir-photos", type=int, default=4000, help="--calibrate: how many crops of --photo-dir")
     ap.add_argument("--shapes", type=int, default=60)
     ap.add_argument("--photos", type=int, default=40)
     ap.add_argument("--peer-images", type=int, default=8, help="per set, for the (slow) peer")
@@ -181,15 +234,16 @@ def main():
         print(json.dumps(speed(photo(random.Random(0), 1024)), indent=1))
         return
     if a.calibrate:
-        cal = calibrate(a.calibrate)
+        cal = calibrate(a.calibrate, photo_dir=a.photo_dir, dir_photos=a.dir_photos if a.photo_dir else 0)
         CALIBRATION.write_text(json.dumps(cal, indent=1) + "\n")
         print(json.dumps(cal, indent=1))
         return
     sets = image_sets(a.shapes, a.photos, size=a.size, enlarge=a.enlarge)
-    thr = W.calibration()["z_at_fpr"]["0.001"]
+    thr = {test: W.z_at_p(W.DETECTED_FPR / 2, test) for test in ("search", "unmoved")}
     k_peer = peer_threshold()
-    print(f"limner threshold z >= {thr:.2f} (0.1% FPR, calibrated on {W.calibration()['n']} unmarked images); "
-          f"peer threshold >= {k_peer}/32 bits (binomial, 0.1%)", file=sys.stderr)
+    print(f"limner: joint p <= {W.DETECTED_FPR:g} (search z >= {thr['search']:.2f} or unmoved z >= {thr['unmoved']:.2f}, "
+          f"calibrated on {W.calibration()['n']} unmarked images); peer threshold >= {k_peer}/32 bits (binomial, 0.1%)",
+          file=sys.stderr)
     marked = {k: [W.embed(im, payload=W.payload_for("bench", str(i))) for i, im in enumerate(v)]
               for k, v in sets.items()}
     peers = {m: {k: [peer_embed(im, m) for im in v[: a.peer_images]] for k, v in sets.items()}
@@ -207,10 +261,10 @@ def main():
             hits = ok = 0
             low[k] = math.inf
             for i, im in enumerate(marked[k]):
-                z, s, ang, folded, off = W.score(f(im))
-                hits += z >= thr
-                low[k] = min(low[k], z)
-                ok += W.read_payload(folded, off, W.KEY) == W.payload_for("bench", str(i))
+                d = W.detect(f(im))
+                hits += d.detected is True
+                low[k] = min(low[k], d.z)
+                ok += d.payload == W.payload_for("bench", str(i))   # read when detected or unsure
             row[f"limner/{k}"] = hits / len(marked[k])
             pay[k] = ok / len(marked[k])
             for m in peers:
@@ -231,7 +285,7 @@ def report(out, a) -> str:
     lines += ["", f"True-positive rate at 0.1% false positives ({a.shapes} shapes + {a.photos} photos for limner; "
               f"{a.peer_images} + {a.peer_images} for each peer):", "",
               "| attack | " + " | ".join(cols) + " | limner payload " + " / ".join(out["payload"][next(iter(out["payload"]))])
-              + " | limner min z " + " / ".join(out["min_z"][next(iter(out["min_z"]))]) + " |",
+              + " | limner lowest search z " + " / ".join(out["min_z"][next(iter(out["min_z"]))]) + " |",
               "|---" * (len(cols) + 3) + "|"]
     for name, row in out["tpr"].items():
         p, z = out["payload"][name], out["min_z"][name]

@@ -14,11 +14,12 @@ made that way:
   as JPEG. Each group has its own image per seed; the groups share seeds, so they are not independent
   of one another.
 - photos: crops of photographs outside the calibration's 19 (scikit-image's motorcycle pair, cell and
-  microaneurysms; matplotlib's Grace Hopper; scikit-learn's china and flower when it is installed).
+  microaneurysms; matplotlib's Grace Hopper; scikit-learn's china and flower when it is installed), or of
+  every image in `--photo-dir` (your own photos; docs/BENCHMARKS.md names the folder it reports).
 - synthetic: graphics and textures of other kinds than 1/f noise (gratings, rotated checkerboards, value
   noise, white noise, gradients, text, scikit-image's logo, blobs and phantom, a terrain map).
 
-The false-positive rate is the share flagged `detected` (z >= the 0.1% threshold), with a 95% Clopper-Pearson
+The false-positive rate is the share flagged `detected` (joint p <= 0.001), with a 95% Clopper-Pearson
 interval; the share at the 1% threshold (`detected` or `unsure`) is given beside it. The threshold is read,
 never set, here: this set must not tune it.
 """
@@ -106,8 +107,14 @@ def model_variants(img: Image.Image, rng: random.Random) -> dict[str, tuple[str,
 
 # --- photographs the calibration never cropped ---------------------------------------------------------
 
-def photo_sources() -> dict[str, np.ndarray]:
-    """Name -> RGB uint8 array; none of them is in benchmarks/watermark.py's PHOTOS."""
+def photo_sources(photo_dir: str | None = None) -> dict[str, np.ndarray]:
+    """Name -> RGB uint8 array: every image in `photo_dir`, or by default photos that are not in
+    benchmarks/watermark.py's PHOTOS."""
+    if photo_dir is not None:
+        sys.path.insert(0, str(Path(__file__).parent))
+        from watermark import folder_photos
+
+        return folder_photos(photo_dir)
     import matplotlib
     import skimage.data
     from skimage.util import img_as_ubyte
@@ -212,21 +219,21 @@ def skimage_graphic(rng: random.Random, side: int, g: np.random.Generator) -> tu
 
 # --- the run -------------------------------------------------------------------------------------------
 
-def measure(n_model: int, n_photos: int, n_synthetic: int, seed: int = 2026) -> list[dict]:
+def measure(n_model: int, n_photos: int, n_synthetic: int, seed: int = 2026, photo_dir: str | None = None) -> list[dict]:
     rng = random.Random(seed)
     rows = []
 
     def check(group, what, im):
         d = W.detect(im)
         rows.append({"group": group, "what": what, "size": list(im.size), "z": round(d.z, 4),
-                     "p_value": d.p_value, "detected": d.detected})
+                     "z_unmoved": round(d.z_unmoved, 4), "p_value": d.p_value, "detected": d.detected})
 
     t0 = time.time()
     for i, img in enumerate(model_outputs(n_model) if n_model else []):
         for group, (what, im) in model_variants(img, rng).items():
             check(group, f"seed {i}: {what}", im)
     print(f"model outputs checked  {time.time() - t0:.0f}s", file=sys.stderr)
-    sources = photo_sources() if n_photos else {}
+    sources = photo_sources(photo_dir) if n_photos else {}
     for _ in range(n_photos):
         check("photos", *photo_crop(sources, rng))
     for _ in range(n_synthetic):
@@ -259,8 +266,10 @@ def summary(rows: list[dict]) -> dict:
 def report(s: dict) -> str:
     cal = W.calibration()
     pct = lambda v: f"{100 * v:.2f}%"
-    lines = [f"Shipped threshold z >= {cal['z_at_fpr']['0.001']:.2f} (0.1% promised), unsure from "
-             f"z >= {cal['z_at_fpr']['0.01']:.2f} (1%); calibrated on {cal['n']} other unmarked images.", "",
+    z = lambda p, test: f"{W.z_at_p(p / 2, test):.2f}"
+    lines = [f"Shipped: detected at joint p <= {W.DETECTED_FPR:g} (0.1% promised: search z >= {z(W.DETECTED_FPR, 'search')} "
+             f"or unmoved z >= {z(W.DETECTED_FPR, 'unmoved')}), unsure up to p = {W.UNSURE_FPR:g}; calibrated on "
+             f"{cal['n']} other unmarked images.", "",
              "| group | n | detected (FPR) | 95% CI | detected or unsure | 95% CI | median z | max z (image) |",
              "|---|---|---|---|---|---|---|---|"]
     for g, r in s.items():
@@ -277,12 +286,13 @@ def main():
     ap.add_argument("--photos", type=int, default=800, help="photo crops")
     ap.add_argument("--synthetic", type=int, default=800, help="synthetic graphics and textures")
     ap.add_argument("--seed", type=int, default=2026, help="draws the variants, crops and textures")
+    ap.add_argument("--photo-dir", help="crop the photos from every image in this folder instead of the built-in ones")
     ap.add_argument("--json", help="write every image's z, p-value and verdict, and the summary, here")
     a = ap.parse_args()
     for flag in ("model_images", "photos", "synthetic"):
         if getattr(a, flag) < 0:
             ap.error(f"--{flag.replace('_', '-')} must be 0 or more, not {getattr(a, flag)}")
-    rows = measure(a.model_images, a.photos, a.synthetic, a.seed)
+    rows = measure(a.model_images, a.photos, a.synthetic, a.seed, a.photo_dir)
     if not rows:
         ap.error("nothing to measure: give --model-images, --photos or --synthetic above 0")
     s = summary(rows)
@@ -290,7 +300,7 @@ def main():
     if a.json:
         out = Path(a.json)
         tmp = out.with_name(f".{out.name}.tmp")
-        tmp.write_text(json.dumps({"summary": s, "threshold": W.calibration()["z_at_fpr"], "rows": rows}, indent=1))
+        tmp.write_text(json.dumps({"summary": s, "p_threshold": W.DETECTED_FPR, "rows": rows}, indent=1))
         tmp.replace(out)
 
 

@@ -27,6 +27,11 @@ def texture(seed, size):
     return Image.fromarray(((t - t.min()) / np.ptp(t) * 200 + 25).astype(np.uint8))
 
 
+def found(image) -> bool:
+    """The detector's verdict at its 0.1% false-positive level."""
+    return W.detect(image).detected is True
+
+
 @pytest.fixture(scope="module")
 def marked():
     img = scene(3, 512)
@@ -149,10 +154,9 @@ def test_quality_on_photos_with_black_areas(name):
                                          ("gravel", "crop25"), ("grass", "rot+5"), ("gravel", "screenshot"),
                                          ("grass", "crop50+jpeg75")])
 def test_busy_photos_survive_rotation_and_crops(name, attack):
-    threshold = W.calibration()["z_at_fpr"]["0.001"]
     original = photo(name)
-    assert W.score(ATTACKS[attack](W.embed(original, payload=0x1234ABCD)))[0] >= threshold
-    assert W.score(ATTACKS[attack](original))[0] < threshold
+    assert found(ATTACKS[attack](W.embed(original, payload=0x1234ABCD)))
+    assert not found(ATTACKS[attack](original))
 
 
 # bright+30+crop50 failed here until the search grid: after brightening only the objects keep the mark, and
@@ -160,33 +164,78 @@ def test_busy_photos_survive_rotation_and_crops(name, attack):
 @pytest.mark.parametrize("attack", list(ATTACKS))
 def test_survives_every_listed_attack(marked, attack):
     original, img = marked
-    threshold = W.calibration()["z_at_fpr"]["0.001"]
-    assert W.score(ATTACKS[attack](img))[0] >= threshold
-    assert W.score(ATTACKS[attack](original))[0] < threshold
+    assert found(ATTACKS[attack](img))
+    assert not found(ATTACKS[attack](original))
 
 
 def test_brightening_that_clips_the_background_keeps_the_mark_on_the_objects():
     # +30% turns every Shapes World background to pure white: only the objects (2.9-4% of the image here)
     # keep the mark, and the detector must not let the steps at their edges against the white swamp it
-    threshold = W.calibration()["z_at_fpr"]["0.001"]
     bright = ATTACKS["bright+30"]
     for seed in (1, 3, 6):
         img = scene(seed, 1024)
         d = W.detect(bright(W.embed(img, payload=0xB0A710AD)))
-        assert d.z >= threshold and d.detected is True and d.payload == 0xB0A710AD, seed
-        assert W.score(bright(img))[0] < threshold, seed
+        assert d.z >= W.z_at_p(W.DETECTED_FPR / 2) and d.detected is True and d.payload == 0xB0A710AD, seed  # the search alone
+        assert not found(bright(img)), seed
+
+
+def test_an_edit_that_keeps_the_geometry_is_read_where_the_code_was_put():
+    # one small purple triangle on pale blue, brightened +30%: the background clips to white and the object
+    # (0.4% of the image) is all that carries the mark. The search over scales, angles and translations needs
+    # the best of thousands of alignments to stand out and misses it; reading the code where `embed` put it
+    # (one alignment) finds it. Unmarked, neither test fires.
+    from limner.world.scene import Obj, Scene
+
+    img = render(Scene("pale blue", [Obj("triangle", "purple", "small", 0.5, 0.5)]), 1024)
+    bright = ATTACKS["bright+30"]
+    d = W.detect(bright(W.embed(img, payload=0x0B7EC7ED)))
+    assert d.z < W.z_at_p(W.DETECTED_FPR / 2)                      # the search alone would miss it
+    assert d.detected is True and d.z_unmoved > W.z_at_p(W.DETECTED_FPR / 2, "unmoved")
+    assert not found(bright(img))
+    # the payload (a quarter of the chips, spread over the whole 32 x 32-cell tile) needs an object that covers
+    # most of a tile: a large one gives it, read where it was put
+    img = render(Scene("light grey", [Obj("square", "blue", "large", 0.3, 0.6)]), 1024)
+    edited = bright(W.embed(img, payload=0x0B7EC7ED))
+    assert W.detect(edited).payload == 0x0B7EC7ED
+    assert all(W.read_payload(W.unmoved(d)[1], (0, 0), W.KEY) == 0x0B7EC7ED for d in W.whiten(edited))
+    # moved by a crop, the code is no longer where it was put: the unmoved test stays quiet, the search finds it
+    cropped = W.detect(ATTACKS["crop25"](W.embed(scene(3, 1024), payload=5)))
+    assert cropped.detected is True and cropped.payload == 5 and cropped.z_unmoved < 3
+
+
+def test_a_lone_textured_object_on_a_pale_image_carries_more_of_the_mark(monkeypatch):
+    # a default output with one small object: the object has texture of its own (here noise of 10 grey levels)
+    # and brightening by 30% clips everything else. The object's pixels (1% of the image) carry up to 4x the
+    # amplitude, which lifts the mark over that texture; without the boost it is lost. Photos are untouched.
+    import cv2
+
+    from limner.world.scene import Obj, Scene
+
+    a = np.asarray(render(Scene("light grey", [Obj("square", "blue", "small", 0.3, 0.6)]), 1024)).astype(np.float32)
+    obj = a.min(2) < 150
+    noise = cv2.GaussianBlur(np.random.default_rng(0).normal(0, 1, a.shape).astype(np.float32), (0, 0), 2.0)
+    img = Image.fromarray(np.clip(a + noise * (10 / noise.std()) * obj[..., None], 0, 255).astype(np.uint8))
+    marked = W.embed(img, payload=9)
+    change = np.asarray(marked).astype(float) - np.asarray(img)
+    assert found(ATTACKS["bright+30"](marked)) and not found(ATTACKS["bright+30"](img))
+    assert W.survivor_boost(np.asarray(photo("astronaut"))) == 1.0
+    monkeypatch.setattr(W, "MAX_BOOST", 1.0)
+    plain = W.embed(img, payload=9)
+    rms = lambda d: float(np.sqrt((d**2).mean()))
+    plain_change = np.asarray(plain).astype(float) - np.asarray(img)
+    assert rms(change[obj]) > 1.5 * rms(plain_change[obj]) and rms(change[~obj]) < 1.05 * rms(plain_change[~obj])
+    assert not found(ATTACKS["bright+30"](plain))
 
 
 def test_brightening_an_enlarged_scene_keeps_the_mark_inside_its_objects():
     # `limner generate --scale 16`: a 64 px scene enlarged to 1024 px before marking. Brightened, its
     # objects' 16 px anti-aliasing bands stay live next to the white and their steps outweighed the mark
     # (z 4.0-4.5 with the steps kept; the detector now also tries the map without the cells beside them)
-    threshold = W.calibration()["z_at_fpr"]["0.001"]
     for seed, attack in ((0, "bright+30"), (9, "bright+30"), (2, "bright+30+crop50")):
         img = scene(seed, 64).resize((1024, 1024), Image.NEAREST)
         marked = ATTACKS[attack](W.embed(img, payload=seed))
-        assert W.score(marked)[0] >= threshold, (seed, attack)
-        assert W.score(ATTACKS[attack](img))[0] < threshold, (seed, attack)
+        assert found(marked), (seed, attack)
+        assert not found(ATTACKS[attack](img)), (seed, attack)
 
 
 def test_mild_attacks_keep_the_payload(marked):
@@ -197,11 +246,23 @@ def test_mild_attacks_keep_the_payload(marked):
 
 def test_calibration_is_from_10k_unmarked_images_and_p_values_are_monotone():
     cal = W.calibration()
-    assert cal["n"] >= 10_000
+    assert cal["n"] >= 9_900   # images (a few too small to check)
+    # the tail kept is the heaviest kind's, so each kind keeps the rate
+    for test, c in (("search", cal), ("unmoved", cal["unmoved"])):
+        kinds = cal["by_kind"]
+        assert set(kinds) == {"photo", "scene", "noise"} and c["kind"] in kinds
+        assert c["z_at_fpr"]["0.001"] == max(v[test]["z_at_fpr"]["0.001"] for v in kinds.values() if v[test]["n"] >= 2000)
     assert cal["z_at_fpr"]["0.01"] < cal["z_at_fpr"]["0.001"]
-    ps = [W.p_value(z) for z in (2, 4, cal["z_at_fpr"]["0.01"], cal["z_at_fpr"]["0.001"], 8, 12)]
-    assert all(a >= b for a, b in zip(ps, ps[1:]))
-    assert abs(W.p_value(cal["z_at_fpr"]["0.001"]) - 1e-3) < 3e-4
+    for test, c in (("search", cal), ("unmoved", cal["unmoved"])):
+        assert c["n"] >= 4_000 and c["z_at_fpr"]["0.01"] < c["z_at_fpr"]["0.001"]
+        ps = [W.p_value(z, test) for z in (1, 2, c["z_at_fpr"]["0.01"], c["z_at_fpr"]["0.001"], 8, 12)]
+        assert all(a >= b for a, b in zip(ps, ps[1:]))
+        assert abs(W.p_value(c["z_at_fpr"]["0.001"], test) - 1e-3) < 3e-4
+        assert W.z_at_p(W.p_value(5.5, test), test) == pytest.approx(5.5)
+    # either test may fire: Bonferroni keeps both together at the level (twice the smaller p-value)
+    z, zu = cal["z_at_fpr"]["0.001"], cal["unmoved"]["z_at_fpr"]["0.001"]
+    assert W.joint_p_value(z, 0.0) == pytest.approx(2 * W.p_value(z)) and W.joint_p_value(0.0, 0.0) == 1.0
+    assert W.joint_p_value(0.0, zu) == pytest.approx(2 * W.p_value(zu, "unmoved"))
     # the fit itself, on a sample with a known tail: maxima of 1024 standard normals
     rng = np.random.default_rng(0)
     fit = W.fit_null(rng.normal(size=(20_000, 1024)).max(axis=1))
@@ -224,8 +285,12 @@ def calibration_disagreements(first: int = 24, tolerance: float = 1e-3) -> list[
     """(index, stored z, z now) for each of the calibration's first images whose z the current detector
     no longer gives."""
     sample = W.calibration()["sample"]
-    return [(i, sample["z"][i], now) for i, im in bench("watermark").calibration_images(first, sample["seed"])
-            if abs((now := W.score(im)[0]) - sample["z"][i]) > tolerance]
+    out = []
+    for i, _, im in bench("watermark").calibration_images(first, sample["seed"]):
+        now, stored = W.scores(im), (sample["z"][i], sample["z_unmoved"][i])
+        if max(abs(a - b) for a, b in zip(now, stored)) > tolerance:
+            out.append((i, stored, now))
+    return out
 
 
 def test_calibration_was_made_by_the_current_detector(monkeypatch):
@@ -233,7 +298,7 @@ def test_calibration_was_made_by_the_current_detector(monkeypatch):
     with the current one and require the z the calibration stored for each. A detector changed since (here a
     whitening clipped at 2.5 instead of 3) must fail it; rerun benchmarks/watermark.py --calibrate 10000."""
     sample = W.calibration()["sample"]
-    assert len(sample["z"]) == 200 and sum(z is not None for z in sample["z"]) >= 190
+    assert len(sample["z"]) == len(sample["z_unmoved"]) == 200 and sum(z is not None for z in sample["z"]) >= 190
     bad = calibration_disagreements()
     assert not bad, f"(index, calibrated z, z now): {bad}; recalibrate: python benchmarks/watermark.py --calibrate 10000"
     spectral = W._spectral
@@ -281,8 +346,8 @@ def test_cli_embed_and_detect(tmp_path):
     assert clean_row["detected"] is False and clean_row["payload"] is None
     # what a reader needs without knowing the detector: the verdict and the p-value against its threshold
     assert marked_row["verdict"] == "detected" and clean_row["verdict"] == "not detected"
-    assert clean_row["p_threshold"] == 0.001 and clean_row["p_unsure_below"] == 0.01
-    assert marked_row["p_value"] <= 0.001 < clean_row["p_value"]
+    assert clean_row["p_threshold"] == 0.0005 and clean_row["p_unsure_below"] == 0.005
+    assert marked_row["p_value"] <= 0.0005 < clean_row["p_value"]
     assert run("detect", str(tmp_path / "in.png")).returncode == 1
     r = run("detect", str(tmp_path / "missing.png"))
     assert r.returncode == 2 and "no image at" in r.stderr
@@ -300,15 +365,15 @@ def test_cli_detect_reads_as_a_verdict_not_a_z_score(tmp_path):
     assert r.returncode == 0, r.stderr
     clean_line, marked_line, meaning = r.stdout.splitlines()
     assert W.score(img)[0] > 3.5  # the point of the test: a z that would read as significant
-    assert clean_line.startswith(f"{clean}: no watermark (p = ") and "detection needs p <= 0.001" in clean_line
-    assert marked_line.startswith(f"{marked}: watermark detected (p < 1e-6; threshold p <= 0.001)")
+    assert clean_line.startswith(f"{clean}: no watermark (p = ") and "detection needs p <= 0.0005" in clean_line
+    assert marked_line.startswith(f"{marked}: watermark detected (p < 1e-6; threshold p <= 0.0005)")
     assert "payload 00c0ffee (model tag 00c, request tag 0ffee)" in marked_line
     assert not re.search(r"\bz\s*=", r.stdout)   # no z-score anywhere
-    assert "unmarked images" in meaning and "0.001" in meaning and "0.01" in meaning
+    assert "unmarked images" in meaning and "0.0005" in meaning and "0.005" in meaning and "0.1%" in meaning
 
 
 def test_unsure_and_detected_lines():
     unsure = W.Detection(None, 0.004, 5.4, None, 1.0, 0.0)
-    assert unsure.describe().startswith("unsure (p = 0.004: under 0.01, not under the detection threshold p <= 0.001")
+    assert unsure.describe().startswith("unsure (p = 0.004: under 0.005, not under the detection threshold p <= 0.0005")
     assert unsure.to_dict()["verdict"] == "unsure"
-    assert W.Detection(False, 0.31, 4.4, None, 1.0, 0.0).describe() == "no watermark (p = 0.31; detection needs p <= 0.001)"
+    assert W.Detection(False, 0.31, 4.4, None, 1.0, 0.0).describe() == "no watermark (p = 0.31; detection needs p <= 0.0005)"
