@@ -275,8 +275,8 @@ def test_page_generates_shows_progress_reuses_a_seed_and_cancels(server):
         expect(page.locator("#model")).to_have_text("shapes-default")
         page.fill("#prompt", "three red circles")
         page.click("#more summary")
-        page.fill("#steps", "6")
-        page.fill("#seed", "42")
+        page.fill("#steps", "24")   # long enough to be seen drawing: at 6 steps a loaded machine sent every
+        page.fill("#seed", "42")    # progress event in one burst with the result, and "step" was never shown
         page.click("#go")
         expect(page.locator("#status")).to_contain_text("step", timeout=60_000)
         expect(page.locator("#previews img.preview").first).to_be_visible(timeout=60_000)
