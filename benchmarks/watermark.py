@@ -1,7 +1,9 @@
 """Watermark benchmark: quality, robustness at a calibrated false-positive rate, speed; side by side with
 the invisible-watermark library (dwtDct, dwtDctSvd: what SDXL ships) on the same images and attacks.
 
-    python benchmarks/watermark.py --calibrate 10000   # null distribution -> src/limner/safety/watermark_calibration.json
+    python benchmarks/watermark.py --calibrate 10000 --photo-dir photos-opencv --dir-photos 6000
+                                        # null distribution -> src/limner/safety/watermark_calibration.json
+                                        # (photos-opencv: how to get it is in docs/BENCHMARKS.md, Watermark)
     python benchmarks/watermark.py                     # quality, robustness table, speed (markdown)
 
 Images: 1024 px Shapes World scenes (what limner's default model draws, at output size) and 1024 px
