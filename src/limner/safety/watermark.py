@@ -497,11 +497,18 @@ def score(image: Image.Image, key: int = KEY):
     return max((search(d, key) for d in whiten(image)), key=lambda r: r[0])
 
 
-def scores(image: Image.Image, key: int = KEY) -> tuple[float, float]:
-    """(search z, unmoved z): what the calibration records for each unmarked image."""
+def _both_tests(image: Image.Image, key: int):
+    """The search's best (z, scale, angle, folded, offset) and the unmoved (z, folded), each over the maps."""
     _check_size(image)
     maps = whiten(image)
-    return max(search(d, key)[0] for d in maps), max(unmoved(d, key)[0] for d in maps)
+    return (max((search(d, key) for d in maps), key=lambda r: r[0]),
+            max((unmoved(d, key) for d in maps), key=lambda r: r[0]))
+
+
+def scores(image: Image.Image, key: int = KEY) -> tuple[float, float]:
+    """(search z, unmoved z): what the calibration records for each unmarked image."""
+    found, still = _both_tests(image, key)
+    return found[0], still[0]
 
 
 def search(d: np.ndarray, key: int = KEY):
@@ -525,10 +532,7 @@ def search(d: np.ndarray, key: int = KEY):
 
 
 def detect(image: Image.Image, key: int = KEY) -> Detection:
-    _check_size(image)
-    maps = whiten(image)
-    z, s, a, folded, off = max((search(d, key) for d in maps), key=lambda r: r[0])
-    zu, folded_u = max((unmoved(d, key) for d in maps), key=lambda r: r[0])
+    (z, s, a, folded, off), (zu, folded_u) = _both_tests(image, key)
     p = joint_p_value(z, zu)
     detected = True if p <= DETECTED_FPR else None if p <= UNSURE_FPR else False
     if detected is False:
@@ -554,18 +558,22 @@ def fit_null(zs) -> dict:
             "tail": {"loc": q01 - 4.6001 * scale, "scale": scale}, "max_z": float(zs[-1])}
 
 
+def _tail(test: str) -> dict:
+    """The Gumbel tail of one test's calibration: the search's sits at the top level, others under their name."""
+    cal = calibration()
+    return (cal if test == "search" else cal[test])["tail"]
+
+
 def p_value(z: float, test: str = "search") -> float:
     """P(z >= observed | unmarked) for one test ("search" or "unmoved"): the Gumbel tail fitted to its
     calibration."""
-    cal = calibration()
-    t = (cal if test == "search" else cal[test])["tail"]
+    t = _tail(test)
     return float(-np.expm1(-np.exp(-(z - t["loc"]) / t["scale"])))
 
 
 def z_at_p(p: float, test: str = "search") -> float:
     """The z at which one test's p-value is `p` (the inverse of `p_value`)."""
-    cal = calibration()
-    t = (cal if test == "search" else cal[test])["tail"]
+    t = _tail(test)
     return float(t["loc"] - t["scale"] * math.log(-math.log1p(-p)))
 
 
