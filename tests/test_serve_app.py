@@ -167,6 +167,54 @@ def test_a_burst_checks_no_more_prompts_than_the_queue_takes(app_client):
     assert engine.checks <= 5, engine.checks   # (before: every one of the 30)
 
 
+def test_a_burst_is_refused_as_it_arrives_before_any_body_is_read(app_client):
+    """Places are taken on arrival: 30 requests that arrive together, bodies not yet read, against a queue of 3
+    get 27 answers (429) at once. Taken in the route instead, after the body, every one of a burst went through
+    parsing and validation before the first place was taken (200 clients: 429s 30-90 ms late at the server)."""
+    import asyncio
+
+    async def burst(app, k=30):
+        bodies, statuses = asyncio.Event(), [None] * k
+
+        async def one(i):
+            body, given = json.dumps({"prompt": f"circle {i}"}).encode(), []
+
+            async def receive():
+                if given:
+                    return {"type": "http.disconnect"}
+                await bodies.wait()
+                given.append(1)
+                return {"type": "http.request", "body": body, "more_body": False}
+
+            async def send(message):
+                if message["type"] == "http.response.start":
+                    statuses[i] = message["status"]
+
+            scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+                     "scheme": "http", "path": "/v1/jobs", "raw_path": b"/v1/jobs", "query_string": b"",
+                     "root_path": "", "headers": [(b"host", b"testserver"), (b"content-type", b"application/json"),
+                                                  (b"content-length", str(len(body)).encode())],
+                     "client": ("127.0.0.1", 50000 + i), "server": ("testserver", 80)}
+            await app(scope, receive, send)
+
+        tasks = [asyncio.create_task(one(i)) for i in range(k)]
+        for _ in range(50):   # every request has arrived and gone as far as it can without its body
+            await asyncio.sleep(0)
+        before_bodies = list(statuses)
+        bodies.set()
+        await asyncio.gather(*tasks)
+        return before_bodies, statuses
+
+    with app_client(queue_size=3, max_batch=1) as client:
+        ready(client)
+        engine = client.app.state.limner.engine
+        engine.hold.clear()   # nothing runs or finishes meanwhile
+        before_bodies, statuses = client.portal.call(burst, client.app)
+        engine.hold.set()
+    assert before_bodies.count(429) == 27 and before_bodies.count(None) == 3, before_bodies   # (before: 30 None)
+    assert statuses.count(202) == 3 and statuses.count(429) == 27, statuses
+
+
 # ------------------------------------------------------------------------------------- size and upscale
 
 

@@ -67,17 +67,24 @@ def test_full_queue_refuses_at_once_and_serves_again_after(queue_of):
     assert wait(q.submit(spec("after"))).status == JobStatus.SUCCEEDED
 
 
-def test_a_held_place_counts_as_taken_until_submitted_or_let_go(queue_of):
+def test_a_held_place_counts_as_taken_until_filled_or_given_back(queue_of):
     q = queue_of(queue_size=2)
     q.engine.hold.clear()
-    with q.place(), q.place():
-        with pytest.raises(QueueFull):
-            q.check_room()
-        with pytest.raises(QueueFull):
-            q.submit(spec("unheld"))
-        job = q.submit(spec("held"), held=True)
-    q.check_room()   # one place left: the job's (or none taken, once it runs)
-    assert q.get(job.id) is job
+    first, second = q.hold(), q.hold()
+    with pytest.raises(QueueFull):
+        q.hold()
+    with pytest.raises(QueueFull):
+        q.submit(spec("unheld"))
+    job = q.submit(spec("held"), first)
+    with pytest.raises(RuntimeError, match="already filled"):
+        q.submit(spec("twice"), first)   # one place, one job
+    first.release()                      # filled: giving it back changes nothing
+    with pytest.raises(QueueFull):
+        q.hold()
+    second.release()
+    second.release()                     # given back once only
+    q.hold().release()                   # one place free again (the job's is taken until it runs)
+    assert q.get(job.id) is job and len(q._queue) + q._held <= 2
     q.engine.hold.set()
 
 

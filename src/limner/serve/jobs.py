@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import logging
 import math
 import os
@@ -57,6 +56,24 @@ class QueueFull(Exception):
     def __init__(self, retry_after: int, size: int):
         self.retry_after = retry_after
         super().__init__(f"the server's queue is full ({size} jobs waiting): retry after {retry_after} s")
+
+
+class Place:
+    """A place held in a JobQueue (`JobQueue.hold`): filled by one job, or given back; either only once."""
+
+    def __init__(self, queue: "JobQueue"):
+        self.queue, self.open = queue, True
+
+    def take(self) -> bool:
+        """Close the place (the caller holds the queue's lock): True if it was still open."""
+        was, self.open = self.open, False
+        if was:
+            self.queue._held -= 1
+        return was
+
+    def release(self) -> None:
+        with self.queue._cv:
+            self.take()
 
 
 class _Stopped(Exception):
@@ -186,25 +203,23 @@ class JobQueue:
         if len(self._queue) + self._held >= self.config.queue_size:
             raise QueueFull(max(1, math.ceil(self._batch_seconds)), self.config.queue_size)
 
-    @contextlib.contextmanager
-    def place(self):
-        """Hold a place in the queue while a request is checked (its prompt filtered), then `submit(spec,
-        held=True)` into it. Without this a burst of 200 would run 200 prompt checks, each holding the GIL a
-        while, before the first of them filled the queue, and every refusal would wait for all of them."""
+    def hold(self) -> "Place":
+        """Take a place in the queue for a request about to be checked, or raise QueueFull. The server takes it
+        when the request arrives, before its body is read: a burst's requests all arrive before any body is
+        parsed, so a place taken later (in the route) let every one of 200 through to be parsed, validated and
+        only then refused. `submit(spec, place)` fills it; `Place.release` gives it back unfilled."""
         with self._cv:
             self.check_room()
             self._held += 1
-        try:
-            yield
-        finally:
-            with self._cv:
-                self._held -= 1
+        return Place(self)
 
-    def submit(self, spec: JobSpec, held: bool = False) -> Job:
-        """Queue a job now, or raise QueueFull; `held`: into the place the caller holds (`place`)."""
+    def submit(self, spec: JobSpec, place: "Place | None" = None) -> Job:
+        """Queue a job now, into `place` if the caller holds one (`hold`), else into a free place or QueueFull."""
         with self._cv:
-            if not held:
+            if place is None:
                 self.check_room()
+            elif not place.take():
+                raise RuntimeError("this queue place was already filled or given back")
             job = Job(spec, self.config.job_timeout_s)
             self._jobs[job.id] = job
             self._queue.append(job)
