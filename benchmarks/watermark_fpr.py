@@ -27,7 +27,6 @@ chosen after looking at its photo crops; two fresh draws, --seed 13 and --seed 1
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import random
 import sys
@@ -37,6 +36,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from limner.safety import attacks
 from limner.safety import watermark as W
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -79,12 +79,6 @@ def model_outputs(n: int, model: str = "shapes-default", cache: Path = MODEL_CAC
     return [Image.open(p).convert("RGB") for p in paths]
 
 
-def jpeg(im: Image.Image, quality: int) -> Image.Image:
-    buf = io.BytesIO()
-    im.save(buf, "JPEG", quality=quality)
-    return Image.open(buf).convert("RGB")
-
-
 RESAMPLE = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "lanczos": Image.LANCZOS}
 
 
@@ -102,7 +96,7 @@ def model_variants(img: Image.Image, rng: random.Random) -> dict[str, tuple[str,
     size = (long, round(long * ratio)) if rng.random() < 0.5 else (round(long * ratio), long)
     out["model-squashed"] = (f"{how} {src.width}px -> {size[0]}x{size[1]}", src.resize(size, RESAMPLE[how]))
     f, q = rng.choice([4, 8, 16]), rng.randint(50, 95)
-    out["model-jpeg"] = (f"nearest x{f}, JPEG q{q}", jpeg(img.resize((64 * f,) * 2, Image.NEAREST), q))
+    out["model-jpeg"] = (f"nearest x{f}, JPEG q{q}", attacks.jpeg(q)(img.resize((64 * f,) * 2, Image.NEAREST)))
     return out
 
 
@@ -153,7 +147,7 @@ def photo_crop(sources: dict[str, np.ndarray], rng: random.Random) -> tuple[str,
     what = f"{name} crop {f:.2f} -> {im.width}x{im.height}"
     if rng.random() < 0.3:
         q = rng.randint(50, 95)
-        im, what = jpeg(im, q), what + f", JPEG q{q}"
+        im, what = attacks.jpeg(q)(im), what + f", JPEG q{q}"
     return what, im
 
 
