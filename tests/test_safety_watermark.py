@@ -227,6 +227,31 @@ def test_a_lone_textured_object_on_a_pale_image_carries_more_of_the_mark(monkeyp
     assert not found(ATTACKS["bright+30"](plain))
 
 
+def test_a_lone_yellow_object_carries_the_mark_on_the_channel_a_brightening_keeps(monkeypatch):
+    # a textured yellow circle on light grey, brightened by 30%: R and G of the circle clip with the background and
+    # blue alone keeps the mark, 0.114 of the luma the detector reads (a default output missed so, 2026-12-07).
+    # The grey part of the mark goes onto blue there (onto_survivors); pixels that clip whole are marked as before.
+    import cv2
+
+    from limner.world.scene import Obj, Scene
+
+    a = np.asarray(render(Scene("light grey", [Obj("circle", "yellow", "small", 0.3, 0.6)]), 1024)).astype(np.float32)
+    obj = a.min(2) < 150
+    noise = cv2.GaussianBlur(np.random.default_rng(0).normal(0, 1, a.shape).astype(np.float32), (0, 0), 2.0)
+    img = Image.fromarray(np.clip(a + noise * (18 / noise.std()) * obj[..., None], 0, 255).astype(np.uint8))
+    marked = W.embed(img, payload=7)
+    now = W.detect(ATTACKS["bright+30"](marked))
+    monkeypatch.setattr(W, "onto_survivors", lambda rgb, lum, cap: ((lum,) * 3, cap))
+    before = W.embed(img, payload=7)
+    then = W.detect(ATTACKS["bright+30"](before))
+    assert now.detected is True and then.detected is not True, (now, then)
+    assert now.z_unmoved > then.z_unmoved + 1.0
+    pale = np.asarray(img).min(2) >= W.BRIGHT_CLIP   # no channel survives: marked exactly as before
+    assert np.array_equal(np.asarray(marked)[pale], np.asarray(before)[pale])
+    blue = lambda m: np.abs(np.asarray(m)[..., 2].astype(float) - np.asarray(img)[..., 2])[obj].mean()  # noqa: E731
+    assert blue(marked) > 1.5 * blue(before)
+
+
 def test_brightening_an_enlarged_scene_keeps_the_mark_inside_its_objects():
     # `limner generate --scale 16`: a 64 px scene enlarged to 1024 px before marking. Brightened, its
     # objects' 16 px anti-aliasing bands stay live next to the white and their steps outweighed the mark

@@ -249,6 +249,23 @@ def survivor_boost(rgb: np.ndarray) -> np.ndarray | float:
     return 1.0 + (boost - 1.0) * _blur(survive, 1.5)
 
 
+SURVIVOR_GAIN = 4.0          # at most this much more of the mark's grey part on a channel a brightening keeps
+SURVIVOR_CAP = 12.0          # grey levels: more on one channel shows as a speck
+
+
+def onto_survivors(rgb: np.ndarray, lum: np.ndarray, cap: np.ndarray) -> tuple[tuple[np.ndarray, ...], np.ndarray]:
+    """On a pale image (where `survivor_boost` applies): the mark's grey part per channel, and the caps. The grey
+    part is the same on R, G and B, but a +30% brightening clips R and G of a yellow object and leaves the detector
+    blue alone, 0.114 of the luma. So the channels that survive carry it scaled by 1 / their luma weight (at most
+    SURVIVOR_GAIN), under twice the dark-channel cap and at most SURVIVOR_CAP. On 16 development outputs of one or
+    two objects, +30%: median z 5.19 -> 6.15, detected 15 -> 16; lowest PSNR 47.2 -> 46.6 dB, SSIM 0.9924 ->
+    0.9919; other attacks unchanged."""
+    keeps = rgb < BRIGHT_CLIP
+    gain = np.minimum(SURVIVOR_GAIN, 1 / np.maximum((keeps * LUMA_W).sum(-1), 1e-6))
+    grey = tuple(np.where(keeps[..., k], lum * gain, lum).astype(np.float32) for k in range(3))
+    return grey, np.where(keeps, np.minimum(2 * cap, SURVIVOR_CAP), cap).astype(np.float32)
+
+
 # --- embed ---------------------------------------------------------------------------------------------
 
 def embed(image: Image.Image, payload: int = 0, key: int = KEY, strength: float = STRENGTH) -> Image.Image:
@@ -261,7 +278,8 @@ def embed(image: Image.Image, payload: int = 0, key: int = KEY, strength: float 
     t = tile(payload, key)
     pattern = np.tile(t, (-(-ch // K), -(-cw // K)))[:ch, :cw]
     y = luma(rgb)
-    m = np.minimum(masking(y, strength) * survivor_boost(rgb), 4 * strength)
+    boost = survivor_boost(rgb)
+    m = np.minimum(masking(y, strength) * boost, 4 * strength)
     # the pattern's luma and chroma parts (together the mean square of the pattern alone)
     amps = luma_chroma_amplitudes(cv2.resize(y, (cw, ch), interpolation=cv2.INTER_AREA))
     lum, chroma = (cv2.multiply(cv2.resize(pattern * a, (w, h), interpolation=cv2.INTER_LINEAR), m) for a in amps)
@@ -270,7 +288,10 @@ def embed(image: Image.Image, payload: int = 0, key: int = KEY, strength: float 
     # less in dark channels: a chip (8 px) shifts the local mean, and SSIM's luminance term (like the eye)
     # weighs a shift against the channel's own mean, so a grey level on a near-black channel costs ~5%
     cap = cv2.min(cv2.addWeighted(rgb, 0.15, rgb, 0.0, 0.25), rgb)
-    d3 = cv2.merge([cv2.addWeighted(lum, f, chroma, f * float(c), 0.0) for c in CHROMA_DIR])  # grey + chroma
+    grey = (lum,) * 3
+    if not np.isscalar(boost):
+        grey, cap = onto_survivors(rgb, lum, cap)
+    d3 = cv2.merge([cv2.addWeighted(g, f, chroma, f * float(c), 0.0) for g, c in zip(grey, CHROMA_DIR)])  # grey + chroma
     out = rgb + cv2.max(cv2.min(d3, cap), -cap)
     # stochastic rounding keeps sub-grey-level changes on average (plain rounding erases them on flat areas)
     rng = np.random.default_rng(payload ^ key)
