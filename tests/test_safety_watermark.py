@@ -203,18 +203,24 @@ def test_an_edit_that_keeps_the_geometry_is_read_where_the_code_was_put():
     assert cropped.detected is True and cropped.payload == 5 and cropped.z_unmoved < 3
 
 
-def test_a_lone_textured_object_on_a_pale_image_carries_more_of_the_mark(monkeypatch):
-    # a default output with one small object: the object has texture of its own (here noise of 10 grey levels)
-    # and brightening by 30% clips everything else. The object's pixels (1% of the image) carry up to 4x the
-    # amplitude, which lifts the mark over that texture; without the boost it is lost. Photos are untouched.
+def lone_textured_object(shape: str, colour: str, grey_levels: float):
+    """One small object on light grey at 1024 px, with smooth noise of `grey_levels` inside it (as a decoder
+    leaves): the image and the object's pixels."""
     import cv2
 
     from limner.world.scene import Obj, Scene
 
-    a = np.asarray(render(Scene("light grey", [Obj("square", "blue", "small", 0.3, 0.6)]), 1024)).astype(np.float32)
+    a = np.asarray(render(Scene("light grey", [Obj(shape, colour, "small", 0.3, 0.6)]), 1024)).astype(np.float32)
     obj = a.min(2) < 150
     noise = cv2.GaussianBlur(np.random.default_rng(0).normal(0, 1, a.shape).astype(np.float32), (0, 0), 2.0)
-    img = Image.fromarray(np.clip(a + noise * (10 / noise.std()) * obj[..., None], 0, 255).astype(np.uint8))
+    return Image.fromarray(np.clip(a + noise * (grey_levels / noise.std()) * obj[..., None], 0, 255).astype(np.uint8)), obj
+
+
+def test_a_lone_textured_object_on_a_pale_image_carries_more_of_the_mark(monkeypatch):
+    # a default output with one small object: the object has texture of its own (here noise of 10 grey levels)
+    # and brightening by 30% clips everything else. The object's pixels (1% of the image) carry up to 4x the
+    # amplitude, which lifts the mark over that texture; without the boost it is lost. Photos are untouched.
+    img, obj = lone_textured_object("square", "blue", 10)
     marked = W.embed(img, payload=9)
     change = np.asarray(marked).astype(float) - np.asarray(img)
     assert found(ATTACKS["bright+30"](marked)) and not found(ATTACKS["bright+30"](img))
@@ -231,14 +237,7 @@ def test_a_lone_yellow_object_carries_the_mark_on_the_channel_a_brightening_keep
     # a textured yellow circle on light grey, brightened by 30%: R and G of the circle clip with the background and
     # blue alone keeps the mark, 0.114 of the luma the detector reads (a default output missed so, 2026-12-07).
     # The grey part of the mark goes onto blue there (onto_survivors); pixels that clip whole are marked as before.
-    import cv2
-
-    from limner.world.scene import Obj, Scene
-
-    a = np.asarray(render(Scene("light grey", [Obj("circle", "yellow", "small", 0.3, 0.6)]), 1024)).astype(np.float32)
-    obj = a.min(2) < 150
-    noise = cv2.GaussianBlur(np.random.default_rng(0).normal(0, 1, a.shape).astype(np.float32), (0, 0), 2.0)
-    img = Image.fromarray(np.clip(a + noise * (18 / noise.std()) * obj[..., None], 0, 255).astype(np.uint8))
+    img, obj = lone_textured_object("circle", "yellow", 18)
     marked = W.embed(img, payload=7)
     now = W.detect(ATTACKS["bright+30"](marked))
     monkeypatch.setattr(W, "onto_survivors", lambda rgb, lum, cap: ((lum,) * 3, cap))
