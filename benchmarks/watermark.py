@@ -211,7 +211,7 @@ def speed(im, repeats=7, peers: bool = True) -> dict:
         runs[m] = lambda i, m=m: peer_matches(peer_embed(im, m), m)
     times = {name: [] for name in runs}
     for fn in runs.values():
-        fn(-1 & 0xFFFF)   # warm: imports and first allocations belong to no round
+        fn(repeats)   # warm (a payload no round uses): imports and first allocations belong to no round
     for i in range(repeats):
         for name, fn in runs.items():
             t0 = time.perf_counter()

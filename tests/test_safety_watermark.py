@@ -388,7 +388,7 @@ def test_cli_detect_reads_as_a_verdict_not_a_z_score(tmp_path):
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     clean_line, marked_line, meaning = r.stdout.splitlines()
-    assert W.score(img)[0] > 3.5  # the point of the test: a z that would read as significant
+    assert W.scores(img)[0] > 3.5  # the point of the test: a z that would read as significant
     assert clean_line.startswith(f"{clean}: no watermark (p = ") and "detection needs p <= 0.0005" in clean_line
     assert marked_line.startswith(f"{marked}: watermark detected (p < 1e-6; threshold p <= 0.0005)")
     assert "payload 00c0ffee (model tag 00c, request tag 0ffee)" in marked_line

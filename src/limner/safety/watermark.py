@@ -507,20 +507,11 @@ def search_grid() -> tuple[tuple[float, float], ...]:
     return tuple(grid)
 
 
-def _check_size(image: Image.Image) -> None:
+def _both_tests(image: Image.Image, key: int):
+    """The search's best (z, scale, angle, folded, offset) and the unmoved (z, folded), each over the whitened
+    maps (see `whiten`)."""
     if min(image.size) < K:
         raise ValueError(f"image too small to check ({image.size[0]}x{image.size[1]}); need {K} px a side")
-
-
-def score(image: Image.Image, key: int = KEY):
-    """The search: best (z, scale, angle, folded tile, offset) over the whitened maps (see `whiten`)."""
-    _check_size(image)
-    return max((search(d, key) for d in whiten(image)), key=lambda r: r[0])
-
-
-def _both_tests(image: Image.Image, key: int):
-    """The search's best (z, scale, angle, folded, offset) and the unmoved (z, folded), each over the maps."""
-    _check_size(image)
     maps = whiten(image)
     return (max((search(d, key) for d in maps), key=lambda r: r[0]),
             max((unmoved(d, key) for d in maps), key=lambda r: r[0]))
